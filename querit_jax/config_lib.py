@@ -1,0 +1,302 @@
+"""Experiment configuration: `ml_collections.ConfigDict` at the edge, frozen dataclasses inside.
+
+Config files (`configs/*.py`) return a ConfigDict so that `--config.a.b=v` overrides work; the trainer
+calls `from_config_dict` once, which rejects unknown keys, checks every field, and returns frozen
+dataclasses. Library code never sees a ConfigDict. Checks that need the device count (batch divisible
+by the data axes) run in `validate_for_devices` before anything is compiled.
+"""
+
+import dataclasses
+import typing
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from querit_jax.data.templates import TEMPLATES
+from querit_jax.models.config import DECODER_PRESETS, DecoderConfig, dtype_of
+from querit_jax.models.heads import HEAD_KINDS, HeadConfig
+from querit_jax.sharding import rules as rules_lib
+from querit_jax.sharding.mesh import resolve_mesh_shape
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    expert: int = 1
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.data, self.fsdp, self.tensor, self.expert)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    preset: str = "fsdp"
+    mesh: MeshConfig = MeshConfig()
+    rule_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def rules(self):
+        return rules_lib.resolve_rules(self.preset, dict(self.rule_overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str = "qwen3"
+    preset: str = "tiny"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    init_from: str = ""  # checkpoint dir or Hugging Face dir; "" = random initialisation
+    head: str = "score"
+    yes_token: str = "yes"
+    no_token: str = "no"
+    tokenizer: str = ""  # "" = the tokenizer stored with init_from
+    template: str = "qwen3_pair"
+    instruction: str = ""
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    seed: int = 0
+
+    def decoder_config(self, **extra) -> DecoderConfig:
+        fields = {
+            **dict(self.overrides),
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+            "remat": self.remat,
+            **extra,
+        }
+        return DecoderConfig.from_preset(self.preset, **fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...] = ()  # "DIR[:split]" (BEIR) or "FILE.jsonl" (groups)
+    negatives: str = "bm25"  # how BEIR sources get negatives: "bm25" or "random"
+    num_negatives: int = 15  # negatives mined per query (the sampler draws group_size - 1 of them)
+    negative_depth: int = 30  # BM25 depth hard negatives come from
+    group_size: int = 8  # 1 positive + group_size - 1 negatives
+    batch_size: int = 8  # query groups per step, over all processes
+    max_length: int = 128
+    max_query_tokens: int = 48
+    bm25_tokenizer: str = ""  # "" = the model's tokenizer
+    strict: bool = True  # False: skip malformed rows, count them in the data manifest
+    num_threads: int = 2
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    freeze: tuple[
+        str, ...
+    ] = ()  # parameters whose dotted name contains one of these are not trained
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_steps: int = 1000
+    loss: str = "listwise_ce"
+    temperature: float = 1.0
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the start and the end
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    async_checkpoints: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    datasets: tuple[str, ...] = ()  # "DIR[:split]" BEIR datasets reranked during and after training
+    top_k: int = 100  # first-stage depth that is reranked
+    batch_size: int = 64  # pairs per scoring call
+    first_stage: str = "bm25"
+    max_queries: int = 0  # 0 = all
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    sharding: ShardingConfig = ShardingConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _split_list(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(str(v) for v in value)
+
+
+def _build(cls, values: dict, where: str):
+    """Instantiates a config dataclass from a plain dict, rejecting unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(fields)}.")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, dict(value), f"{where}.{name}")
+        elif hint == tuple[str, ...]:
+            kwargs[name] = _split_list(value)
+        elif name in ("overrides", "rule_overrides"):
+            kwargs[name] = tuple(sorted(dict(value).items()))
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _require(cond: bool, field: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field}: {message}")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Field checks that need no devices. Returns cfg; raises ConfigError naming the field."""
+    m, d, o, t, e, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.eval, cfg.sharding
+    _require(
+        m.family == "qwen3", "model.family", f"unknown family {m.family!r}; supported: 'qwen3'."
+    )
+    _require(
+        m.preset in DECODER_PRESETS,
+        "model.preset",
+        f"unknown preset {m.preset!r}; choose from {DECODER_PRESETS}.",
+    )
+    _require(
+        m.head in HEAD_KINDS, "model.head", f"unknown head {m.head!r}; choose from {HEAD_KINDS}."
+    )
+    _require(
+        m.template in TEMPLATES,
+        "model.template",
+        f"unknown template {m.template!r}; choose from {sorted(TEMPLATES)}.",
+    )
+    for field in ("dtype", "param_dtype"):
+        try:
+            dtype_of(getattr(m, field))
+        except ValueError as err:
+            raise ConfigError(f"model.{field}: {err}") from None
+    if not m.init_from:
+        try:
+            m.decoder_config()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model.overrides: {err}") from None
+        _require(
+            bool(m.tokenizer),
+            "model.tokenizer",
+            "a randomly initialised model needs a tokenizer path.",
+        )
+    _require(
+        bool(d.train),
+        "data.train",
+        "no training data; give BEIR dirs (DIR[:split]) or group files (.jsonl).",
+    )
+    _require(d.negatives in ("bm25", "random"), "data.negatives", "must be 'bm25' or 'random'.")
+    _require(
+        d.group_size >= 2,
+        "data.group_size",
+        "a listwise group needs a positive and at least one negative.",
+    )
+    _require(d.num_negatives >= 1, "data.num_negatives", "must be >= 1.")
+    _require(d.batch_size >= 1, "data.batch_size", "must be >= 1.")
+    _require(d.max_length >= 8, "data.max_length", "must be >= 8.")
+    _require(
+        0 < d.max_query_tokens < d.max_length,
+        "data.max_query_tokens",
+        "must be in (0, max_length).",
+    )
+    _require(o.learning_rate > 0, "optim.learning_rate", "must be > 0.")
+    _require(
+        o.schedule in ("cosine", "linear", "constant"),
+        "optim.schedule",
+        "cosine, linear or constant.",
+    )
+    _require(0 <= o.end_lr_ratio <= 1, "optim.end_lr_ratio", "must be in [0, 1].")
+    _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0.")
+    _require(o.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping).")
+    _require(t.num_steps >= 1, "train.num_steps", "must be >= 1.")
+    _require(t.loss in ("listwise_ce",), "train.loss", f"unknown loss {t.loss!r}.")
+    _require(t.temperature > 0, "train.temperature", "must be > 0.")
+    _require(t.log_every >= 1, "train.log_every", "must be >= 1.")
+    _require(
+        t.save_every >= 0 and t.eval_every >= 0, "train.save_every/eval_every", "must be >= 0."
+    )
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1.")
+    _require(e.top_k >= 1 and e.batch_size >= 1, "eval.top_k/batch_size", "must be >= 1.")
+    _require(e.first_stage == "bm25", "eval.first_stage", "only 'bm25' is available.")
+    try:
+        s.rules()
+    except ValueError as err:
+        raise ConfigError(f"sharding: {err}") from None
+    used = rules_lib.mesh_axes_used(dict(s.rules()))
+    for axis, size in zip(("data", "fsdp", "tensor", "expert"), s.mesh.shape):
+        _require(
+            size == 1 or axis in used,
+            f"sharding.mesh.{axis}",
+            f"size {size} but preset {s.preset!r} maps nothing to '{axis}'; those devices would only repeat work.",
+        )
+    return cfg
+
+
+def validate_for_devices(
+    cfg: ExperimentConfig, num_devices: int, process_count: int = 1
+) -> tuple[int, ...]:
+    """Device-dependent checks; returns the resolved mesh shape."""
+    try:
+        shape = resolve_mesh_shape(cfg.sharding.mesh.shape, num_devices)
+    except ValueError as err:
+        raise ConfigError(f"sharding.mesh: {err}") from None
+    batch_axes = dict(cfg.sharding.rules())["batch"]
+    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    split = int(np.prod([dict(zip(("data", "fsdp", "tensor", "expert"), shape))[n] for n in names]))
+    _require(
+        cfg.data.batch_size % split == 0,
+        "data.batch_size",
+        f"{cfg.data.batch_size} query groups do not split over the batch mesh axes {names} of size {split}.",
+    )
+    _require(
+        cfg.data.batch_size % process_count == 0,
+        "data.batch_size",
+        f"{cfg.data.batch_size} does not split over {process_count} processes.",
+    )
+    return shape
+
+
+def from_config_dict(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
+    """ConfigDict -> validated, frozen ExperimentConfig."""
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return validate(_build(ExperimentConfig, values, "config"))
+
+
+def head_config(model: ModelConfig, tokenizer) -> HeadConfig:
+    """The head of a freshly initialised model; yes/no ids come from the tokenizer."""
+    if model.head == "score":
+        return HeadConfig(kind="score")
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (model.yes_token, model.no_token)]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ConfigError(
+            f"model.yes_token/no_token: {model.yes_token!r}/{model.no_token!r} are not single tokens."
+        )
+    return HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])

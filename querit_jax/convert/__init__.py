@@ -1,0 +1,1 @@
+"""Conversion between Hugging Face checkpoints (safetensors) and querit_jax model checkpoints."""

@@ -1,0 +1,112 @@
+"""A strict safetensors reader/writer on numpy (with ml_dtypes for bfloat16).
+
+safetensors' own numpy backend cannot return bfloat16, the dtype most checkpoints are stored in. The
+format is small (u64 little-endian header size, JSON header, raw little-endian bytes), so we read it
+ourselves and validate every header field before touching data: a tampered header (oversized length,
+offsets out of range, sizes that disagree with shapes) raises a clear error instead of reading garbage.
+Pickle formats are never read anywhere in this project.
+"""
+
+import json
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    """A malformed or unsupported safetensors file; the message names the file and tensor."""
+
+
+def read_header(path: str) -> tuple[dict, int]:
+    """Returns (header without __metadata__, byte offset of the data section)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise SafetensorsError(f"{path}: too short to be a safetensors file.")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER or 8 + n > size:
+            raise SafetensorsError(
+                f"{path}: header length {n} exceeds the file size ({size} bytes)."
+            )
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{path}: header is not valid JSON ({e}).") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: header is not a JSON object.")
+    header.pop("__metadata__", None)
+    data_size = size - 8 - n
+    for name, info in header.items():
+        try:
+            dtype, shape, (start, end) = DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} has a malformed or unsupported entry {info!r}."
+            ) from None
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if not (0 <= start <= end <= data_size) or end - start != nbytes:
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} offsets [{start}, {end}) do not fit its shape {shape} "
+                f"({nbytes} bytes) inside the {data_size}-byte data section."
+            )
+    return header, 8 + n
+
+
+def read_file(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as read-only, memory-mapped arrays (no copy until used)."""
+    header, base = read_header(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, info in header.items():
+        dtype = np.dtype(DTYPES[info["dtype"]])
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        arr = np.frombuffer(mm, dtype=dtype, count=count, offset=base + info["data_offsets"][0])
+        out[name] = arr.reshape(info["shape"])
+    return out
+
+
+def write_file(
+    path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
+    """Writes tensors (sorted by name, contiguous, 8-byte aligned header) readable by safetensors."""
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    arrays = []
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        if a.dtype not in NAMES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {a.dtype}.")
+        header[name] = {
+            "dtype": NAMES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+        arrays.append(a)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in arrays:
+            f.write(a.tobytes())
+    os.replace(tmp, path)

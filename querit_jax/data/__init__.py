@@ -1,0 +1,1 @@
+"""Data: dataset formats, the XQuAD-R converter, training groups, templates, TFDS builders, grain pipelines."""

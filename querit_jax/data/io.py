@@ -1,0 +1,104 @@
+"""Line-oriented readers that report bad input by file and line, never deep inside a jit.
+
+Every reader takes `strict`: True raises `DataFormatError` at the first bad row; False skips bad rows,
+counts them in a `ReadReport` that callers log and write into manifests.
+"""
+
+import dataclasses
+import gzip
+import json
+import os
+from collections.abc import Iterator
+
+
+class DataFormatError(ValueError):
+    """Malformed input data; the message names the file and line."""
+
+
+@dataclasses.dataclass
+class ReadReport:
+    """What a reader saw: rows read and rows skipped (with the first few reasons)."""
+
+    rows: int = 0
+    skipped: int = 0
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    def skip(self, where: str, reason: str, strict: bool) -> None:
+        if strict:
+            raise DataFormatError(f"{where}: {reason}")
+        self.skipped += 1
+        if len(self.reasons) < 20:
+            self.reasons.append(f"{where}: {reason}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def open_text(path: str | os.PathLike):
+    """Opens a text file for reading, transparently gunzipping `.gz`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file.")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_jsonl(
+    path: str | os.PathLike, report: ReadReport | None = None, strict: bool = True
+) -> Iterator[tuple[int, dict]]:
+    """Yields (line number, object) for every non-blank line of a JSONL file.
+
+    Raises:
+      DataFormatError: `path:line: ...` for invalid JSON or a line that is not a JSON object (strict).
+    """
+    report = report if report is not None else ReadReport()
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                report.skip(
+                    f"{path}:{lineno}", f"invalid JSON ({e.msg} at column {e.colno}).", strict
+                )
+                continue
+            if not isinstance(obj, dict):
+                report.skip(
+                    f"{path}:{lineno}", f"expected a JSON object, got {type(obj).__name__}.", strict
+                )
+                continue
+            report.rows += 1
+            yield lineno, obj
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> None:
+    """Writes rows as UTF-8 JSONL atomically (temp file + rename)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    """Writes JSON atomically."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=indent)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike):
+    """Reads a JSON file; errors name the file."""
+    with open_text(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from None

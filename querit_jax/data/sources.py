@@ -1,0 +1,124 @@
+"""Training-data sources named in configs, turned into one validated groups file plus a manifest.
+
+A source is `DIR[:split]` (a BEIR-layout dataset; groups are mined with BM25 or random negatives) or a
+`FILE.jsonl` of training groups (FlagEmbedding format). The result, `<workdir>/data/train.jsonl`, is
+rebuilt only when the inputs or the mining settings change (the manifest records both).
+"""
+
+import hashlib
+import os
+import time
+
+from querit_jax.data import beir, groups
+from querit_jax.data.io import ReadReport, read_json, write_json
+from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
+
+
+def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str]:
+    """'x.jsonl' -> ("groups", path, ""); 'DIR[:split]' -> ("beir", DIR, split).
+
+    Without an explicit split, a directory named like one of its qrels files (data/xquad_r/en/test)
+    uses that split, else `default_split`.
+    """
+    if spec.endswith((".jsonl", ".jsonl.gz")):
+        return "groups", spec, ""
+    path, _, split = spec.partition(":")
+    if not split:
+        base = os.path.basename(os.path.normpath(path))
+        split = (
+            base if os.path.exists(os.path.join(path, "qrels", f"{base}.tsv")) else default_split
+        )
+    return "beir", path, split
+
+
+def dataset_name(path: str, split: str) -> str:
+    """A short display name: the directory (and its parent when the directory is the split)."""
+    norm = os.path.normpath(path)
+    base = os.path.basename(norm)
+    if base == split:
+        return f"{os.path.basename(os.path.dirname(norm))}/{split}"
+    return f"{base}:{split}"
+
+
+def _fingerprint(path: str) -> str:
+    """Content hash of a file, or of every file under a directory."""
+    h = hashlib.sha256()
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+    )
+    for f in files:
+        h.update(os.path.relpath(f, path).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[str, dict]:
+    """Builds `<out_dir>/train.jsonl` from the configured sources. Returns (path, manifest)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path, manifest_path = (
+        os.path.join(out_dir, "train.jsonl"),
+        os.path.join(out_dir, "manifest.json"),
+    )
+    settings = {
+        k: getattr(data_cfg, k)
+        for k in ("negatives", "num_negatives", "negative_depth", "seed", "strict")
+    }
+    inputs = []
+    for spec in data_cfg.train:
+        kind, src, split = parse_source(spec)
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"data.train source {spec!r}: {src} does not exist.")
+        inputs.append({"spec": spec, "kind": kind, "sha256": _fingerprint(src)})
+    signature = {"inputs": inputs, "settings": settings, "bm25_tokenizer": data_cfg.bm25_tokenizer}
+    if os.path.exists(path) and os.path.exists(manifest_path):
+        manifest = read_json(manifest_path)
+        if manifest.get("signature") == signature:
+            log(f"Reusing training groups {path} ({manifest['groups']} groups).")
+            return path, manifest
+    start = time.time()
+    all_groups, per_source = [], {}
+    for spec in data_cfg.train:
+        kind, src, split = parse_source(spec)
+        report = ReadReport()
+        if kind == "groups":
+            found = groups.read_groups(src, strict=data_cfg.strict, report=report)
+        else:
+            ds = beir.load_beir(src, split, strict=data_cfg.strict)
+            report = ds.report
+            retriever = None
+            if data_cfg.negatives == "bm25":
+                doc_ids = sorted(ds.corpus)
+                retriever = BM25Retriever(
+                    doc_ids, [ds.doc_text(d) for d in doc_ids], SubwordAnalyzer(tokenizer)
+                )
+            found = groups.mine_groups(
+                ds,
+                data_cfg.num_negatives,
+                data_cfg.negatives,
+                retriever,
+                data_cfg.negative_depth,
+                data_cfg.seed,
+                lang=os.path.basename(os.path.normpath(src)),
+            )
+        if report.skipped:
+            log(
+                f"{spec}: skipped {report.skipped} malformed rows (data.strict=False); first: {report.reasons[:3]}"
+            )
+        per_source[spec] = {"groups": len(found), "read": report.to_dict()}
+        all_groups.extend(found)
+    if not all_groups:
+        raise ValueError(f"data.train {list(data_cfg.train)} produced no training groups.")
+    groups.write_groups(path, all_groups)
+    manifest = {
+        "signature": signature,
+        "groups": len(all_groups),
+        "sources": per_source,
+        "seconds": round(time.time() - start, 2),
+    }
+    write_json(manifest_path, manifest)
+    log(f"Wrote {len(all_groups)} training groups to {path} in {manifest['seconds']} s.")
+    return path, manifest

@@ -1,0 +1,101 @@
+"""A TFDS builder that turns training-group JSONL into ArrayRecord, read back with the data-source API.
+
+TensorFlow is never imported: the builder constructs its `DatasetInfo` directly and is prepared from
+Python (`download_and_prepare`), the `tfds build` CLI and `tfds.load` need TensorFlow (see
+../shared/notes/libraries.md §1). Prepared data lives in a directory keyed by the content hash of the
+input files, so a changed input is rebuilt and an unchanged one is reused.
+"""
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from querit_jax.data.groups import read_groups
+
+_FEATURES = {
+    "query": tfds.features.Text(),
+    "pos": tfds.features.Sequence(tfds.features.Text()),
+    "neg": tfds.features.Sequence(tfds.features.Text()),
+    "pos_scores": tfds.features.Sequence(np.float32),
+    "neg_scores": tfds.features.Sequence(np.float32),
+    "has_scores": np.bool_,
+    "lang": tfds.features.Text(),
+    "qid": tfds.features.Text(),
+}
+
+
+class QueritGroups(tfds.core.GeneratorBasedBuilder):
+    """Listwise training groups (query, positives, negatives, optional teacher scores)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Place <split>.jsonl group files (FlagEmbedding format) in manual_dir."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(_FEATURES))
+
+    def _split_generators(self, dl_manager):
+        root = dl_manager.manual_dir
+        splits = sorted(
+            p.name[: -len(".jsonl")] for p in root.iterdir() if p.name.endswith(".jsonl")
+        )
+        return {split: self._generate_examples(root / f"{split}.jsonl") for split in splits}
+
+    def _generate_examples(self, path):
+        for i, g in enumerate(read_groups(os.fspath(path), strict=True)):
+            has = "pos_scores" in g and "neg_scores" in g
+            yield (
+                i,
+                {
+                    "query": g["query"],
+                    "pos": g["pos"],
+                    "neg": g["neg"],
+                    "pos_scores": np.asarray(
+                        g.get("pos_scores", [0.0] * len(g["pos"])), np.float32
+                    ),
+                    "neg_scores": np.asarray(
+                        g.get("neg_scores", [0.0] * len(g["neg"])), np.float32
+                    ),
+                    "has_scores": has,
+                    "lang": g.get("lang", ""),
+                    "qid": g.get("qid", str(i)),
+                },
+            )
+
+
+def _hash_files(paths) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
+    """Builds (or reuses) the ArrayRecord dataset for {split name: groups JSONL path}.
+
+    Returns the prepared builder; `builder.as_data_source(split)` gives random access.
+    """
+    for split, path in splits.items():
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Training groups for split {split!r}: {path} does not exist.")
+    key = _hash_files([splits[s] for s in sorted(splits)])
+    data_dir = os.path.join(cache_dir, key)
+    builder = QueritGroups(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        manual = os.path.join(cache_dir, f"{key}.manual")
+        os.makedirs(manual, exist_ok=True)
+        for split, path in splits.items():
+            shutil.copyfile(path, os.path.join(manual, f"{split}.jsonl"))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual)
+        )
+        shutil.rmtree(manual, ignore_errors=True)
+    return builder

@@ -1,0 +1,84 @@
+"""The evaluation suite run during and after training: BEIR datasets reranked from a cached BM25 run."""
+
+import os
+
+import numpy as np
+
+from querit_jax.data import beir
+from querit_jax.data.sources import dataset_name, parse_source
+from querit_jax.eval import metrics as metrics_lib
+from querit_jax.eval.rerank import evaluate_rerank
+from querit_jax.eval.runs import read_run, write_trec
+from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
+
+
+def bm25_run(dataset: beir.BeirDataset, tokenizer, depth: int) -> metrics_lib.Run:
+    doc_ids = sorted(dataset.corpus)
+    retriever = BM25Retriever(
+        doc_ids, [dataset.doc_text(d) for d in doc_ids], SubwordAnalyzer(tokenizer)
+    )
+    return retriever.search_run(dataset.queries, depth)
+
+
+class EvalSuite:
+    """Loads the configured datasets once and caches their first-stage runs under `cache_dir`."""
+
+    def __init__(self, eval_cfg, tokenizer, cache_dir: str, strict: bool = True, log=print):
+        self.cfg = eval_cfg
+        self.datasets, self.runs = {}, {}
+        depth = max(eval_cfg.top_k, 100)
+        for spec in eval_cfg.datasets:
+            _, path, split = parse_source(spec, default_split="test")
+            name = dataset_name(path, split)
+            ds = beir.load_beir(path, split, strict=strict)
+            safe = name.replace(":", "_").replace("/", "_")
+            run_path = os.path.join(cache_dir, f"{safe}.bm25.trec")
+            if os.path.exists(run_path):
+                run = read_run(run_path)
+            else:
+                run = bm25_run(ds, tokenizer, depth)
+                write_trec(run, run_path, tag="bm25")
+            self.datasets[name], self.runs[name] = ds, run
+            log(
+                f"Eval dataset {name}: {len(ds.qrels)} queries, {len(ds.corpus)} documents, BM25 run {run_path}."
+            )
+
+    def __bool__(self) -> bool:
+        return bool(self.datasets)
+
+    def evaluate(self, scorer, params) -> dict:
+        """{"datasets": {name: summary}, "mean": {"first_stage": {...}, "reranked": {...}}}."""
+        out = {}
+        for name, ds in self.datasets.items():
+            out[name], _ = evaluate_rerank(
+                scorer,
+                params,
+                ds,
+                self.runs[name],
+                self.cfg.top_k,
+                max_queries=self.cfg.max_queries,
+            )
+        mean = {
+            side: {
+                m: float(np.mean([r[side][m] for r in out.values()]))
+                for m in metrics_lib.DEFAULT_METRICS
+            }
+            for side in ("first_stage", "reranked")
+        }
+        return {"datasets": out, "mean": mean}
+
+
+def format_table(results: dict[str, dict], metric: str = "ndcg@10") -> str:
+    """A Markdown table: rows = datasets (+ mean), columns = BM25 then each named result."""
+    names = list(results)
+    first = next(iter(results.values()))
+    rows = [*first["datasets"], "mean"]
+    header = f"| dataset | BM25 | {' | '.join(names)} |"
+    lines = [header, "|" + "---|" * (len(names) + 2)]
+    for row in rows:
+        pick = (lambda r: r["mean"]) if row == "mean" else (lambda r, row=row: r["datasets"][row])
+        cells = [f"{pick(first)['first_stage'][metric]:.4f}"] + [
+            f"{pick(r)['reranked'][metric]:.4f}" for r in results.values()
+        ]
+        lines.append(f"| {row} | {' | '.join(cells)} |")
+    return "\n".join(lines)

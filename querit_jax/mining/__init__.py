@@ -1,0 +1,1 @@
+"""Label-free adaptation data: first-stage retrieval, query generation, filters, teacher scoring."""

@@ -1,0 +1,82 @@
+"""BM25 first stage with bm25s over subword tokens.
+
+Whitespace tokenisation fails for languages written without spaces (zh, ja, th); a multilingual subword
+tokenizer (any Hugging Face fast tokenizer, e.g. an XLM-R SentencePiece or a byte-level BPE) gives terms
+for every language. Text is lower-cased before tokenising. Scores are bm25s' Lucene variant
+(k1=1.5, b=0.75), the BEIR/Pyserini default family.
+"""
+
+import logging
+from collections.abc import Sequence
+
+import bm25s
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at INFO
+
+
+class SubwordAnalyzer:
+    """Lower-cases and splits text into subword strings with a Hugging Face tokenizer."""
+
+    def __init__(self, tokenizer, batch_size: int = 1024):
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> list[list[str]]:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            chunk = [t.lower() for t in texts[i : i + self.batch_size]]
+            enc = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            out.extend(self.tokenizer.convert_ids_to_tokens(ids) for ids in enc)
+        return out
+
+
+class BM25Retriever:
+    """Indexes a corpus once; returns top-k document ids and scores per query."""
+
+    def __init__(
+        self,
+        doc_ids: Sequence[str],
+        doc_texts: Sequence[str],
+        analyzer: SubwordAnalyzer,
+        k1: float = 1.5,
+        b: float = 0.75,
+    ):
+        if not doc_ids:
+            raise ValueError("BM25Retriever needs at least one document.")
+        if len(doc_ids) != len(doc_texts):
+            raise ValueError(f"{len(doc_ids)} document ids but {len(doc_texts)} texts.")
+        self.doc_ids = list(doc_ids)
+        self.analyzer = analyzer
+        self._bm25 = bm25s.BM25(k1=k1, b=b)
+        self._bm25.index(analyzer(list(doc_texts)), show_progress=False)
+
+    def search(self, queries: Sequence[str], top_k: int) -> list[list[tuple[str, float]]]:
+        """For each query, up to `top_k` (doc id, score) pairs by decreasing score (ties by doc order)."""
+        k = min(top_k, len(self.doc_ids))
+        tokens = self.analyzer(list(queries))
+        # bm25s rejects a query with no known token; give those an empty result.
+        known = self._bm25.vocab_dict
+        results: list[list[tuple[str, float]]] = [[] for _ in queries]
+        todo = [i for i, t in enumerate(tokens) if any(tok in known for tok in t)]
+        if todo:
+            docs, scores = self._bm25.retrieve(
+                [[tok for tok in tokens[i] if tok in known] for i in todo], k=k, show_progress=False
+            )
+            for row, i in enumerate(todo):
+                results[i] = [
+                    (self.doc_ids[int(d)], float(s))
+                    for d, s in zip(docs[row], scores[row])
+                    if s > 0
+                ]
+        return results
+
+    def search_run(self, queries: dict[str, str], top_k: int) -> dict[str, dict[str, float]]:
+        """A run {query id: {doc id: score}} for a dict of queries."""
+        ids = list(queries)
+        hits = self.search([queries[q] for q in ids], top_k)
+        return {q: dict(h) for q, h in zip(ids, hits)}
+
+
+def rank_ties_stably(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Sorts (id, score) by score descending, then id ascending: a deterministic order for runs."""
+    return sorted(pairs, key=lambda p: (-p[1], p[0]))

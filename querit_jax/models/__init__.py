@@ -1,0 +1,1 @@
+"""Model families (Flax NNX), heads, presets, and the model checkpoint format."""

@@ -1,0 +1,100 @@
+"""Segment-aware grouped-query attention (the Qwen3 attention block).
+
+`dot_product_attention` is a pure function of arrays: a query attends to a key only when both carry the
+same segment id (packed pairs never see each other; padding, segment 0, only sees padding) and, for
+causal models, when the key is not in the future. Logits and softmax run in float32.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from querit_jax.models.layers import DenseGeneral, RMSNorm, apply_rope
+from querit_jax.sharding import axes, shard
+
+
+def attention_mask(segment_ids: jax.Array, causal: bool) -> jax.Array:
+    """[B, T] segment ids -> [B, T, T] boolean mask (query, key)."""
+    mask = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if causal:
+        t = segment_ids.shape[1]
+        mask = mask & jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+    return mask
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float
+) -> jax.Array:
+    """Grouped-query attention.
+
+    Args:
+      q: [B, T, N, D] queries; k, v: [B, S, K, D] with N a multiple of K.
+      mask: [B, T, S] boolean, True where the query may attend to the key.
+      scale: logit scale (head_dim ** -0.5 for Qwen3).
+    Returns:
+      [B, T, N, D] in q's dtype.
+    """
+    b, t, n, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, n // kv, d)  # head h uses kv head h // (N/K), as HF's repeat_kv
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, n, d)
+
+
+class Attention(nnx.Module):
+    """Qwen3 self-attention: q/k/v projections, RMSNorm on q and k per head *before* RoPE, GQA, o_proj."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        h, n, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.head_dim = d
+        self.rope_theta = cfg.rope_theta
+        bias = cfg.attention_bias
+        self.q_proj = DenseGeneral(
+            (h,),
+            (n, d),
+            (axes.EMBED, axes.HEADS, axes.HEAD_DIM),
+            rngs=rngs,
+            use_bias=bias,
+            param_dtype=pdt,
+        )
+        self.k_proj = DenseGeneral(
+            (h,),
+            (kv, d),
+            (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),
+            rngs=rngs,
+            use_bias=bias,
+            param_dtype=pdt,
+        )
+        self.v_proj = DenseGeneral(
+            (h,),
+            (kv, d),
+            (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),
+            rngs=rngs,
+            use_bias=bias,
+            param_dtype=pdt,
+        )
+        self.o_proj = DenseGeneral(
+            (n, d), (h,), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), rngs=rngs, param_dtype=pdt
+        )
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=pdt)
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=pdt)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        q = self.q_norm(self.q_proj(x))  # [B, T, N, D]
+        k = self.k_norm(self.k_proj(x))  # [B, T, K, D]
+        v = self.v_proj(x)
+        q = shard(
+            apply_rope(q, positions, self.rope_theta),
+            (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None),
+        )
+        k = shard(
+            apply_rope(k, positions, self.rope_theta),
+            (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None),
+        )
+        v = shard(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
+        out = dot_product_attention(q, k, v, mask, self.head_dim**-0.5)
+        return self.o_proj(out)

@@ -1,0 +1,241 @@
+"""Frozen model configurations and presets for the Qwen3 decoder family.
+
+Field names follow the numbers of transformers' `Qwen3Config` (converted by `to_hf_dict` / `from_hf_dict`),
+so that import and export are a small, checked mapping. Presets name the published models: use
+`DecoderConfig.qwen3_0p6b()` and friends, override a few fields with `dataclasses.replace`.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str) -> Any:
+    """Maps a dtype name used in configs to the jnp dtype."""
+    if name not in _DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; choose one of {sorted(_DTYPES)}.")
+    return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Architecture of a Qwen3-style decoder (GQA, q/k RMSNorm, half-split RoPE, SwiGLU)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int  # explicit: Qwen3-4B has 32 heads x 128 = 4096 != hidden 2560
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 40960
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False  # Qwen3 has none; kept for Qwen2-style checkpoints
+    # Token ids the tokenizer uses; exported into config.json.
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    # Numerics: parameters are stored in `param_dtype`, matmuls run in `dtype`; softmax and norm
+    # statistics are always float32.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # Rematerialise each decoder layer in the backward pass (saves activation memory).
+    remat: bool = False
+    family: str = "qwen3"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (GQA)."
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings.")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        dtype_of(self.dtype)
+        dtype_of(self.param_dtype)
+
+    # ----- presets -------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, **overrides) -> "DecoderConfig":
+        """A ~1M-parameter model (plus embeddings) for tests and the CPU demo."""
+        base = dict(
+            vocab_size=1024,
+            hidden_size=128,
+            intermediate_size=384,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=32,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def qwen3_0p6b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-0.6B (28 layers, 16 q heads, 8 kv heads, head_dim 128)."""
+        base = dict(
+            vocab_size=151936,
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_layers=28,
+            num_heads=16,
+            num_kv_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+            tie_word_embeddings=True,
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=151643,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def qwen3_embedding_0p6b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-Embedding-0.6B: the 0.6B backbone with the trimmed 151669-row vocabulary."""
+        return cls.qwen3_0p6b(
+            **{"vocab_size": 151669, "max_position_embeddings": 32768, **overrides}
+        )
+
+    @classmethod
+    def qwen3_reranker_0p6b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-Reranker-0.6B (a Qwen3ForCausalLM scored by logit[yes] - logit[no])."""
+        return cls.qwen3_0p6b(**{"vocab_size": 151669, **overrides})
+
+    @classmethod
+    def qwen3_4b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-4B (36 layers, 32 q heads x 128 on a 2560 width, 8 kv heads)."""
+        base = dict(
+            vocab_size=151936,
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_layers=36,
+            num_heads=32,
+            num_kv_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+            tie_word_embeddings=True,
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=151643,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def qwen3_embedding_4b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-Embedding-4B (the initialisation of Querit-4B): vocabulary of 151665 rows."""
+        return cls.qwen3_4b(**{"vocab_size": 151665, "max_position_embeddings": 32768, **overrides})
+
+    @classmethod
+    def qwen3_reranker_4b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-Reranker-4B: vocabulary of 151669 rows."""
+        return cls.qwen3_4b(**{"vocab_size": 151669, **overrides})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "DecoderConfig":
+        """Builds a named preset; `overrides` replace single fields."""
+        if name not in DECODER_PRESETS:
+            raise ValueError(
+                f"Unknown model preset {name!r}; choose one of {sorted(DECODER_PRESETS)}."
+            )
+        return getattr(cls, name)(**overrides)
+
+    # ----- transformers interop ------------------------------------------------------------------
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The architecture fields of a transformers `Qwen3Config`."""
+        return {
+            "model_type": "qwen3",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "attention_dropout": 0.0,
+            "use_sliding_window": False,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> "DecoderConfig":
+        """Reads a transformers Qwen3 config.json dict.
+
+        Raises:
+          ValueError: for settings this implementation does not reproduce (sliding window, rope
+            scaling, a non-SiLU activation), instead of silently computing something else.
+        """
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
+        if rope_type not in ("default", None):
+            raise ValueError(
+                f"config.json uses rope type {rope_type!r}; only the default RoPE is implemented."
+            )
+        if hf.get("use_sliding_window"):
+            raise ValueError(
+                "config.json enables use_sliding_window; sliding-window attention is not implemented."
+            )
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(
+                f"config.json hidden_act={hf['hidden_act']!r}; only 'silu' (SwiGLU) is implemented."
+            )
+        theta = rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))
+        eos = hf.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        fields = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            rope_theta=float(theta),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=hf.get("max_position_embeddings", 40960),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=eos,
+            pad_token_id=hf.get("pad_token_id"),
+        )
+        return cls(**{**fields, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown DecoderConfig fields {sorted(unknown)}.")
+        return cls(**d)
+
+
+DECODER_PRESETS = (
+    "tiny",
+    "qwen3_0p6b",
+    "qwen3_embedding_0p6b",
+    "qwen3_reranker_0p6b",
+    "qwen3_4b",
+    "qwen3_embedding_4b",
+    "qwen3_reranker_4b",
+)

@@ -1,0 +1,73 @@
+"""The dense Qwen3 decoder (transformers `Qwen3Model`) in Flax NNX.
+
+Pre-norm blocks `h = x + attn(ln1(x)); y = h + mlp(ln2(h))`, a final RMSNorm, no embedding scaling.
+Inputs use segment ids instead of an attention mask: 0 marks padding, 1..S mark the pairs packed into a
+row, and positions restart at 0 for each pair. An unpacked, padded batch is segment_ids = attention_mask.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from querit_jax.models.attention import Attention, attention_mask
+from querit_jax.models.config import DecoderConfig, dtype_of
+from querit_jax.models.layers import Embed, RMSNorm, SwiGLU
+from querit_jax.sharding import axes, shard
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        pdt = dtype_of(cfg.param_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, param_dtype=pdt)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), positions, mask)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 at every segment start (padding gets 0s it never uses).
+
+    Works for left padding, right padding and packed rows: position = index - index of the segment's
+    first token.
+    """
+    t = jnp.arange(segment_ids.shape[1])[None, :]
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
+    start_index = jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+    return (t - start_index).astype(jnp.int32)
+
+
+class Qwen3Decoder(nnx.Module):
+    """Embeddings + N decoder layers + final norm; returns final hidden states [B, T, H]."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embed(
+            cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=dtype_of(cfg.param_dtype)
+        )
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, param_dtype=dtype_of(cfg.param_dtype)
+        )
+
+    def __call__(
+        self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """Args: input_ids, segment_ids [B, T] int; positions [B, T] (derived from segments if None)."""
+        if positions is None:
+            positions = positions_from_segments(segment_ids)
+        x = self.embed_tokens(input_ids, dtype_of(self.cfg.dtype))
+        x = shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+        mask = attention_mask(segment_ids, causal=True)
+        for layer in self.layers:
+            if self.cfg.remat:
+                x = nnx.remat(lambda lyr, h: lyr(h, positions, mask))(layer, x)
+            else:
+                x = layer(x, positions, mask)
+        return self.norm(x)

@@ -1,0 +1,40 @@
+"""Train a reranker: `python -m querit_jax.train --config=configs/X.py[:variant] [--config.a.b=v] [--workdir=DIR]`."""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from querit_jax import config_lib, distributed
+from querit_jax.training import trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (path[:variant]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (default: workdirs/<config name>)."
+)
+_STOP_AT = flags.DEFINE_integer(
+    "stop_at_step", None, "End this run after that step, saving a checkpoint."
+)
+
+
+def default_workdir(config_arg: str) -> str:
+    name, _, variant = os.path.basename(config_arg).partition(":")
+    name = os.path.splitext(name)[0]
+    return os.path.join("workdirs", f"{name}_{variant}" if variant else name)
+
+
+def main(argv):
+    del argv
+    distributed.maybe_initialize()
+    cfg = config_lib.from_config_dict(_CONFIG.value)
+    workdir = _WORKDIR.value or default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"])
+    )
+    trainer.run(cfg, workdir, stop_at_step=_STOP_AT.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,134 @@
+"""Model checkpoints and Hugging Face directories: bad input gets a clear error and nothing unsafe runs."""
+
+import json
+import os
+import pickle
+import shutil
+import struct
+
+import pytest
+
+from querit_jax.convert import hf_import
+from querit_jax.convert.safetensors_io import SafetensorsError, read_file
+from querit_jax.models import api
+from tests.conftest import make_hf_qwen3
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return make_hf_qwen3(str(tmp_path_factory.mktemp("hf") / "seq"), "seq_cls")
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(api.CheckpointError, match="is not a querit_jax model checkpoint"):
+        api.load_model(str(tmp_path))
+    with pytest.raises(api.CheckpointError, match="no such directory"):
+        api.load_model(str(tmp_path / "missing"))
+
+
+def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):
+    ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
+    meta_path = os.path.join(ckpt, "model.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["backbone"]["num_layers"] = 3
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(api.CheckpointError, match=r"missing \['model\.layers\.2\."):
+        api.load_model(ckpt)
+    meta["backbone"]["num_layers"] = 2
+    meta["backbone"]["intermediate_size"] = 100
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(
+        api.CheckpointError,
+        match=r"down_proj\.kernel has shape \(96, 64\), model\.json implies \(100, 64\)",
+    ):
+        api.load_model(ckpt)
+
+
+def test_bad_model_json(tmp_path, hf_dir):
+    ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
+    with open(os.path.join(ckpt, "model.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(api.CheckpointError, match="model.json: invalid JSON"):
+        api.load_model(ckpt)
+    with open(os.path.join(ckpt, "model.json"), "w") as f:
+        json.dump(
+            {
+                "format": "querit_jax.model",
+                "family": "gpt9",
+                "backbone": {},
+                "head": {},
+                "template": {},
+            },
+            f,
+        )
+    with pytest.raises(api.CheckpointError, match="unknown family 'gpt9'"):
+        api.load_model(ckpt)
+
+
+class _Boom:
+    """Unpickling this would create a sentinel file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_checkpoints_are_refused_and_never_unpickled(tmp_path, hf_dir):
+    bad = tmp_path / "pickled"
+    shutil.copytree(hf_dir, bad)
+    os.remove(bad / "model.safetensors")
+    sentinel = tmp_path / "pwned"
+    with open(bad / "pytorch_model.bin", "wb") as f:
+        pickle.dump(_Boom(str(sentinel)), f)
+    with pytest.raises(
+        api.CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*never reads them"
+    ):
+        api.load_model(str(bad))
+    assert not sentinel.exists()
+
+
+def test_tampered_safetensors_header(tmp_path, hf_dir):
+    path = tmp_path / "model.safetensors"
+    shutil.copyfile(os.path.join(hf_dir, "model.safetensors"), path)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(struct.pack("<Q", 10**12) + raw[8:])
+    with pytest.raises(SafetensorsError, match="exceeds the file size"):
+        read_file(str(path))
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] += 4
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+    with pytest.raises(SafetensorsError, match=f"tensor '{name}' offsets"):
+        read_file(str(path))
+
+
+def test_unsupported_architecture(tmp_path, hf_dir):
+    other = tmp_path / "llama"
+    shutil.copytree(hf_dir, other)
+    with open(other / "config.json") as f:
+        cfg = json.load(f)
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    with open(other / "config.json", "w") as f:
+        json.dump(cfg, f)
+    with pytest.raises(api.CheckpointError, match="model_type 'llama'.*not supported"):
+        api.load_model(str(other))
+
+
+def test_missing_tensor_is_named(tmp_path, hf_dir):
+    from querit_jax.convert.safetensors_io import write_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(hf_dir, broken)
+    tensors = dict(read_file(str(broken / "model.safetensors")))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    write_file(str(broken / "model.safetensors"), tensors)
+    with pytest.raises(api.CheckpointError, match="'model.layers.1.mlp.up_proj.weight' is missing"):
+        api.load_model(str(broken))

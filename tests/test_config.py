@@ -1,0 +1,107 @@
+"""Every config file and every documented variant loads and validates; bad configs fail clearly."""
+
+import glob
+import os
+
+import ml_collections
+import pytest
+
+from querit_jax import config_lib
+from tests.helpers import ROOT, config_module, load_config
+
+CONFIG_FILES = sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+)
+
+
+def _variants(path):
+    return config_module(path).VARIANTS
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_config_and_variant_validates(path):
+    variants = _variants(path)
+    assert variants, f"{path} documents no variants"
+    doc = config_module(path).__doc__
+    for variant in variants:
+        if variant is not None:
+            assert variant in doc, f"variant {variant!r} is not documented in {path}"
+        cfg = load_config(path, variant)
+        assert isinstance(cfg, ml_collections.ConfigDict)
+        exp = config_lib.from_config_dict(cfg)
+        assert exp.train.num_steps >= 1
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_unknown_variant_is_rejected(path):
+    with pytest.raises(ValueError, match="variant"):
+        load_config(path, "no-such-variant")
+
+
+def _demo():
+    return load_config("configs/general_relevance.py", "demo")
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("model.preset", "qwen9", "model.preset"),
+        ("model.head", "pairwise", "model.head"),
+        ("model.template", "nope", "model.template"),
+        ("data.group_size", 1, "data.group_size"),
+        ("data.max_query_tokens", 500, "data.max_query_tokens"),
+        ("optim.schedule", "step", "optim.schedule"),
+        ("sharding.preset", "zero", "sharding"),
+        ("data.train", "", "data.train"),
+    ],
+)
+def test_bad_values_name_the_field(key, value, match):
+    cfg = _demo()
+    section, field = key.split(".")
+    cfg[section][field] = value
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.from_config_dict(cfg)
+
+
+def test_unknown_field_is_rejected():
+    cfg = _demo().to_dict()
+    cfg["optim"]["learnin_rate"] = 1.0
+    with pytest.raises(config_lib.ConfigError, match="learnin_rate"):
+        config_lib.from_config_dict(cfg)
+
+
+def test_unused_mesh_axis_is_rejected():
+    cfg = _demo()
+    cfg.sharding.mesh.tensor = 2  # dp preset maps nothing to 'tensor'
+    with pytest.raises(config_lib.ConfigError, match="sharding.mesh.tensor"):
+        config_lib.from_config_dict(cfg)
+
+
+def test_batch_must_split_over_data_axes():
+    exp = config_lib.from_config_dict(_demo())  # batch 8
+    assert config_lib.validate_for_devices(exp, 8) == (8, 1, 1, 1)
+    cfg = _demo()
+    cfg.data.batch_size = 6
+    with pytest.raises(config_lib.ConfigError, match="data.batch_size"):
+        config_lib.validate_for_devices(config_lib.from_config_dict(cfg), 8)
+
+
+def test_locked_config_rejects_typos_on_the_command_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "querit_jax.train",
+            "--config=configs/general_relevance.py:demo",
+            "--config.optim.learnin_rate=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "learnin_rate" in proc.stderr

@@ -1,0 +1,301 @@
+"""Data formats, the XQuAD-R converter, groups, the TFDS builder, the grain pipeline and templates."""
+
+import filecmp
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from querit_jax.data import beir, groups, pipeline, tfds_groups, xquad_r
+from querit_jax.data.io import DataFormatError
+from querit_jax.data.templates import PairEncoder, pad_batch, qwen3_pair, qwen3_reranker
+from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
+from tests.conftest import SHARED, XQUAD, write_jsonl
+
+
+def _beir(root, corpus=None, queries=None, qrels=None):
+    os.makedirs(os.path.join(root, "qrels"), exist_ok=True)
+    write_jsonl(
+        os.path.join(root, "corpus.jsonl"),
+        corpus
+        or [
+            {"_id": "d1", "title": "", "text": "Berlin is the capital of Germany."},
+            {"_id": "d2", "title": "Paris", "text": "Paris is the capital of France."},
+            {"_id": "d3", "title": "", "text": "Rome is in Italy."},
+        ],
+    )
+    write_jsonl(
+        os.path.join(root, "queries.jsonl"),
+        queries
+        or [
+            {"_id": "q1", "text": "capital of Germany"},
+            {"_id": "q2", "text": "capital of France"},
+        ],
+    )
+    with open(os.path.join(root, "qrels", "test.tsv"), "w") as f:
+        f.write(qrels or "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    return str(root)
+
+
+def test_beir_reader(tmp_path):
+    ds = beir.load_beir(_beir(tmp_path / "ds"), "test")
+    assert ds.positives("q1") == ["d1"]
+    assert ds.doc_text("d2") == "Paris Paris is the capital of France."
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    root = _beir(tmp_path / "ds")
+    with open(os.path.join(root, "corpus.jsonl"), "a") as f:
+        f.write('{"_id": "d4", "text": "unterminated\n')
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:4: invalid JSON"):
+        beir.load_beir(root)
+    relaxed = beir.load_beir(root, strict=False)
+    assert relaxed.report.skipped == 1 and "corpus.jsonl:4" in relaxed.report.reasons[0]
+
+
+def test_qrels_row_naming_a_missing_document(tmp_path):
+    root = _beir(
+        tmp_path / "ds", qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\tmissing-doc\t1\n"
+    )
+    with pytest.raises(
+        DataFormatError, match=r"test\.tsv:3: document id 'missing-doc' is not in the corpus"
+    ):
+        beir.load_beir(root)
+
+
+def test_empty_document_is_an_error(tmp_path):
+    root = _beir(
+        tmp_path / "ds",
+        corpus=[{"_id": "d1", "title": "", "text": "ok"}, {"_id": "d2", "title": " ", "text": ""}],
+    )
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:2: document 'd2' is empty"):
+        beir.load_beir(root)
+
+
+def _xquad_fixture(path, answer_start=5):
+    data = {
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Aaaa. Bbbb cc. Ddd.",
+                        "sentences": ["Aaaa.", "Bbbb cc.", "Ddd."],
+                        "sentence_breaks": [[0, 5], [6, 14], [15, 19]],
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "What is bbbb?",
+                                "answers": [{"answer_start": 6, "text": "Bbbb"}],
+                            },
+                            {
+                                "id": "q2",
+                                "question": "Which one?",
+                                "answers": [{"answer_start": answer_start, "text": " "}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+def test_xquad_r_converter_picks_the_answer_sentence(tmp_path):
+    _xquad_fixture(tmp_path / "en.json", answer_start=16)
+    counts = xquad_r.convert(str(tmp_path), str(tmp_path / "out"), ["en"], test_every=1)
+    assert counts["en"] == {
+        "train": {"documents": 0, "queries": 0},
+        "test": {"documents": 3, "queries": 2},
+    }
+    ds = beir.load_beir(str(tmp_path / "out" / "en" / "test"), "test")
+    assert ds.qrels == {"q1": {"a00-p00-s01": 1}, "q2": {"a00-p00-s02": 1}}
+
+
+def test_xquad_r_answer_outside_every_sentence_is_an_error(tmp_path):
+    _xquad_fixture(tmp_path / "en.json", answer_start=5)  # the space between sentences 0 and 1
+    with pytest.raises(DataFormatError, match="question q2 answer_start=5 lies in no sentence"):
+        xquad_r.convert(str(tmp_path), str(tmp_path / "out"), ["en"])
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(SHARED, "data", "xquad-r")),
+    reason="../shared/data/xquad-r absent",
+)
+def test_committed_xquad_r_sample_is_reproducible(tmp_path):
+    """The bundled data/xquad_r is exactly the converter's output on the upstream files."""
+    xquad_r.convert(os.path.join(SHARED, "data", "xquad-r"), str(tmp_path), ["en", "zh"])
+    for lang in ("en", "zh"):
+        for split in ("train", "test"):
+            for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+                path = os.path.join(lang, split, name)
+                assert filecmp.cmp(tmp_path / path, os.path.join(XQUAD, path), shallow=False), path
+
+
+def test_xquad_r_splits_share_no_article():
+    for lang in ("en", "ar"):
+        train = beir.load_beir(os.path.join(XQUAD, lang, "train"), "train")
+        test = beir.load_beir(os.path.join(XQUAD, lang, "test"), "test")
+        articles = lambda ds: {d.split("-")[0] for d in ds.corpus}  # noqa: E731
+        assert not articles(train) & articles(test)
+        assert not set(train.queries) & set(test.queries)
+        assert len(test.queries) == 199 and len(train.queries) == 991
+
+
+def test_groups_validation_names_the_line(tmp_path):
+    path = tmp_path / "g.jsonl"
+    write_jsonl(
+        path, [{"query": "q", "pos": ["p"], "neg": ["n"]}, {"query": "q", "pos": [], "neg": ["n"]}]
+    )
+    with pytest.raises(DataFormatError, match=r"g\.jsonl:2: 'pos' must be a non-empty list"):
+        groups.read_groups(str(path))
+    write_jsonl(path, [{"query": "q", "pos": ["p"], "neg": ["n", "m"], "neg_scores": [1.0]}])
+    with pytest.raises(DataFormatError, match="neg_scores"):
+        groups.read_groups(str(path))
+
+
+def test_bm25_negatives_exclude_judged_documents(tokenizer):
+    ds = beir.load_beir(os.path.join(XQUAD, "en", "train"), "train")
+    ids = sorted(ds.corpus)
+    retriever = BM25Retriever(ids, [ds.doc_text(d) for d in ids], SubwordAnalyzer(tokenizer))
+    mined = groups.mine_groups(ds, num_negatives=5, method="bm25", retriever=retriever)
+    assert len(mined) == len(ds.qrels)
+    texts = {d: ds.doc_text(d) for d in ds.corpus}
+    for g in mined[:50]:
+        judged = {texts[d] for d in ds.qrels[g["qid"]]}
+        assert len(g["neg"]) == 5 and not judged & set(g["neg"])
+        assert g["pos"][0] in judged
+
+
+def _source(tmp_path, n=10, scores=False):
+    rows = []
+    for i in range(n):
+        row = {
+            "qid": f"q{i}",
+            "query": f"query {i}",
+            "pos": [f"positive {i}"],
+            "neg": [f"negative {i} {j}" for j in range(3)],
+        }
+        if scores:
+            row.update(pos_scores=[float(i)], neg_scores=[0.1, 0.2, 0.3])
+        rows.append(row)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    builder = tfds_groups.prepare_groups(
+        {"train": str(tmp_path / "train.jsonl")}, str(tmp_path / "tfds")
+    )
+    return builder.as_data_source("train")
+
+
+def test_tfds_builder_writes_array_record_without_tensorflow(tmp_path):
+    import tensorflow_datasets as tfds
+
+    source = _source(tmp_path, scores=True)
+    assert len(source) == 10
+    record = source[0]
+    assert isinstance(record["query"], bytes) and len(record["neg"]) == 3 and record["has_scores"]
+    builder = tfds_groups.prepare_groups(
+        {"train": str(tmp_path / "train.jsonl")}, str(tmp_path / "tfds")
+    )
+    assert any(".array_record" in f for f in os.listdir(builder.data_dir))
+    # Read back through the public data-source API, as a fresh process would.
+    via_api = tfds.data_source(
+        "querit_groups", data_dir=os.path.dirname(os.path.dirname(builder.data_dir)), split="train"
+    )
+    assert {r["qid"] for r in via_api} == {f"q{i}".encode() for i in range(10)}
+    assert "tensorflow" not in sys.modules
+    # A changed input gets a new directory; an unchanged one is reused.
+    write_jsonl(tmp_path / "train.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
+    changed = tfds_groups.prepare_groups(
+        {"train": str(tmp_path / "train.jsonl")}, str(tmp_path / "tfds")
+    )
+    assert changed.data_dir != builder.data_dir and len(changed.as_data_source("train")) == 1
+
+
+def _pipeline(source, tokenizer, process_index=0, process_count=1, seed=0):
+    encoder = PairEncoder(tokenizer, qwen3_pair(), max_length=32, max_query_tokens=8)
+    return pipeline.train_dataset(
+        source,
+        encoder,
+        tokenizer.pad_token_id,
+        batch_size=2,
+        group_size=3,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def test_pipeline_batches_are_fixed_shape_and_positive_first(tmp_path, tokenizer):
+    ds = _pipeline(_source(tmp_path), tokenizer)
+    batch = next(pipeline.make_iterator(ds))
+    assert batch["input_ids"].shape == (2, 3, 32) and batch["segment_ids"].shape == (2, 3, 32)
+    text = tokenizer.decode(batch["input_ids"][0, 0][batch["segment_ids"][0, 0] == 1])
+    assert "positive" in text and "query" in text
+    assert "negative" in tokenizer.decode(batch["input_ids"][0, 1][batch["segment_ids"][0, 1] == 1])
+
+
+def test_pipeline_iterator_state_resumes_exactly(tmp_path, tokenizer):
+    ds = _pipeline(_source(tmp_path), tokenizer)
+    it = pipeline.make_iterator(ds)
+    for _ in range(7):  # past one epoch of 10 groups / 2 per batch
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(4)]
+    fresh = pipeline.make_iterator(_pipeline(_source(tmp_path), tokenizer))
+    fresh.set_state(state)
+    for want in expected:
+        got = next(fresh)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_pipeline_shards_per_process(tmp_path, tokenizer):
+    source = _source(tmp_path, n=8)
+    seen = []
+    for p in range(2):
+        ds = _pipeline(source, tokenizer, process_index=p, process_count=2)
+        it = pipeline.make_iterator(ds)
+        queries = set()
+        for _ in range(2):  # one epoch: 4 groups per process, 2 per batch
+            b = next(it)
+            for row in b["input_ids"][:, 0]:
+                queries.add(tokenizer.decode(row[row != tokenizer.pad_token_id]).split("\n")[0])
+        seen.append(queries)
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 8
+
+
+@pytest.mark.parametrize("template", [qwen3_pair(), qwen3_reranker()], ids=lambda t: t.name)
+def test_truncation_cuts_only_the_document_and_keeps_the_suffix(tokenizer, template):
+    encoder = PairEncoder(tokenizer, template, max_length=160, max_query_tokens=12)
+    long_doc = "Berlin ist die Hauptstadt. " * 200
+    long_query = "what is the capital city of the federal republic of germany and why " * 3
+    (ids,) = encoder([long_query], [long_doc])
+    assert len(ids) == 160
+    suffix = tokenizer(template.suffix, add_special_tokens=False)["input_ids"]
+    assert ids[-len(suffix) :] == suffix
+    prefix = tokenizer(template.prefix, add_special_tokens=False)["input_ids"]
+    assert ids[: len(prefix) - 1] == prefix[:-1]
+    text = tokenizer.decode(ids)
+    assert "Berlin" in text and text.count("what is the") == 1
+    # Short pairs are exactly the whole rendered string.
+    (short,) = encoder(["capital of Germany"], ["Berlin."])
+    assert (
+        short
+        == tokenizer(template.render("capital of Germany", "Berlin."), add_special_tokens=False)[
+            "input_ids"
+        ]
+    )
+
+
+def test_pad_batch_left_and_right():
+    ids, seg = pad_batch([[5, 6, 7], [8]], 4, pad_id=0, left=True)
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and seg.tolist() == [
+        [0, 1, 1, 1],
+        [0, 0, 0, 1],
+    ]
+    with pytest.raises(ValueError, match="expected 1..4"):
+        pad_batch([[1] * 5], 4, pad_id=0)
