@@ -54,7 +54,8 @@ def get_config(arg=None):
     c.data = ml_collections.ConfigDict()
     # Comma list: DIR[:split] (BEIR, groups are mined) or FILE.jsonl (FlagEmbedding groups).
     c.data.train = "data/general_relevance/train.jsonl"
-    # Negatives for BEIR sources: bm25 (hard) or random; how many to keep per query; BM25 depth.
+    # Negatives for BEIR sources: bm25 (hard) or random; how many to keep per query (the best
+    # non-relevant ones among BM25's top negative_depth, topped up at random).
     c.data.negatives = "bm25"
     c.data.num_negatives = 15
     c.data.negative_depth = 30
@@ -153,7 +154,7 @@ def get_config(arg=None):
         c.data.max_length = 64
         c.train.num_steps = 4
         c.train.log_every = 1
-        c.train.eval_every = 0
+        c.train.eval_every = 2
         c.train.save_every = 2
         c.eval.datasets = "data/xquad_r/zh/test"
         c.eval.max_queries = 8

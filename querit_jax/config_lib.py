@@ -7,15 +7,16 @@ by the data axes) run in `validate_for_devices` before anything is compiled.
 """
 
 import dataclasses
+import json
 import typing
 from typing import Any
 
 import ml_collections
-import numpy as np
 
-from querit_jax.data.templates import TEMPLATES
+from querit_jax.data.templates import TEMPLATES, make_template
 from querit_jax.models.config import DECODER_PRESETS, DecoderConfig, dtype_of
 from querit_jax.models.heads import HEAD_KINDS, HeadConfig
+from querit_jax.sharding import axes, axis_size
 from querit_jax.sharding import rules as rules_lib
 from querit_jax.sharding.mesh import resolve_mesh_shape
 
@@ -189,6 +190,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         m.head in HEAD_KINDS, "model.head", f"unknown head {m.head!r}; choose from {HEAD_KINDS}."
     )
     _require(
+        m.template not in TEMPLATES or make_template(m.template).kind == "text",
+        "model.template",
+        f"{m.template!r} is an encoder template; qwen3 models read text templates ({sorted(TEMPLATES)}).",
+    )
+    _require(
         m.template in TEMPLATES,
         "model.template",
         f"unknown template {m.template!r}; choose from {sorted(TEMPLATES)}.",
@@ -251,7 +257,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     except ValueError as err:
         raise ConfigError(f"sharding: {err}") from None
     used = rules_lib.mesh_axes_used(dict(s.rules()))
-    for axis, size in zip(("data", "fsdp", "tensor", "expert"), s.mesh.shape):
+    for axis, size in zip(axes.MESH_AXES, s.mesh.shape):
         _require(
             size == 1 or axis in used,
             f"sharding.mesh.{axis}",
@@ -268,13 +274,12 @@ def validate_for_devices(
         shape = resolve_mesh_shape(cfg.sharding.mesh.shape, num_devices)
     except ValueError as err:
         raise ConfigError(f"sharding.mesh: {err}") from None
-    batch_axes = dict(cfg.sharding.rules())["batch"]
-    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
-    split = int(np.prod([dict(zip(("data", "fsdp", "tensor", "expert"), shape))[n] for n in names]))
+    batch_axes = dict(cfg.sharding.rules())[axes.BATCH]
+    split = axis_size(dict(zip(axes.MESH_AXES, shape)), batch_axes)
     _require(
         cfg.data.batch_size % split == 0,
         "data.batch_size",
-        f"{cfg.data.batch_size} query groups do not split over the batch mesh axes {names} of size {split}.",
+        f"{cfg.data.batch_size} query groups do not split over the batch mesh axes {batch_axes} of size {split}.",
     )
     _require(
         cfg.data.batch_size % process_count == 0,
@@ -282,6 +287,25 @@ def validate_for_devices(
         f"{cfg.data.batch_size} does not split over {process_count} processes.",
     )
     return shape
+
+
+# Fields a resumed run may change without invalidating the saved state.
+RESUMABLE_CHANGES = ("data.num_threads", "data.strict")
+
+
+def config_drift(saved: dict, current: dict) -> list[str]:
+    """'section.field: saved -> current' for model/data fields that differ (what a resume must keep)."""
+    saved, current = (
+        json.loads(json.dumps(c)) for c in (saved, current)
+    )  # tuples -> lists, as saved
+    out = []
+    for section in ("model", "data"):
+        a, b = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
+                out.append(f"{name}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
 
 
 def from_config_dict(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:

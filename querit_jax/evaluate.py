@@ -9,8 +9,9 @@ first stage's and the reranked metrics (nDCG@10, MRR@10, Recall@100) and writes 
 
 import json
 
-from absl import app, flags
+from absl import flags
 
+from querit_jax import cli
 from querit_jax.data.io import write_json
 from querit_jax.data.sources import dataset_name
 from querit_jax.eval.api import evaluate_model
@@ -63,4 +64,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["model", "data"])
-    app.run(main)
+    cli.run(main)

@@ -5,8 +5,9 @@ Input lines are `{"query": str, "document": str}` (optional `"id"`); output line
 Face directory.
 """
 
-from absl import app, flags
+from absl import flags
 
+from querit_jax import cli
 from querit_jax.eval.api import rerank_file
 from querit_jax.training.writers import get_logger
 
@@ -29,4 +30,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["model", "input", "output"])
-    app.run(main)
+    cli.run(main)

@@ -2,10 +2,10 @@
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from querit_jax import config_lib, distributed
+from querit_jax import cli, config_lib, distributed
 from querit_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,4 +37,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

@@ -43,7 +43,7 @@ def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):
         json.dump(meta, f)
     with pytest.raises(
         api.CheckpointError,
-        match=r"down_proj\.kernel has shape \(96, 64\), model\.json implies \(100, 64\)",
+        match=r"model\.json\): parameter model\.layers\.0\.mlp\.down_proj\.kernel has shape \(96, 64\), the model expects \(100, 64\)",
     ):
         api.load_model(ckpt)
 

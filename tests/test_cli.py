@@ -77,6 +77,22 @@ def test_rerank_cli_on_checkpoint_and_export_agree(tiny_workdir, exported, pairs
     np.testing.assert_allclose(hf, [r["score"] for r in rows], atol=1e-4)
 
 
+def test_periodic_evaluation_is_recorded(tiny_workdir):
+    with open(os.path.join(tiny_workdir, "results.json")) as f:
+        results = json.load(f)
+    assert {"untrained", "step_2", "final"} <= set(results)
+    assert 0.0 <= results["final"]["mean"]["reranked"]["ndcg@10"] <= 1.0
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path):
+    proc = _cli(
+        "-m", "querit_jax.evaluate", f"--model={tmp_path}", f"--data={XQUAD}/en/test", ok=False
+    )
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "is not a querit_jax model checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_rerank_cli_malformed_input_names_the_line(tiny_workdir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     write_jsonl(bad, [{"query": "q", "document": "d"}, {"query": "q"}])

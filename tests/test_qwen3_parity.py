@@ -188,7 +188,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
 
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", pad_token="<|fim_pad|>", std=0.05)
     model = api.load_model(hf_dir)
-    seqs = PairEncoder(model.tokenizer, model.spec.template, 64)(QUERIES, DOCS)
+    seqs = PairEncoder(model.tokenizer, model.spec.template, 64, 24)(QUERIES, DOCS)
     ids, seg = pad_batch(seqs, 64, model.tokenizer.pad_token_id)
     batch = {"input_ids": ids.reshape(2, 2, 64), "segment_ids": seg.reshape(2, 2, 64)}
 
@@ -215,3 +215,60 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
         np.testing.assert_allclose(
             ours, want, atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=e.hf_name
         )
+
+
+def test_yes_no_head_converts_exactly_to_a_score_head(tmp_path):
+    """`head="score"` on a Qwen3ForCausalLM (e.g. Qwen3-Reranker) gives the same scores, linearly."""
+    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "causal_lm", tie=True)
+    yes_no = api.load_model(hf_dir)
+    score = api.load_model(hf_dir, head="score")
+    assert yes_no.spec.head.kind == "yes_no" and score.spec.head.kind == "score"
+    _, ids, seg = _batch(yes_no, 200, left=False)
+    np.testing.assert_allclose(
+        _jax_scores(score, ids, seg), _jax_scores(yes_no, ids, seg), atol=1e-5
+    )
+    ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))  # stored as yes/no
+    again = api.load_model(ckpt, head="score")
+    np.testing.assert_allclose(
+        _jax_scores(again, ids, seg), _jax_scores(yes_no, ids, seg), atol=1e-5
+    )
+    with pytest.raises(api.CheckpointError, match="cannot be turned into a yes_no head"):
+        api.load_model(_seq_cls_ckpt(tmp_path), head="yes_no")
+
+
+def _seq_cls_ckpt(tmp_path):
+    return hf_import.import_hf(
+        make_hf_qwen3(str(tmp_path / "seq"), "seq_cls"), str(tmp_path / "seq_ckpt")
+    )
+
+
+def test_bf16_compute_stays_close_to_float32(tmp_path):
+    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", std=0.05)
+    fp32 = api.load_model(hf_dir)
+    bf16 = api.load_model(hf_dir, dtype="bfloat16")
+    assert (
+        bf16.params["model"]["embed_tokens"]["embedding"].dtype == np.float32
+    )  # master weights stay fp32
+    _, ids, seg = _batch(fp32, 96, left=False)
+    a, b = _jax_scores(fp32, ids, seg), _jax_scores(bf16, ids, seg)
+    assert np.abs(a - b).max() < 2e-2 * max(1.0, np.abs(a).max())
+    assert not np.array_equal(a, b)  # bf16 really ran
+
+
+def test_verify_tool_checks_causal_lm_exports(tmp_path):
+    from querit_jax.convert.verify import verify
+
+    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "causal_lm", tie=False)
+    model = api.load_model(hf_dir, dtype="bfloat16")  # verify must compare in float32 regardless
+    out = hf_export.export_hf(model, str(tmp_path / "export"), head_format="causal_lm")
+    report = verify(model, out)
+    assert report["max_abs_diff_transformers"] < 1e-4
+    assert report["max_abs_diff_sentence_transformers"] < 1e-4
+
+
+def test_token_ids_outside_the_embedding_are_a_clear_error(tokenizer):
+    encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16, vocab_size=1000)
+    with pytest.raises(ValueError, match="outside the model's 1000-row embedding"):
+        encoder(["Сколько очков пропустила защита?"], ["Защита пропустила 308 очков."])
+    with pytest.raises(ValueError, match="leaves no room for the document"):
+        PairEncoder(tokenizer, qwen3_reranker(), 128, 16)

@@ -37,7 +37,7 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows}
 
 
-def _train_cli(workdir, *extra):
+def _train_cli(workdir, *extra, ok=True):
     """Runs the training CLI in a fresh process (1 CPU device; every run in the same configuration)."""
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
@@ -59,8 +59,10 @@ def _train_cli(workdir, *extra):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stderr
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+    return proc
 
 
 def test_resume_after_restart_equals_uninterrupted_run(tmp_path):
@@ -90,3 +92,12 @@ def test_resume_after_restart_equals_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(
             np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path)
         )
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    _train_cli(workdir, "--stop_at_step=2")
+    proc = _train_cli(workdir, "--config.data.max_length=60", ok=False)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "data.max_length: 64 -> 60" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -21,7 +21,7 @@ import numpy as np
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import write_file
 from querit_jax.data.io import write_json
-from querit_jax.models.api import CheckpointError, LoadedModel, flatten
+from querit_jax.models.api import CheckpointError, LoadedModel, flatten, yes_no_to_score
 
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 ST_LOGIT_SCORE = "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"
@@ -87,35 +87,16 @@ def choose_pad_token(tokenizer, template, vocab_size: int) -> tuple[str, int]:
 
 def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
     """The transformers state dict for `head_format` ('seq_cls' or 'causal_lm')."""
-    spec = model.spec
-    params = {k: np.asarray(v) for k, v in flatten(model.params).items()}
-
-    def get(path):
-        return params[".".join(str(p) for p in path)]
-
-    out = {e.hf_name: e.to_hf(get(e.path)) for e in qwen3_table.backbone_entries(spec.backbone)}
-    head = spec.head
-    if head_format == "causal_lm":
-        if head.kind != "yes_no":
-            raise CheckpointError(
-                "Only a yes/no model has an LM head to export as Qwen3ForCausalLM."
-            )
-        out.update(
-            {e.hf_name: e.to_hf(get(e.path)) for e in qwen3_table.head_entries(spec.backbone, head)}
-        )
-    elif head.kind == "score":
-        out["score.weight"] = np.ascontiguousarray(get(("score", "kernel")).T)
-    else:  # yes/no -> exact linear head
-        lm = (
-            out["model.embed_tokens.weight"]
-            if spec.backbone.tie_word_embeddings
-            else np.ascontiguousarray(get(("lm_head", "kernel")).T)
-        )
-        w = np.asarray(lm[head.yes_token_id], np.float32) - np.asarray(
-            lm[head.no_token_id], np.float32
-        )
-        out["score.weight"] = w.astype(lm.dtype)[None, :]
-    return out
+    spec, params = model.spec, model.params
+    if head_format == "causal_lm" and spec.head.kind != "yes_no":
+        raise CheckpointError("Only a yes/no model has an LM head to export as Qwen3ForCausalLM.")
+    if head_format == "seq_cls" and spec.head.kind == "yes_no":
+        spec, params = yes_no_to_score(spec, params)  # exact: w = lm_head[yes] - lm_head[no]
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    entries = qwen3_table.backbone_entries(spec.backbone) + qwen3_table.head_entries(
+        spec.backbone, spec.head
+    )
+    return {e.hf_name: e.to_hf(flat[".".join(str(p) for p in e.path)]) for e in entries}
 
 
 def export_hf(
@@ -151,6 +132,8 @@ def export_hf(
             "head": spec.head.to_dict(),
             "pooling": "last real token; pad_token_id never occurs in rendered inputs",
             "max_length": max_length,
+            "max_query_tokens": spec.max_query_tokens,
+            "trained_compute_dtype": spec.backbone.dtype,
         },
     }
     if not causal:

@@ -15,7 +15,7 @@ import numpy as np
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import read_file
 from querit_jax.data.templates import Template, make_template
-from querit_jax.models.api import CheckpointError, ModelSpec, save_model
+from querit_jax.models.api import CheckpointError, ModelSpec, save_model, yes_no_to_score
 from querit_jax.models.config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
 
@@ -97,6 +97,55 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
+def _head_config(
+    arch: str, head: str, tokenizer, yes_token: str, no_token: str, where: str
+) -> HeadConfig:
+    """The head as stored: yes/no for a causal LM, a linear score head otherwise."""
+    if head not in ("auto", "score", "yes_no"):
+        raise CheckpointError(f"Unknown head {head!r}; use auto, score or yes_no.")
+    if arch != "Qwen3ForCausalLM":
+        if head == "yes_no":
+            raise CheckpointError(
+                f"{where}: a yes/no head needs a Qwen3ForCausalLM checkpoint, got {arch}."
+            )
+        return HeadConfig(kind="score")
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (yes_token, no_token)]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise CheckpointError(
+            f"{where}: {yes_token!r}/{no_token!r} are not single tokens of the tokenizer."
+        )
+    return HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])
+
+
+def _gather(weights: dict, entries, where: str, params: dict, used: set) -> None:
+    for e in entries:
+        if e.hf_name not in weights:
+            raise CheckpointError(
+                f"{where}: tensor {e.hf_name!r} is missing from the safetensors files."
+            )
+        _set(params, e.path, e.to_jax(np.asarray(weights[e.hf_name])))
+        used.add(e.hf_name)
+
+
+def _head_params(arch, spec, weights, params, used, where, seed) -> None:
+    if spec.head.kind == "yes_no":
+        _gather(weights, qwen3_table.head_entries(spec.backbone, spec.head), where, params, used)
+    elif arch == "Qwen3ForSequenceClassification":
+        w = weights.get("score.weight")
+        if w is None:
+            raise CheckpointError(f"{where}: tensor 'score.weight' is missing.")
+        if w.shape[0] != 1:
+            raise CheckpointError(
+                f"{where}: score.weight has {w.shape[0]} labels; rerankers here use num_labels=1."
+            )
+        _set(params, ("score", "kernel"), np.ascontiguousarray(np.asarray(w).T))
+        used.add("score.weight")
+    else:  # bare Qwen3Model: a new head, initialised like transformers (normal, std 0.02)
+        rng = np.random.default_rng(seed)
+        kernel = rng.standard_normal((spec.backbone.hidden_size, 1)) * 0.02
+        _set(params, ("score", "kernel"), kernel.astype(np.float32))
+
+
 def read_hf_dir(
     hf_dir: str,
     head: str = "auto",
@@ -110,7 +159,8 @@ def read_hf_dir(
     """Reads a Hugging Face directory. Returns (ModelSpec, host parameter tree, tokenizer).
 
     Args:
-      head: "auto" (score for seq-cls and bare models, yes_no for causal LMs), "score" or "yes_no".
+      head: "auto" (score for seq-cls and bare models, yes_no for causal LMs), "score" (a causal LM's
+        yes/no head is converted exactly into a linear head) or "yes_no".
       template, max_length: default to what a querit_jax export recorded in config.json ("querit_jax"),
         else to the architecture's usual template and the tokenizer's model_max_length (capped at 512).
     """
@@ -129,89 +179,36 @@ def read_hf_dir(
         raise CheckpointError(
             f"No usable tokenizer in {tok_dir} ({e}); pass a tokenizer directory."
         ) from None
-    weights = read_weights(hf_dir)
-    if head == "auto":
-        head = "yes_no" if arch == "Qwen3ForCausalLM" else "score"
-    if head == "yes_no":
-        if arch != "Qwen3ForCausalLM":
-            raise CheckpointError(
-                f"{hf_dir}: a yes/no head needs a Qwen3ForCausalLM checkpoint, got {arch}."
-            )
-        ids = [tokenizer.convert_tokens_to_ids(t) for t in (yes_token, no_token)]
-        if any(i is None or i == tokenizer.unk_token_id for i in ids):
-            raise CheckpointError(
-                f"{tok_dir}: {yes_token!r}/{no_token!r} are not single tokens of the tokenizer."
-            )
-        head_cfg = HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])
-    elif head == "score":
-        head_cfg = HeadConfig(kind="score")
-    else:
-        raise CheckpointError(f"Unknown head {head!r}; use auto, score or yes_no.")
+    head_cfg = _head_config(arch, head, tokenizer, yes_token, no_token, hf_dir)
     recorded = config.get("querit_jax") or {}
     if template is None and "template" in recorded:
         template = Template.from_dict(recorded["template"])
     if template is None:
-        template = (
-            make_template("qwen3_reranker")
-            if arch == "Qwen3ForCausalLM"
-            else make_template("qwen3_pair")
-        )
+        template = make_template("qwen3_reranker" if arch == "Qwen3ForCausalLM" else "qwen3_pair")
     if max_length is None:
         max_length = int(
             recorded.get("max_length")
             or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         )
-    spec = ModelSpec("qwen3", backbone, head_cfg, template, max_length)
+    spec = ModelSpec(
+        "qwen3", backbone, head_cfg, template, max_length, int(recorded.get("max_query_tokens", 64))
+    )
 
+    weights = read_weights(hf_dir)
     # Qwen3Model checkpoints may lack the "model." prefix.
     prefix = "model." if any(k.startswith("model.") for k in weights) else ""
     params: dict = {}
-    used = set()
-    for e in qwen3_table.backbone_entries(backbone, prefix):
-        if e.hf_name not in weights:
-            raise CheckpointError(
-                f"{hf_dir}: tensor {e.hf_name!r} is missing from the safetensors files."
-            )
-        params_value = e.to_jax(np.asarray(weights[e.hf_name]))
-        _set(params, e.path, params_value)
-        used.add(e.hf_name)
-    if head_cfg.kind == "yes_no":
-        for e in qwen3_table.head_entries(backbone, head_cfg):
-            if e.hf_name not in weights:
-                raise CheckpointError(
-                    f"{hf_dir}: tensor {e.hf_name!r} is missing (tie_word_embeddings is false)."
-                )
-            _set(params, e.path, e.to_jax(np.asarray(weights[e.hf_name])))
-            used.add(e.hf_name)
-    elif arch == "Qwen3ForSequenceClassification":
-        w = weights.get("score.weight")
-        if w is None:
-            raise CheckpointError(f"{hf_dir}: tensor 'score.weight' is missing.")
-        if w.shape[0] != 1:
-            raise CheckpointError(
-                f"{hf_dir}: score.weight has {w.shape[0]} labels; rerankers here use num_labels=1."
-            )
-        _set(params, ("score", "kernel"), np.ascontiguousarray(np.asarray(w).T))
-        used.add("score.weight")
-    elif arch == "Qwen3ForCausalLM":  # exact conversion of the yes/no logits to a linear head
-        lm = weights.get("lm_head.weight", weights[f"{prefix}embed_tokens.weight"])
-        ids = [tokenizer.convert_tokens_to_ids(t) for t in (yes_token, no_token)]
-        diff = np.asarray(lm[ids[0]], np.float32) - np.asarray(lm[ids[1]], np.float32)
-        _set(params, ("score", "kernel"), diff.astype(lm.dtype)[:, None])
-        used.add("lm_head.weight")
-    else:  # bare Qwen3Model: a new head, initialised like transformers (normal, std 0.02)
-        rng = np.random.default_rng(seed)
-        _set(
-            params,
-            ("score", "kernel"),
-            (rng.standard_normal((backbone.hidden_size, 1)) * 0.02).astype(np.float32),
-        )
+    used: set = set()
+    _gather(weights, qwen3_table.backbone_entries(backbone, prefix), hf_dir, params, used)
+    _head_params(arch, spec, weights, params, used, hf_dir, seed)
     leftover = [
         k for k in weights if k not in used and not k.endswith(qwen3_table.IGNORED_SUFFIXES)
     ]
     leftover = [k for k in leftover if not (k == "lm_head.weight" and backbone.tie_word_embeddings)]
     if leftover:
         raise CheckpointError(f"{hf_dir}: unexpected tensors {sorted(leftover)[:5]} for {arch}.")
+    if head == "score" and spec.head.kind == "yes_no":
+        spec, params = yes_no_to_score(spec, params)
     return spec, params, tokenizer
 
 

@@ -1,10 +1,18 @@
-"""Score parity between a querit_jax model and a Hugging Face directory (transformers, optionally
-sentence-transformers), on the same pairs. Needs torch, which only the test/export extras install."""
+"""Score parity between a querit_jax model and its Hugging Face export (transformers and, optionally,
+sentence-transformers), on the same pairs. Needs torch, which only the test extras install.
+
+The JAX side runs in float32 whatever compute dtype the model was trained with, because the export is
+float32 and transformers runs it in float32: the check is about conversion, not about bf16 rounding.
+"""
+
+import json
+import os
 
 import numpy as np
 
 from querit_jax.data.templates import pad_batch
-from querit_jax.eval.scoring import scorer_for
+from querit_jax.eval.scoring import Scorer
+from querit_jax.models import api
 
 SAMPLE_PAIRS = [
     (
@@ -21,18 +29,31 @@ SAMPLE_PAIRS = [
 ]
 
 
-def hf_scores(hf_dir: str, sequences, pad_id: int) -> np.ndarray:
-    """Scores token sequences with AutoModelForSequenceClassification (fp32, right padding)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+def hf_scores(hf_dir: str, sequences) -> np.ndarray:
+    """Scores token sequences with transformers in float32, the way the export is meant to be run.
 
-    model = AutoModelForSequenceClassification.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    ids, seg = pad_batch(sequences, max(len(s) for s in sequences), pad_id)
+    Qwen3ForSequenceClassification: right padding, logits of the pooled token. Qwen3ForCausalLM (yes/no
+    export): left padding, logit[yes] - logit[no] at the last position (sentence-transformers' LogitScore).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    pad_id = AutoTokenizer.from_pretrained(hf_dir).pad_token_id
+    causal = config["architectures"][0].endswith("ForCausalLM")
+    ids, seg = pad_batch(sequences, max(len(s) for s in sequences), pad_id, left=causal)
+    inputs = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(seg)}
     with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(seg)
-        ).logits
-    return out[:, 0].float().numpy()
+        if not causal:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                hf_dir, dtype=torch.float32
+            ).eval()
+            return model(**inputs).logits[:, 0].float().numpy()
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        head = config["querit_jax"]["head"]
+        logits = model(**inputs).logits[:, -1].float()
+        return (logits[:, head["yes_token_id"]] - logits[:, head["no_token_id"]]).numpy()
 
 
 def cross_encoder_scores(hf_dir: str, pairs) -> np.ndarray:
@@ -42,20 +63,19 @@ def cross_encoder_scores(hf_dir: str, pairs) -> np.ndarray:
 
 
 def verify(
-    model, hf_dir: str, pairs=SAMPLE_PAIRS, check_sentence_transformers: bool = True
+    model: api.LoadedModel,
+    hf_dir: str,
+    pairs=SAMPLE_PAIRS,
+    check_sentence_transformers: bool = True,
 ) -> dict:
-    """Returns {"max_abs_diff_transformers": ..., "max_abs_diff_sentence_transformers": ...}."""
-    from transformers import AutoTokenizer
-
-    scorer = scorer_for(model)
-    queries, docs = [p[0] for p in pairs], [p[1] for p in pairs]
-    sequences = scorer.encoder(queries, docs)
+    """Returns {"max_abs_diff_transformers": ..., ["max_abs_diff_sentence_transformers": ...]}."""
+    spec32 = model.spec.replace(dtype="float32")
+    graphdef, _ = api.abstract_params(spec32)
+    scorer = Scorer(spec32, graphdef, model.tokenizer, model.mesh, model.logical_rules)
+    sequences = scorer.encoder([p[0] for p in pairs], [p[1] for p in pairs])
     ours = scorer.score_tokens(model.params, sequences)
-    tok = AutoTokenizer.from_pretrained(hf_dir)
     report = {"pairs": len(pairs), "jax_scores": ours.tolist()}
-    report["max_abs_diff_transformers"] = float(
-        np.abs(hf_scores(hf_dir, sequences, tok.pad_token_id) - ours).max()
-    )
+    report["max_abs_diff_transformers"] = float(np.abs(hf_scores(hf_dir, sequences) - ours).max())
     if check_sentence_transformers:
         report["max_abs_diff_sentence_transformers"] = float(
             np.abs(cross_encoder_scores(hf_dir, pairs) - ours).max()

@@ -7,10 +7,9 @@ BM25 (hard negatives: the top-ranked non-relevant documents) or uniformly at ran
 """
 
 import random
-from collections.abc import Iterable
 
 from querit_jax.data.beir import BeirDataset
-from querit_jax.data.io import ReadReport, iter_jsonl, write_jsonl
+from querit_jax.data.io import ReadReport, iter_jsonl
 
 OPTIONAL_TEXT = ("prompt", "lang", "qid")
 
@@ -55,10 +54,6 @@ def read_groups(path: str, strict: bool = True, report: ReadReport | None = None
     return groups
 
 
-def write_groups(path: str, groups: Iterable[dict]) -> None:
-    write_jsonl(path, groups)
-
-
 def mine_groups(
     dataset: BeirDataset,
     num_negatives: int,
@@ -71,8 +66,8 @@ def mine_groups(
     """One group per query with a positive: its positives and `num_negatives` negatives.
 
     Args:
-      method: "bm25" takes the top-`depth` BM25 results that are not relevant (hard negatives);
-        "random" samples uniformly from the corpus.
+      method: "bm25" takes the best `num_negatives` non-relevant documents among BM25's top `depth`
+        (hard negatives), topped up at random if there are fewer; "random" samples uniformly.
       retriever: a `BM25Retriever` over `dataset`'s corpus (required for "bm25").
     """
     if method not in ("bm25", "random"):
@@ -91,8 +86,7 @@ def mine_groups(
         pos = dataset.positives(qid)
         judged = set(dataset.qrels[qid])
         if method == "bm25":
-            negs = [d for d, _ in hits[qid] if d not in judged][:depth]
-            negs = negs[:num_negatives] if len(negs) >= num_negatives else negs
+            negs = [d for d, _ in hits[qid][:depth] if d not in judged][:num_negatives]
         else:
             negs = []
         if len(negs) < num_negatives:  # top up (random method, or too few BM25 hits)

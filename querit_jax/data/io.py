@@ -6,6 +6,7 @@ counts them in a `ReadReport` that callers log and write into manifests.
 
 import dataclasses
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -102,3 +103,21 @@ def read_json(path: str | os.PathLike):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from None
+
+
+def fingerprint(paths) -> str:
+    """SHA-256 over the names and bytes of the given files, and of every file under given directories."""
+    h = hashlib.sha256()
+    for path in [paths] if isinstance(paths, str | os.PathLike) else paths:
+        path = os.fspath(path)
+        files = (
+            [path]
+            if os.path.isfile(path)
+            else sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+        )
+        for f in files:
+            h.update(os.path.relpath(f, os.path.dirname(path)).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()

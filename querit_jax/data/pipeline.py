@@ -2,7 +2,7 @@
 
     source (ArrayRecord via TFDS data source)
       -> per-process slice [process_index::process_count]
-      -> global shuffle (seeded, reshuffled every epoch) -> repeat
+      -> shuffle of this process's slice (seeded, reshuffled every epoch) -> repeat
       -> sample 1 positive + (group_size - 1) negatives (seeded per element)
       -> batch of `batch_size` groups -> tokenise with the template, pad to a fixed length
 

@@ -5,12 +5,11 @@ A source is `DIR[:split]` (a BEIR-layout dataset; groups are mined with BM25 or 
 rebuilt only when the inputs or the mining settings change (the manifest records both).
 """
 
-import hashlib
 import os
 import time
 
 from querit_jax.data import beir, groups
-from querit_jax.data.io import ReadReport, read_json, write_json
+from querit_jax.data.io import ReadReport, fingerprint, read_json, write_json, write_jsonl
 from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
 
 
@@ -40,24 +39,11 @@ def dataset_name(path: str, split: str) -> str:
     return f"{base}:{split}"
 
 
-def _fingerprint(path: str) -> str:
-    """Content hash of a file, or of every file under a directory."""
-    h = hashlib.sha256()
-    files = (
-        [path]
-        if os.path.isfile(path)
-        else sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
-    )
-    for f in files:
-        h.update(os.path.relpath(f, path).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[str, dict]:
-    """Builds `<out_dir>/train.jsonl` from the configured sources. Returns (path, manifest)."""
+    """Builds `<out_dir>/train.jsonl` from the configured sources. Returns (path, manifest).
+
+    `tokenizer` is the one BM25 mining uses (its name is part of the cache signature).
+    """
     os.makedirs(out_dir, exist_ok=True)
     path, manifest_path = (
         os.path.join(out_dir, "train.jsonl"),
@@ -72,8 +58,9 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         kind, src, split = parse_source(spec)
         if not os.path.exists(src):
             raise FileNotFoundError(f"data.train source {spec!r}: {src} does not exist.")
-        inputs.append({"spec": spec, "kind": kind, "sha256": _fingerprint(src)})
-    signature = {"inputs": inputs, "settings": settings, "bm25_tokenizer": data_cfg.bm25_tokenizer}
+        inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(src)})
+    bm25 = f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
+    signature = {"inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
     if os.path.exists(path) and os.path.exists(manifest_path):
         manifest = read_json(manifest_path)
         if manifest.get("signature") == signature:
@@ -102,7 +89,7 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
                 retriever,
                 data_cfg.negative_depth,
                 data_cfg.seed,
-                lang=os.path.basename(os.path.normpath(src)),
+                lang=dataset_name(src, split).partition("/")[0].partition(":")[0],
             )
         if report.skipped:
             log(
@@ -112,7 +99,7 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         all_groups.extend(found)
     if not all_groups:
         raise ValueError(f"data.train {list(data_cfg.train)} produced no training groups.")
-    groups.write_groups(path, all_groups)
+    write_jsonl(path, all_groups)
     manifest = {
         "signature": signature,
         "groups": len(all_groups),

@@ -88,25 +88,38 @@ def make_template(name: str, **kwargs) -> Template:
 
 
 class PairEncoder:
-    """Tokenises (query, document) pairs with a template, a total budget and a query budget."""
+    """Tokenises (query, document) pairs with a template, a total budget and a query budget.
 
-    def __init__(self, tokenizer, template: Template, max_length: int, max_query_tokens: int = 64):
+    Raises (at construction):
+      ValueError: when the template plus a full-length query leaves no room for a document.
+    """
+
+    # Slack for tokens that merge across template boundaries when the parts are rendered together.
+    BOUNDARY_SLACK = 4
+
+    def __init__(
+        self,
+        tokenizer,
+        template: Template,
+        max_length: int,
+        max_query_tokens: int = 64,
+        vocab_size: int | None = None,
+    ):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("PairEncoder needs a fast (Rust) tokenizer for offset mappings.")
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
         self.max_query_tokens = max_query_tokens
+        self.vocab_size = vocab_size
         if template.kind == "text":
-            fixed = len(
-                tokenizer(
-                    template.prefix + template.middle + template.suffix, add_special_tokens=False
-                )["input_ids"]
-            )
-            if fixed + 2 > max_length:
+            parts = template.prefix + template.middle + template.suffix
+            fixed = len(tokenizer(parts, add_special_tokens=False)["input_ids"])
+            if fixed + max_query_tokens + self.BOUNDARY_SLACK >= max_length:
                 raise ValueError(
-                    f"Template {template.name!r} alone takes {fixed} tokens; max_length={max_length} "
-                    "leaves no room for query and document."
+                    f"Template {template.name!r} takes {fixed} tokens and queries up to {max_query_tokens}: "
+                    f"max_length={max_length} leaves no room for the document. Raise max_length or lower "
+                    "max_query_tokens."
                 )
 
     def __call__(self, queries: Sequence[str], documents: Sequence[str]) -> list[list[int]]:
@@ -116,8 +129,17 @@ class PairEncoder:
         if not queries:
             return []
         if self.template.kind == "pair":
-            return self._encode_native_pairs(queries, documents)
-        return self._encode_text(queries, documents)
+            out = self._encode_native_pairs(queries, documents)
+        else:
+            out = self._encode_text(queries, documents)
+        if self.vocab_size is not None:
+            top = max(max(ids) for ids in out)
+            if top >= self.vocab_size:
+                raise ValueError(
+                    f"Token id {top} is outside the model's {self.vocab_size}-row embedding: the tokenizer "
+                    "does not belong to this model."
+                )
+        return out
 
     def _encode_native_pairs(self, queries, documents):
         # The tokenizer's own pair encoding and "longest_first" truncation: exactly what
@@ -131,45 +153,38 @@ class PairEncoder:
         t = self.template
         char_cap = (
             self.max_length * 32
-        )  # tokens never span more chars than this; saves tokenising novels
+        )  # a kept token never spans more; saves tokenising whole books
         texts, spans = [], []
         for q, d in zip(queries, documents):
-            d = d[:char_cap]
-            q = q[:char_cap]
+            q, d = q[:char_cap], d[:char_cap]
             q0 = len(t.prefix)
-            q1 = q0 + len(q)
-            d0 = q1 + len(t.middle)
-            d1 = d0 + len(d)
+            d0 = q0 + len(q) + len(t.middle)
             texts.append(t.prefix + q + t.middle + d + t.suffix)
-            spans.append((q0, q1, d0, d1))
+            spans.append((q0, q0 + len(q), d0, d0 + len(d)))
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        out = []
-        for ids, offsets, span in zip(enc["input_ids"], enc["offset_mapping"], spans):
-            if len(ids) <= self.max_length:
-                out.append(list(ids))
-            else:
-                out.append(self._truncate(ids, offsets, span))
-        return out
+        return [
+            list(ids) if len(ids) <= self.max_length else self._truncate(ids, offsets, span)
+            for ids, offsets, span in zip(enc["input_ids"], enc["offset_mapping"], spans)
+        ]
 
     def _truncate(self, ids, offsets, span):
         q0, q1, d0, d1 = span
         starts = np.array([o[0] for o in offsets])
-        ends = np.array([o[1] for o in offsets])
-        # Region of each token by its start offset; zero-width tokens (specials) by their end.
-        pos = np.where(ends > starts, starts, np.maximum(ends - 1, 0))
-        region = np.select(
-            [pos < q0, pos < q1, pos < d0, pos < d1], [0, 1, 2, 3], default=4
-        )  # 0 prefix, 1 query, 2 middle, 3 document, 4 suffix
+        ends = np.maximum(np.array([o[1] for o in offsets]), starts + 1)  # zero-width -> one char
+        # Any token touching the prefix, middle or suffix belongs to the template and is kept (a BPE
+        # token may merge the end of the query with the start of the middle); the others are query or
+        # document tokens by where they start.
+        template = (starts < q0) | ((starts < d0) & (ends > q1)) | (ends > d1)
+        query = ~template & (starts < q1)
+        document = ~template & ~query
         keep = np.ones(len(ids), bool)
-        q_idx = np.flatnonzero(region == 1)
-        keep[q_idx[self.max_query_tokens :]] = False
-        budget = self.max_length - int(keep.sum() - (region == 3).sum())
-        d_idx = np.flatnonzero(region == 3)
+        keep[np.flatnonzero(query)[self.max_query_tokens :]] = False
+        budget = self.max_length - int(keep.sum() - document.sum())
         if budget < 0:
             raise ValueError(
                 f"Template and query need {self.max_length - budget} tokens; max_length={self.max_length}."
             )
-        keep[d_idx[budget:]] = False
+        keep[np.flatnonzero(document)[budget:]] = False
         return [int(i) for i, k in zip(ids, keep) if k]
 
 

@@ -6,7 +6,6 @@ Python (`download_and_prepare`), the `tfds build` CLI and `tfds.load` need Tenso
 input files, so a changed input is rebuilt and an unchanged one is reused.
 """
 
-import hashlib
 import os
 import shutil
 
@@ -14,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from querit_jax.data.groups import read_groups
+from querit_jax.data.io import fingerprint
 
 _FEATURES = {
     "query": tfds.features.Text(),
@@ -67,16 +67,6 @@ class QueritGroups(tfds.core.GeneratorBasedBuilder):
             )
 
 
-def _hash_files(paths) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(os.path.basename(path).encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
     """Builds (or reuses) the ArrayRecord dataset for {split name: groups JSONL path}.
 
@@ -85,7 +75,7 @@ def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
     for split, path in splits.items():
         if not os.path.exists(path):
             raise FileNotFoundError(f"Training groups for split {split!r}: {path} does not exist.")
-    key = _hash_files([splits[s] for s in sorted(splits)])
+    key = fingerprint([splits[s] for s in sorted(splits)])[:16]
     data_dir = os.path.join(cache_dir, key)
     builder = QueritGroups(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():

@@ -46,6 +46,12 @@ def top_k(run: Run, k: int) -> Run:
     }
 
 
+def _untie(run: Run) -> Run:
+    """Replaces scores by strictly decreasing ones in our tie order, so trec_eval cannot reorder."""
+    ranked = top_k(run, max((len(d) for d in run.values()), default=0))
+    return {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} for q, docs in ranked.items()}
+
+
 def evaluate(
     qrels: Qrels,
     run: Run,
@@ -57,7 +63,9 @@ def evaluate(
     if ignore_identical_ids:
         run = {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
     qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items() if docs}
-    run = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in qrels}
+    run = _untie(
+        {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in qrels}
+    )
     per_query: dict[str, dict[str, float]] = {m: {q: 0.0 for q in qrels} for m in metrics}
     parsed = {m: parse_metric(m) for m in metrics}
     measures = {f"{_TREC[b][0]}.{k}" for b, k in parsed.values() if b in _TREC}

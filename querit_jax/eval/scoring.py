@@ -26,7 +26,10 @@ def length_buckets(max_length: int, smallest: int = 32) -> tuple[int, ...]:
 
 
 class Scorer:
-    """Scores pairs with `graphdef` + params on a mesh; params can be swapped per call (training eval)."""
+    """Scores pairs with `graphdef` + params on a mesh; params can be swapped per call (training eval).
+
+    Token budgets default to the ones stored in the spec (what the model was trained with).
+    """
 
     def __init__(
         self,
@@ -37,18 +40,22 @@ class Scorer:
         logical_rules,
         batch_size: int = 64,
         max_length: int | None = None,
-        max_query_tokens: int = 64,
+        max_query_tokens: int | None = None,
     ):
         self.spec = spec
         self.tokenizer = tokenizer
         self.mesh = mesh
         self.rules = logical_rules
         self.max_length = max_length or spec.max_length
-        self.encoder = PairEncoder(tokenizer, spec.template, self.max_length, max_query_tokens)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        batch_split = int(
-            np.prod([mesh.shape[a] for a in _mesh_axes(dict(logical_rules)[axes.BATCH])])
+        self.encoder = PairEncoder(
+            tokenizer,
+            spec.template,
+            self.max_length,
+            max_query_tokens or spec.max_query_tokens,
+            spec.backbone.vocab_size,
         )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batch_split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
         self.batch_size = -(-batch_size // batch_split) * batch_split
         self.buckets = length_buckets(self.max_length)
         self._in_sharding = NamedSharding(
@@ -85,14 +92,8 @@ class Scorer:
         return self.score_tokens(params, self.encoder(queries, documents))
 
 
-def _mesh_axes(target) -> tuple[str, ...]:
-    if target is None:
-        return ()
-    return (target,) if isinstance(target, str) else tuple(target)
-
-
-def scorer_for(model, mesh=None, logical_rules=None, **kwargs) -> Scorer:
-    """A Scorer for a `LoadedModel` (its own mesh/rules unless given)."""
-    mesh = mesh or sharding.single_device_mesh()
-    logical_rules = logical_rules or sharding.rules.resolve_rules("fsdp")
-    return Scorer(model.spec, model.graphdef, model.tokenizer, mesh, logical_rules, **kwargs)
+def scorer_for(model, **kwargs) -> Scorer:
+    """A Scorer for a `LoadedModel` on the mesh it was loaded onto."""
+    return Scorer(
+        model.spec, model.graphdef, model.tokenizer, model.mesh, model.logical_rules, **kwargs
+    )

@@ -1,5 +1,6 @@
 """The evaluation suite run during and after training: BEIR datasets reranked from a cached BM25 run."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -31,8 +32,12 @@ class EvalSuite:
             _, path, split = parse_source(spec, default_split="test")
             name = dataset_name(path, split)
             ds = beir.load_beir(path, split, strict=strict)
+            # The cached run is only valid for the tokenizer and depth it was computed with.
+            key = hashlib.sha256(
+                f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{depth}".encode()
+            )
             safe = name.replace(":", "_").replace("/", "_")
-            run_path = os.path.join(cache_dir, f"{safe}.bm25.trec")
+            run_path = os.path.join(cache_dir, f"{safe}.bm25-{key.hexdigest()[:8]}.trec")
             if os.path.exists(run_path):
                 run = read_run(run_path)
             else:

@@ -75,8 +75,3 @@ class BM25Retriever:
         ids = list(queries)
         hits = self.search([queries[q] for q in ids], top_k)
         return {q: dict(h) for q, h in zip(ids, hits)}
-
-
-def rank_ties_stably(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Sorts (id, score) by score descending, then id ascending: a deterministic order for runs."""
-    return sorted(pairs, key=lambda p: (-p[1], p[0]))

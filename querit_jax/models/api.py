@@ -18,9 +18,11 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from querit_jax import sharding
@@ -38,6 +40,7 @@ class CheckpointError(ValueError):
 
 
 FAMILIES = {"qwen3": (DecoderConfig, DecoderCrossEncoder)}
+TEMPLATE_KINDS = {"qwen3": ("text",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +51,36 @@ class ModelSpec:
     backbone: Any  # DecoderConfig (qwen3)
     head: HeadConfig
     template: Template
-    max_length: int = 512
+    max_length: int = 512  # token budget per pair (template included)
+    max_query_tokens: int = 64  # queries are cut to this many tokens
 
-    def build(self, seed: int = 0) -> nnx.Module:
+    def __post_init__(self):
         if self.family not in FAMILIES:
             raise CheckpointError(
                 f"Unknown model family {self.family!r}; supported: {sorted(FAMILIES)}."
             )
+        if self.template.kind not in TEMPLATE_KINDS[self.family]:
+            raise CheckpointError(
+                f"Template {self.template.name!r} ({self.template.kind}) does not fit the {self.family} "
+                f"family; it needs a {' or '.join(TEMPLATE_KINDS[self.family])} template."
+            )
+        for name in ("yes_token_id", "no_token_id"):
+            tid = getattr(self.head, name)
+            if tid is not None and not 0 <= tid < self.backbone.vocab_size:
+                raise CheckpointError(
+                    f"head.{name}={tid} is outside the vocabulary of {self.backbone.vocab_size} tokens."
+                )
+
+    def build(self, seed: int = 0) -> nnx.Module:
         return FAMILIES[self.family][1](self.backbone, self.head, rngs=nnx.Rngs(seed))
+
+    def replace(self, **fields) -> "ModelSpec":
+        """A copy with spec fields and/or backbone fields (dtype, param_dtype, remat, ...) replaced."""
+        backbone_fields = {f.name for f in dataclasses.fields(self.backbone)}
+        backbone = {k: fields.pop(k) for k in list(fields) if k in backbone_fields}
+        return dataclasses.replace(
+            self, backbone=dataclasses.replace(self.backbone, **backbone), **fields
+        )
 
     def to_json(self) -> dict:
         return {
@@ -66,6 +91,7 @@ class ModelSpec:
             "head": self.head.to_dict(),
             "template": self.template.to_dict(),
             "max_length": self.max_length,
+            "max_query_tokens": self.max_query_tokens,
         }
 
     @classmethod
@@ -81,12 +107,16 @@ class ModelSpec:
                 f"{where}: unknown family {family!r}; supported: {sorted(FAMILIES)}."
             )
         try:
-            backbone = FAMILIES[family][0].from_dict(d["backbone"])
-            head = HeadConfig(**d["head"])
-            template = Template.from_dict(d["template"])
+            return cls(
+                family,
+                FAMILIES[family][0].from_dict(d["backbone"]),
+                HeadConfig(**d["head"]),
+                Template.from_dict(d["template"]),
+                int(d.get("max_length", 512)),
+                int(d.get("max_query_tokens", 64)),
+            )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: {e}") from None
-        return cls(family, backbone, head, template, int(d.get("max_length", 512)))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -99,6 +129,22 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = v
     return out
+
+
+def check_shapes(have: dict[str, tuple], want: dict[str, tuple], where: str) -> None:
+    """Compares flat {name: shape} maps. Raises CheckpointError naming missing/unexpected/mis-shaped keys."""
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        more = lambda names: "..." if len(names) > 5 else ""  # noqa: E731
+        raise CheckpointError(
+            f"{where}: parameter names do not match the model: missing {missing[:5]}{more(missing)}, "
+            f"unexpected {unexpected[:5]}{more(unexpected)}."
+        )
+    for name, shape in want.items():
+        if tuple(have[name]) != tuple(shape):
+            raise CheckpointError(
+                f"{where}: parameter {name} has shape {tuple(have[name])}, the model expects {tuple(shape)}."
+            )
 
 
 def abstract_params(spec: ModelSpec, mesh: Mesh | None = None, logical_rules=None):
@@ -123,49 +169,62 @@ def init_params(spec: ModelSpec, mesh: Mesh, logical_rules, seed: int = 0):
     return graphdef, nnx.to_pure_dict(state)
 
 
-def place_params(host_params: dict, abstract: dict) -> dict:
-    """Puts a tree of host arrays onto the shardings of `abstract`, checking names, shapes and dtypes.
-
-    Raises:
-      CheckpointError: naming the first missing, unexpected or mis-shaped parameter.
-    """
-    have, want = flatten(host_params), flatten(abstract)
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"Parameter names do not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
-        )
-    for name, a in want.items():
-        if tuple(np.shape(have[name])) != tuple(a.shape):
-            raise CheckpointError(
-                f"Parameter {name}: shape {tuple(np.shape(have[name]))}, model expects {tuple(a.shape)}."
-            )
-    return jax.tree.map(
-        lambda x, a: jax.device_put(np.asarray(x).astype(a.dtype), a.sharding),
-        host_params,
-        abstract,
+def place_params(params: dict, abstract: dict, where: str = "parameters") -> dict:
+    """Puts host or device arrays onto the dtypes and shardings of `abstract`, checking names and shapes."""
+    check_shapes(
+        {k: np.shape(v) for k, v in flatten(params).items()},
+        {k: a.shape for k, a in flatten(abstract).items()},
+        where,
     )
+    return jax.tree.map(
+        lambda x, a: jax.device_put(jnp.asarray(x, a.dtype), a.sharding), params, abstract
+    )
+
+
+def yes_no_to_score(spec: ModelSpec, params: dict) -> tuple[ModelSpec, dict]:
+    """Converts a yes/no head exactly into a linear score head: w = out[:, yes] - out[:, no].
+
+    Both compute logit[yes] - logit[no] at the last token; the linear form is what
+    transformers' Qwen3ForSequenceClassification runs.
+    """
+    head = spec.head
+    params = dict(params)
+    if spec.backbone.tie_word_embeddings:
+        matrix = jnp.asarray(params["model"]["embed_tokens"]["embedding"]).T
+    else:
+        matrix = jnp.asarray(params.pop("lm_head")["kernel"])
+    w = matrix[:, head.yes_token_id].astype(jnp.float32) - matrix[:, head.no_token_id].astype(
+        jnp.float32
+    )
+    params["score"] = {"kernel": w.astype(matrix.dtype)[:, None]}
+    return dataclasses.replace(spec, head=HeadConfig(kind="score")), params
 
 
 def save_model(
     path: str, spec: ModelSpec, params: dict, tokenizer, extra: dict | None = None
 ) -> str:
-    """Writes a model checkpoint directory (overwriting `path`). Returns the path."""
+    """Writes a model checkpoint directory (replacing `path`). Returns the path.
+
+    Every process takes part in the Orbax save (sharded arrays are written collectively into one
+    temporary directory); process 0 writes the metadata and renames the directory when all are done.
+    """
     path = os.path.abspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = f"{path}.tmp"
+    if jax.process_index() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    multihost_utils.sync_global_devices(f"querit_jax save_model start {path}")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
-    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-    meta = {**spec.to_json(), "tokenizer": "tokenizer", **(extra or {})}
-    with open(os.path.join(tmp, "model.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False)
     if jax.process_index() == 0:
+        tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+        meta = {**spec.to_json(), "tokenizer": "tokenizer", **(extra or {})}
+        with open(os.path.join(tmp, "model.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, ensure_ascii=False)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
+    multihost_utils.sync_global_devices(f"querit_jax save_model done {path}")
     return path
 
 
@@ -185,6 +244,8 @@ class LoadedModel:
     tokenizer: Any
     path: str
     metadata: dict
+    mesh: Mesh
+    logical_rules: Any
 
     def module(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
@@ -215,10 +276,50 @@ def resolve_model_path(path: str) -> str:
     )
 
 
+def _restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:
+    params_dir = os.path.join(path, "params")
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"{path}: model.json present but the params/ directory is missing.")
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        stored = ckptr.metadata(params_dir).item_metadata.tree
+    except Exception as e:  # Orbax raises many types for unreadable checkpoints
+        raise CheckpointError(
+            f"{params_dir}: not a readable Orbax checkpoint ({type(e).__name__}: {e})."
+        ) from None
+    check_shapes(
+        {k: v.shape for k, v in flatten(stored).items()},
+        {k: v.shape for k, v in flatten(abstract).items()},
+        f"{params_dir} (against {os.path.join(path, 'model.json')})",
+    )
+    try:
+        return ckptr.restore(params_dir, abstract)
+    except Exception as e:
+        raise CheckpointError(
+            f"{params_dir}: restoring failed ({type(e).__name__}: {e})."
+        ) from None
+
+
 def load_model(
-    path: str, mesh: Mesh | None = None, logical_rules=None, tokenizer_path: str = ""
+    path: str,
+    mesh: Mesh | None = None,
+    logical_rules=None,
+    *,
+    tokenizer_path: str = "",
+    head: str = "auto",
+    yes_token: str = "yes",
+    no_token: str = "no",
+    **spec_fields,
 ) -> LoadedModel:
-    """Loads a model checkpoint, a Hugging Face directory or a training workdir onto `mesh`."""
+    """Loads a model checkpoint, a Hugging Face directory or a training workdir onto `mesh`.
+
+    Args:
+      head: "auto" keeps the stored head (HF: by architecture); "score" converts a yes/no head exactly
+        into a linear head; "yes_no" needs a checkpoint that has an LM head.
+      spec_fields: spec/backbone fields to override (dtype, param_dtype, remat, template, max_length...).
+    Raises:
+      CheckpointError: naming the path and the offending key, for anything unusable.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model_path(path)
@@ -227,42 +328,33 @@ def load_model(
     if not is_model_checkpoint(path):
         from querit_jax.convert import hf_import
 
-        spec, host_params, tokenizer = hf_import.read_hf_dir(path)
-        graphdef, abstract = abstract_params(spec, mesh, logical_rules)
-        return LoadedModel(
-            spec, graphdef, place_params(host_params, abstract), tokenizer, path, {"source": path}
+        spec, params, tokenizer = hf_import.read_hf_dir(
+            path, head=head, tokenizer_path=tokenizer_path, yes_token=yes_token, no_token=no_token
         )
-    spec, meta = read_spec(path)
-    graphdef, abstract = abstract_params(spec, mesh, logical_rules)
-    params_dir = os.path.join(path, "params")
-    if not os.path.isdir(params_dir):
-        raise CheckpointError(f"{path}: model.json present but the params/ directory is missing.")
-    ckptr = ocp.StandardCheckpointer()
-    try:
-        stored = ckptr.metadata(params_dir).item_metadata.tree
-    except Exception as e:
-        raise CheckpointError(
-            f"{params_dir}: not a readable Orbax checkpoint ({type(e).__name__}: {e})."
-        ) from None
-    have = {k: tuple(v.shape) for k, v in flatten(stored).items()}
-    want = {k: tuple(v.shape) for k, v in flatten(abstract).items()}
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{params_dir}: parameters do not match {os.path.join(path, 'model.json')}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}."
+        meta = {"source": path}
+    else:
+        spec, meta = read_spec(path)
+        _, abstract = abstract_params(spec, mesh, logical_rules)
+        params = _restore_params(path, spec, abstract)
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_path or os.path.join(path, meta.get("tokenizer", "tokenizer"))
         )
-    for k, shape in want.items():
-        if have[k] != shape:
+        if head == "score" and spec.head.kind == "yes_no":
+            spec, params = yes_no_to_score(spec, params)
+        elif head not in ("auto", spec.head.kind):
             raise CheckpointError(
-                f"{params_dir}: parameter {k} has shape {have[k]}, model.json implies {shape}."
+                f"{path}: has a {spec.head.kind} head; it cannot be turned into a {head} head."
             )
-    try:
-        params = ckptr.restore(params_dir, abstract)
-    except Exception as e:
+    if len(tokenizer) > spec.backbone.vocab_size:
         raise CheckpointError(
-            f"{params_dir}: restoring failed ({type(e).__name__}: {e})."
-        ) from None
-    tok_dir = tokenizer_path or os.path.join(path, meta.get("tokenizer", "tokenizer"))
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    return LoadedModel(spec, graphdef, params, tokenizer, path, meta)
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only {spec.backbone.vocab_size} "
+            "embedding rows; use the model's own tokenizer."
+        )
+    if spec_fields:
+        try:
+            spec = spec.replace(**spec_fields)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    graphdef, abstract = abstract_params(spec, mesh, logical_rules)
+    params = place_params(params, abstract, path)
+    return LoadedModel(spec, graphdef, params, tokenizer, path, meta, mesh, logical_rules)

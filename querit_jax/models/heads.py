@@ -36,8 +36,10 @@ class HeadConfig:
             raise ValueError(f"Unknown head kind {self.kind!r}; choose one of {HEAD_KINDS}.")
         if self.kind == "yes_no" and (self.yes_token_id is None or self.no_token_id is None):
             raise ValueError("A yes_no head needs yes_token_id and no_token_id.")
-        if self.kind == "yes_no" and self.num_labels != 1:
-            raise ValueError("A yes_no head produces one score; set num_labels=1.")
+        if self.num_labels != 1:
+            raise ValueError(
+                f"Rerankers here produce one score per pair; num_labels={self.num_labels}."
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)

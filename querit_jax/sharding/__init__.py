@@ -51,11 +51,16 @@ def shard(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical))
 
 
-def _mesh_size(mesh: Mesh, target: rules.MeshAxes) -> int:
+def axis_size(mesh_shape, target: rules.MeshAxes) -> int:
+    """Number of devices a logical axis is split over: the product of its mesh axes' sizes.
+
+    `mesh_shape` is a Mesh or a {mesh axis: size} mapping; `target` a rule's right-hand side.
+    """
+    shape = mesh_shape.shape if isinstance(mesh_shape, Mesh) else mesh_shape
     if target is None:
         return 1
     names = (target,) if isinstance(target, str) else target
-    return int(np.prod([mesh.shape[n] for n in names]))
+    return int(np.prod([shape[n] for n in names]))
 
 
 def param_specs(abstract_state: nnx.State, mesh: Mesh, logical_rules: Rules) -> nnx.State:
@@ -76,7 +81,7 @@ def param_specs(abstract_state: nnx.State, mesh: Mesh, logical_rules: Rules) -> 
             return PartitionSpec()
         spec = logical_to_spec(logical, logical_rules)
         for dim, (size, target) in enumerate(zip(shape, spec)):
-            n = _mesh_size(mesh, target)
+            n = axis_size(mesh, target)
             if size % n:
                 name = "/".join(str(p) for p in path)
                 raise ValueError(
@@ -111,9 +116,3 @@ def init_sharded(
     with use_rules(mesh, logical_rules):
         state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
     return graphdef, state
-
-
-def state_shardings(state: nnx.State, mesh: Mesh, logical_rules: Rules) -> nnx.State:
-    """NamedShardings for a (possibly concrete) state from its variables' logical metadata."""
-    specs = param_specs(state, mesh, logical_rules)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)

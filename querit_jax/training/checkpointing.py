@@ -58,8 +58,11 @@ class Checkpointer:
         )
         return restored["state"]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_config(self, step: int) -> dict:
+        """The config JSON saved with `step`."""
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+            "config"
+        ]
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -9,10 +9,11 @@ training, every `eval_every` steps and at the end, and exports the final model t
 import dataclasses
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
 from querit_jax import config_lib, sharding
 from querit_jax.data import pipeline, sources, tfds_groups
@@ -24,25 +25,41 @@ from querit_jax.models import api
 from querit_jax.sharding import axes
 from querit_jax.training import optim, steps
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
-from querit_jax.training.state import init_state, state_shardings
+from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, TrainMetrics, get_logger
 
 
 def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
-    """(spec, graphdef, params, tokenizer): from `model.init_from` or freshly initialised."""
+    """(spec, graphdef, params, tokenizer): from `model.init_from` or freshly initialised.
+
+    With `init_from`, the architecture comes from the checkpoint; the config's head (a yes/no head is
+    converted exactly to a linear one if `head="score"`), tokenizer, template, token budgets, dtypes
+    and remat are applied to it.
+    """
     from transformers import AutoTokenizer
 
-    m = cfg.model
+    m, d = cfg.model, cfg.data
     template = make_template(m.template, instruction=m.instruction or None)
+    budgets = dict(template=template, max_length=d.max_length, max_query_tokens=d.max_query_tokens)
+    compute = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
     if m.init_from:
-        loaded = api.load_model(m.init_from, mesh, logical_rules, tokenizer_path=m.tokenizer)
-        backbone = dataclasses.replace(loaded.spec.backbone, dtype=m.dtype, remat=m.remat)
-        spec = dataclasses.replace(
-            loaded.spec, backbone=backbone, template=template, max_length=cfg.data.max_length
+        if m.overrides:
+            log(
+                f"model.overrides {dict(m.overrides)} are ignored: the architecture comes from {m.init_from}."
+            )
+        loaded = api.load_model(
+            m.init_from,
+            mesh,
+            logical_rules,
+            tokenizer_path=m.tokenizer,
+            head=m.head,
+            yes_token=m.yes_token,
+            no_token=m.no_token,
+            **budgets,
+            **compute,
         )
-        graphdef, _ = api.abstract_params(spec, mesh, logical_rules)
-        log(f"Initialised from {loaded.path} ({spec.family}, head {spec.head.kind}).")
-        return spec, graphdef, loaded.params, loaded.tokenizer
+        log(f"Initialised from {loaded.path} ({loaded.spec.family}, head {loaded.spec.head.kind}).")
+        return loaded.spec, loaded.graphdef, loaded.params, loaded.tokenizer
     tokenizer = AutoTokenizer.from_pretrained(m.tokenizer)
     backbone = m.decoder_config(
         pad_token_id=tokenizer.pad_token_id,
@@ -54,9 +71,7 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
             f"model.overrides.vocab_size: the tokenizer has {len(tokenizer)} tokens but the model only "
             f"{backbone.vocab_size} embedding rows."
         )
-    spec = api.ModelSpec(
-        m.family, backbone, config_lib.head_config(m, tokenizer), template, cfg.data.max_length
-    )
+    spec = api.ModelSpec(m.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
     graphdef, params = api.init_params(spec, mesh, logical_rules, seed=m.seed)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     log(
@@ -65,61 +80,108 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
     return spec, graphdef, params, tokenizer
 
 
-def _to_global(batch: dict, batch_sharding: NamedSharding) -> dict:
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+@dataclasses.dataclass
+class Session:
+    """Everything `run` sets up before the first step."""
+
+    cfg: config_lib.ExperimentConfig
+    workdir: str
+    mesh: Mesh
+    rules: Any
+    spec: api.ModelSpec
+    graphdef: Any
+    tokenizer: Any
+    data_iter: Any
+    data_manifest: dict
+    state: TrainState
+    train_step: Any
+    batch_sharding: NamedSharding
+    checkpointer: Checkpointer
+    start: int
+    suite: EvalSuite
+    scorer: Scorer | None
+    log: Any
+
+    @property
+    def results_path(self) -> str:
+        return os.path.join(self.workdir, "results.json")
+
+    def evaluate(self, key: str) -> dict | None:
+        """Runs the eval suite on the current parameters and records it under `key` in results.json."""
+        if not self.suite:
+            return None
+        t = time.time()
+        with sharding.use_rules(self.mesh, self.rules):
+            res = self.suite.evaluate(self.scorer, self.state.params)
+        self.log(
+            f"{key}: mean nDCG@10 {res['mean']['reranked']['ndcg@10']:.4f} "
+            f"(BM25 {res['mean']['first_stage']['ndcg@10']:.4f}) [{time.time() - t:.0f} s]"
+        )
+        results = read_json(self.results_path) if os.path.exists(self.results_path) else {}
+        results[key] = res
+        if jax.process_index() == 0:
+            write_json(self.results_path, results)
+        return res
 
 
-def _save_results(path: str, key: str, value: dict) -> dict:
-    results = read_json(path) if os.path.exists(path) else {}
-    results[key] = value
-    if jax.process_index() == 0:
-        write_json(path, results)
-    return results
+def _input_pipeline(cfg, spec, tokenizer, workdir, log):
+    """Mines/validates the training groups, builds the ArrayRecord dataset, returns the grain iterator.
 
-
-def run(
-    cfg: config_lib.ExperimentConfig, workdir: str, stop_at_step: int | None = None, devices=None
-) -> dict:
-    """Trains and evaluates; returns the results dict also written to `<workdir>/results.json`.
-
-    Args:
-      stop_at_step: end this run after that step (saving a checkpoint) as if preempted; a later `run`
-        with the same workdir continues from there.
-      devices: the devices of the mesh (default: all).
+    With several processes each builds its own identical copy (under data/process_<i>): correct on
+    per-host disks and on shared ones alike.
     """
-    log = get_logger().info if jax.process_index() == 0 else (lambda *a, **k: None)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    devices = list(devices) if devices is not None else jax.devices()
-    mesh_shape = config_lib.validate_for_devices(cfg, len(devices), jax.process_count())
-    mesh = sharding.make_mesh(mesh_shape, devices)
-    rules = cfg.sharding.rules()
-    log(
-        f"Mesh {dict(zip(axes.MESH_AXES, mesh_shape))} over {len(devices)} {devices[0].platform} "
-        f"devices, preset {cfg.sharding.preset}."
-    )
+    data_dir = os.path.join(workdir, "data")
+    if jax.process_count() > 1:
+        data_dir = os.path.join(data_dir, f"process_{jax.process_index()}")
+    bm25_tokenizer = tokenizer
+    if cfg.data.bm25_tokenizer:
+        from transformers import AutoTokenizer
 
-    spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log)
-    groups_path, data_manifest = sources.prepare_train_groups(
-        cfg.data, tokenizer, os.path.join(workdir, "data"), log
-    )
-    builder = tfds_groups.prepare_groups(
-        {"train": groups_path}, os.path.join(workdir, "data", "tfds")
-    )
-    encoder = PairEncoder(tokenizer, spec.template, cfg.data.max_length, cfg.data.max_query_tokens)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        bm25_tokenizer = AutoTokenizer.from_pretrained(cfg.data.bm25_tokenizer)
+    groups_path, manifest = sources.prepare_train_groups(cfg.data, bm25_tokenizer, data_dir, log)
+    builder = tfds_groups.prepare_groups({"train": groups_path}, os.path.join(data_dir, "tfds"))
+    try:
+        encoder = PairEncoder(
+            tokenizer,
+            spec.template,
+            cfg.data.max_length,
+            cfg.data.max_query_tokens,
+            spec.backbone.vocab_size,
+        )
+    except ValueError as e:
+        raise config_lib.ConfigError(f"data.max_length / data.max_query_tokens: {e}") from None
     dataset = pipeline.train_dataset(
         builder.as_data_source("train"),
         encoder,
-        pad_id,
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         cfg.data.batch_size // jax.process_count(),
         cfg.data.group_size,
         cfg.data.seed,
         jax.process_index(),
         jax.process_count(),
     )
-    data_iter = pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads)
+    return (
+        pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads),
+        manifest,
+        bm25_tokenizer,
+    )
 
+
+def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Session:
+    """Builds the mesh, model, data, optimiser state (restored if a checkpoint exists) and eval suite."""
+    log = get_logger().info if jax.process_index() == 0 else (lambda *a, **k: None)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    devices = list(devices) if devices is not None else jax.devices()
+    mesh_shape = config_lib.validate_for_devices(cfg, len(devices), jax.process_count())
+    mesh, rules = sharding.make_mesh(mesh_shape, devices), cfg.sharding.rules()
+    log(
+        f"Mesh {dict(zip(axes.MESH_AXES, mesh_shape))} over {len(devices)} {devices[0].platform} "
+        f"devices, preset {cfg.sharding.preset}."
+    )
+
+    spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log)
+    data_iter, manifest, bm25_tokenizer = _input_pipeline(cfg, spec, tokenizer, workdir, log)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     _, abstract = api.abstract_params(spec, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh)
@@ -132,20 +194,24 @@ def run(
     )
     start = ckpt.latest_step() or 0
     if start:
+        drift = config_lib.config_drift(ckpt.restore_config(start), cfg.to_dict())
+        if drift:
+            raise config_lib.ConfigError(
+                f"{workdir} holds a run with a different config ({'; '.join(drift)}); use a new --workdir "
+                "or the original config."
+            )
         state = ckpt.restore(start, abstract_like(state, shardings), data_iter)
         log(f"Resumed from step {start} ({ckpt.directory}).")
-
     batch_sharding = NamedSharding(
         mesh, sharding.logical_to_spec((axes.BATCH,), rules)
-    )  # dim 0 of every entry
+    )  # dim 0 of all
     train_step = jax.jit(
         steps.make_train_step(graphdef, tx, schedule, cfg.train.temperature),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, None),
         donate_argnums=(0,),
     )
-    results_path = os.path.join(workdir, "results.json")
-    suite = EvalSuite(cfg.eval, tokenizer, os.path.join(workdir, "eval"), cfg.data.strict, log)
+    suite = EvalSuite(cfg.eval, bm25_tokenizer, os.path.join(workdir, "eval"), cfg.data.strict, log)
     scorer = (
         Scorer(
             spec,
@@ -160,85 +226,115 @@ def run(
         if suite
         else None
     )
-    if suite and start == 0:
-        t = time.time()
-        with sharding.use_rules(mesh, rules):
-            res = suite.evaluate(scorer, state.params)
-        log(
-            f"Untrained model: mean nDCG@10 {res['mean']['reranked']['ndcg@10']:.4f} "
-            f"(BM25 {res['mean']['first_stage']['ndcg@10']:.4f}) [{time.time() - t:.0f} s]"
-        )
-        _save_results(results_path, "untrained", res)
+    return Session(
+        cfg,
+        workdir,
+        mesh,
+        rules,
+        spec,
+        graphdef,
+        tokenizer,
+        data_iter,
+        manifest,
+        state,
+        train_step,
+        batch_sharding,
+        ckpt,
+        start,
+        suite,
+        scorer,
+        log,
+    )
 
-    writer = MetricWriter(workdir)
+
+def _train(s: Session, end: int) -> None:
+    """Steps `s.start + 1 .. end`: logging, checkpoints and periodic evaluation."""
+    cfg = s.cfg
+    writer = MetricWriter(s.workdir)
     config_json = cfg.to_dict()
-    progress = Progress(cfg.train.num_steps, start, cfg.data.batch_size * cfg.data.group_size)
-    end = cfg.train.num_steps if stop_at_step is None else min(stop_at_step, cfg.train.num_steps)
-    pending = None
-    step = start
-    with sharding.use_rules(mesh, rules):
-        for step in range(start + 1, end + 1):
-            batch = _to_global(next(data_iter), batch_sharding)
-            state, metrics = train_step(state, batch)
+    progress = Progress(cfg.train.num_steps, s.start)
+    pending, pairs, tokens = None, 0, 0
+    with sharding.use_rules(s.mesh, s.rules):
+        for step in range(s.start + 1, end + 1):
+            local = next(s.data_iter)
+            pairs += (
+                local["segment_ids"].shape[0] * local["segment_ids"].shape[1] * jax.process_count()
+            )
+            tokens += int((local["segment_ids"] > 0).sum()) * jax.process_count()
+            batch = {
+                k: jax.make_array_from_process_local_data(s.batch_sharding, v)
+                for k, v in local.items()
+            }
+            s.state, metrics = s.train_step(s.state, batch)
             update = TrainMetrics.single_from_model_output(**metrics)
             pending = update if pending is None else pending.merge(update)
             if step % cfg.train.log_every == 0 or step == end:
                 summary = {k: float(v) for k, v in pending.compute().items()}
-                pending = None
                 writer.write(step, summary)
-                log(progress.line(step, summary))
+                s.log(progress.line(step, summary, pairs, tokens))
+                pending, pairs, tokens = None, 0, 0
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step != end:
-                ckpt.save(step, state, data_iter, config_json)
+                s.checkpointer.save(step, s.state, s.data_iter, config_json)
             if (
-                suite
-                and cfg.train.eval_every
+                cfg.train.eval_every
                 and step % cfg.train.eval_every == 0
                 and step != cfg.train.num_steps
             ):
-                res = suite.evaluate(scorer, state.params)
-                writer.write(
-                    step,
-                    {
-                        f"eval/ndcg@10/{k}": v["reranked"]["ndcg@10"]
-                        for k, v in res["datasets"].items()
-                    },
-                )
-                log(f"step {step}: mean nDCG@10 {res['mean']['reranked']['ndcg@10']:.4f}")
-                _save_results(results_path, f"step_{step}", res)
-    if end > start:
-        ckpt.save(end, state, data_iter, config_json)
-    ckpt.close()
+                res = s.evaluate(f"step_{step}")
+                if res:
+                    writer.write(
+                        step,
+                        {
+                            f"eval/ndcg@10/{k}": v["reranked"]["ndcg@10"]
+                            for k, v in res["datasets"].items()
+                        },
+                    )
+    if end > s.start:
+        s.checkpointer.save(end, s.state, s.data_iter, config_json)
+    s.checkpointer.close()
     writer.close()
+
+
+def run(
+    cfg: config_lib.ExperimentConfig, workdir: str, stop_at_step: int | None = None, devices=None
+) -> dict:
+    """Trains and evaluates; returns the results dict also written to `<workdir>/results.json`.
+
+    Args:
+      stop_at_step: end this run after that step (saving a checkpoint) as if preempted; a later `run`
+        with the same workdir continues from there.
+      devices: the devices of the mesh (default: all).
+    """
+    s = setup(cfg, workdir, devices)
+    if s.start == 0:
+        s.evaluate("untrained")
+    end = cfg.train.num_steps if stop_at_step is None else min(stop_at_step, cfg.train.num_steps)
+    _train(s, end)
     # The step compiles once per run (fixed shapes, one jit site); more would mean silent retracing.
-    diagnostics = {"train_step_compilations": train_step._cache_size(), "steps_run": end - start}
-    log(
-        f"Train step compiled {diagnostics['train_step_compilations']} time(s) for {end - start} steps."
+    diagnostics = {
+        "train_step_compilations": s.train_step._cache_size(),
+        "steps_run": end - s.start,
+    }
+    s.log(
+        f"Train step compiled {diagnostics['train_step_compilations']} time(s) for {end - s.start} steps."
     )
     if end < cfg.train.num_steps:
-        log(f"Stopped after step {end} as asked; run again with the same workdir to continue.")
-        return {**(read_json(results_path) if os.path.exists(results_path) else {}), **diagnostics}
-
-    final_spec = dataclasses.replace(spec, backbone=dataclasses.replace(spec.backbone, remat=False))
-    api.save_model(
-        os.path.join(workdir, "model"),
-        final_spec,
-        state.params,
-        tokenizer,
-        {
+        s.log(f"Stopped after step {end} as asked; run again with the same workdir to continue.")
+    else:
+        spec = s.spec.replace(remat=False)
+        extra = {
             "training": {
-                "workdir": workdir,
-                "steps": int(cfg.train.num_steps),
-                "config": config_json,
-                "data": data_manifest,
+                "workdir": s.workdir,
+                "steps": cfg.train.num_steps,
+                "config": cfg.to_dict(),
+                "data": s.data_manifest,
             }
-        },
-    )
-    results = read_json(results_path) if os.path.exists(results_path) else {}
-    if suite:
-        with sharding.use_rules(mesh, rules):
-            res = suite.evaluate(scorer, state.params)
-        results = _save_results(results_path, "final", res)
-        shown = {k: results[k] for k in ("untrained", "final") if k in results}
-        log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
-    log(f"Model written to {os.path.join(workdir, 'model')}.")
+        }
+        api.save_model(os.path.join(s.workdir, "model"), spec, s.state.params, s.tokenizer, extra)
+        if s.evaluate("final"):
+            results = read_json(s.results_path)
+            shown = {k: results[k] for k in ("untrained", "final") if k in results}
+            s.log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
+        s.log(f"Model written to {os.path.join(s.workdir, 'model')}.")
+    results = read_json(s.results_path) if os.path.exists(s.results_path) else {}
     return {**results, **diagnostics}

@@ -51,20 +51,23 @@ class MetricWriter:
 
 
 class Progress:
-    """The progress line: step, loss, accuracy, lr, pairs/s and ETA."""
+    """The progress line: step, loss, accuracy, lr, pairs/s, real tokens/s and ETA."""
 
-    def __init__(self, total_steps: int, start_step: int, pairs_per_step: int):
-        self.total, self.pairs_per_step = total_steps, pairs_per_step
+    def __init__(self, total_steps: int, start_step: int):
+        self.total = total_steps
         self._t, self._step = time.time(), start_step
 
-    def line(self, step: int, m: dict[str, float]) -> str:
+    def line(self, step: int, m: dict[str, float], pairs: int, tokens: int) -> str:
+        """`pairs`/`tokens`: processed since the previous line (tokens: real, not padding)."""
         now = time.time()
-        rate = (step - self._step) / max(now - self._t, 1e-9)
+        elapsed = max(now - self._t, 1e-9)
+        rate = (step - self._step) / elapsed
         self._t, self._step = now, step
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         return (
             f"step {step}/{self.total} | loss {m['loss']:.4f} | acc {m['accuracy']:.3f} | "
-            f"lr {m['learning_rate']:.2e} | {rate * self.pairs_per_step:.0f} pairs/s | ETA {_fmt(eta)}"
+            f"lr {m['learning_rate']:.2e} | {pairs / elapsed:.0f} pairs/s | {tokens / elapsed:.0f} tok/s | "
+            f"ETA {_fmt(eta)}"
         )
 
 

@@ -14,8 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from absl import app, flags
+from absl import flags
 
+from querit_jax import cli
 from querit_jax.convert import hf_export
 from querit_jax.models import api
 
@@ -57,4 +58,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["checkpoint", "out"])
-    app.run(main)
+    cli.run(main)

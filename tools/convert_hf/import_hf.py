@@ -12,8 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from absl import app, flags
+from absl import flags
 
+from querit_jax import cli
 from querit_jax.convert import hf_import
 from querit_jax.data.templates import make_template
 
@@ -52,4 +53,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["hf_dir", "out"])
-    app.run(main)
+    cli.run(main)

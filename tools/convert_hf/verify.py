@@ -13,8 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from absl import app, flags
+from absl import flags
 
+from querit_jax import cli
 from querit_jax.convert.verify import SAMPLE_PAIRS, verify
 from querit_jax.eval.api import read_pairs
 from querit_jax.models import api
@@ -49,4 +50,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["checkpoint", "hf_dir"])
-    app.run(main)
+    cli.run(main)
