@@ -15,10 +15,13 @@ import ml_collections
 
 from querit_jax.data.templates import TEMPLATES, make_template
 from querit_jax.models.config import DECODER_PRESETS, DecoderConfig, dtype_of
-from querit_jax.models.heads import HEAD_KINDS, HeadConfig
+from querit_jax.models.encoder_config import ENCODER_PRESETS, EncoderConfig
+from querit_jax.models.heads import HeadConfig
 from querit_jax.sharding import axes, axis_size
 from querit_jax.sharding import rules as rules_lib
 from querit_jax.sharding.mesh import resolve_mesh_shape
+
+FAMILY_NAMES = ("qwen3", "bert", "xlm_roberta")
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,8 @@ class ModelConfig:
     remat: bool = False
     seed: int = 0
 
-    def decoder_config(self, **extra) -> DecoderConfig:
+    def backbone_config(self, **extra):
+        """The preset's DecoderConfig (qwen3) or EncoderConfig (bert, xlm_roberta) with overrides."""
         fields = {
             **dict(self.overrides),
             "dtype": self.dtype,
@@ -72,7 +76,9 @@ class ModelConfig:
             "remat": self.remat,
             **extra,
         }
-        return DecoderConfig.from_preset(self.preset, **fields)
+        if self.family == "qwen3":
+            return DecoderConfig.from_preset(self.preset, **fields)
+        return EncoderConfig.from_preset(self.preset, **{"family": self.family, **fields})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,26 +184,34 @@ def _require(cond: bool, field: str, message: str) -> None:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Field checks that need no devices. Returns cfg; raises ConfigError naming the field."""
     m, d, o, t, e, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.eval, cfg.sharding
+    decoder = m.family == "qwen3"
     _require(
-        m.family == "qwen3", "model.family", f"unknown family {m.family!r}; supported: 'qwen3'."
+        m.family in FAMILY_NAMES,
+        "model.family",
+        f"unknown family {m.family!r}; choose from {FAMILY_NAMES}.",
     )
+    presets = DECODER_PRESETS if decoder else ENCODER_PRESETS
     _require(
-        m.preset in DECODER_PRESETS,
+        m.preset in presets,
         "model.preset",
-        f"unknown preset {m.preset!r}; choose from {DECODER_PRESETS}.",
+        f"unknown {m.family} preset {m.preset!r}; choose from {presets}.",
     )
+    heads = ("score", "yes_no") if decoder else ("score",)
     _require(
-        m.head in HEAD_KINDS, "model.head", f"unknown head {m.head!r}; choose from {HEAD_KINDS}."
-    )
-    _require(
-        m.template not in TEMPLATES or make_template(m.template).kind == "text",
-        "model.template",
-        f"{m.template!r} is an encoder template; qwen3 models read text templates ({sorted(TEMPLATES)}).",
+        m.head in heads,
+        "model.head",
+        f"a {m.family} reranker has a head in {heads}, not {m.head!r}.",
     )
     _require(
         m.template in TEMPLATES,
         "model.template",
         f"unknown template {m.template!r}; choose from {sorted(TEMPLATES)}.",
+    )
+    kind = "text" if decoder else "pair"
+    _require(
+        make_template(m.template).kind == kind,
+        "model.template",
+        f"{m.family} models read {kind} templates; {m.template!r} is not one.",
     )
     for field in ("dtype", "param_dtype"):
         try:
@@ -206,7 +220,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"model.{field}: {err}") from None
     if not m.init_from:
         try:
-            m.decoder_config()
+            m.backbone_config()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model.overrides: {err}") from None
         _require(

@@ -105,3 +105,17 @@ def test_locked_config_rejects_typos_on_the_command_line():
     )
     assert proc.returncode != 0
     assert "learnin_rate" in proc.stderr
+
+
+def test_encoder_families_validate_with_their_own_presets_and_templates():
+    cfg = _demo()
+    cfg.model.family, cfg.model.preset, cfg.model.template = "bert", "minilm_l6", "encoder_pair"
+    cfg.model.overrides = {}
+    exp = config_lib.from_config_dict(cfg)
+    assert exp.model.backbone_config().hidden_size == 384
+    cfg.model.template = "qwen3_pair"
+    with pytest.raises(config_lib.ConfigError, match="bert models read pair templates"):
+        config_lib.from_config_dict(cfg)
+    cfg.model.template, cfg.model.head = "encoder_pair", "yes_no"
+    with pytest.raises(config_lib.ConfigError, match="model.head"):
+        config_lib.from_config_dict(cfg)

@@ -10,7 +10,8 @@ import pytest
 
 from querit_jax.data import beir, groups, pipeline, tfds_groups, xquad_r
 from querit_jax.data.io import DataFormatError
-from querit_jax.data.templates import PairEncoder, pad_batch, qwen3_pair, qwen3_reranker
+from querit_jax.data.templates import qwen3_pair, qwen3_reranker
+from querit_jax.data.tokenize import PairEncoder, pad_batch
 from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
 from tests.conftest import SHARED, XQUAD, write_jsonl
 
@@ -292,10 +293,9 @@ def test_truncation_cuts_only_the_document_and_keeps_the_suffix(tokenizer, templ
 
 
 def test_pad_batch_left_and_right():
-    ids, seg = pad_batch([[5, 6, 7], [8]], 4, pad_id=0, left=True)
-    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and seg.tolist() == [
-        [0, 1, 1, 1],
-        [0, 0, 0, 1],
-    ]
+    ids, seg, types = pad_batch([[5, 6, 7], [8]], 4, pad_id=0, left=True, types=[[0, 0, 1], [1]])
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]]
+    assert seg.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert types.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1]]
     with pytest.raises(ValueError, match="expected 1..4"):
         pad_batch([[1] * 5], 4, pad_id=0)

@@ -16,7 +16,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen
 
 from querit_jax.convert import hf_export, hf_import
 from querit_jax.convert.safetensors_io import read_file
-from querit_jax.data.templates import PairEncoder, pad_batch, qwen3_pair, qwen3_reranker
+from querit_jax.data.templates import qwen3_pair, qwen3_reranker
+from querit_jax.data.tokenize import PairEncoder, pad_batch
 from querit_jax.models import api
 from tests.conftest import make_hf_qwen3
 
@@ -37,7 +38,7 @@ DOCS = [
 def _batch(model, max_length, left):
     seqs = PairEncoder(model.tokenizer, model.spec.template, max_length)(QUERIES, DOCS)
     assert len({len(s) for s in seqs}) > 1, "the batch must have unequal lengths"
-    ids, seg = pad_batch(seqs, max_length, model.tokenizer.pad_token_id, left=left)
+    ids, seg, _ = pad_batch(seqs, max_length, model.tokenizer.pad_token_id, left=left)
     return seqs, ids, seg
 
 
@@ -189,7 +190,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", pad_token="<|fim_pad|>", std=0.05)
     model = api.load_model(hf_dir)
     seqs = PairEncoder(model.tokenizer, model.spec.template, 64, 24)(QUERIES, DOCS)
-    ids, seg = pad_batch(seqs, 64, model.tokenizer.pad_token_id)
+    ids, seg, _ = pad_batch(seqs, 64, model.tokenizer.pad_token_id)
     batch = {"input_ids": ids.reshape(2, 2, 64), "segment_ids": seg.reshape(2, 2, 64)}
 
     def loss_fn(params):

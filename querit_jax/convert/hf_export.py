@@ -1,9 +1,12 @@
 """querit_jax model -> a Hugging Face directory that transformers and sentence-transformers load.
 
-Written files: config.json, model.safetensors, tokenizer files with a `chat_template.jinja` that renders
-the model's pair template from ("query", "document") messages, and the sentence-transformers
-CrossEncoder files (modules.json, sentence_bert_config.json, config_sentence_transformers.json with an
-identity activation, so `CrossEncoder(dir).predict` returns the raw scores this project computes).
+Rerankers: config.json, model.safetensors (Qwen3ForSequenceClassification, Qwen3ForCausalLM for yes/no
+models on request, BertForSequenceClassification, XLMRobertaForSequenceClassification), the tokenizer
+(decoders: with a `chat_template.jinja` rendering the pair template from ("query", "document")
+messages), and the sentence-transformers CrossEncoder files with an identity activation, so
+`CrossEncoder(dir).predict` returns the raw scores this project computes. Embedders: the bare model
+(Qwen3Model, BertModel, XLMRobertaModel) with sentence-transformers' Pooling (and Normalize) modules
+and the query/document prompts.
 
 Pooling contract: the score is read at the last real token. transformers' Qwen3ForSequenceClassification
 reads the rightmost token whose id != pad_token_id, which is the same token only if the pad id never
@@ -18,6 +21,7 @@ import shutil
 
 import numpy as np
 
+from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import write_file
 from querit_jax.data.io import write_json
@@ -25,6 +29,8 @@ from querit_jax.models.api import CheckpointError, LoadedModel, flatten, yes_no_
 
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 ST_LOGIT_SCORE = "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"
+ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+ST_NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
 
 
 def chat_template(template) -> str:
@@ -86,33 +92,63 @@ def choose_pad_token(tokenizer, template, vocab_size: int) -> tuple[str, int]:
 
 
 def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
-    """The transformers state dict for `head_format` ('seq_cls' or 'causal_lm')."""
+    """The transformers state dict for `head_format` ('seq_cls', 'causal_lm' or 'embed')."""
     spec, params = model.spec, model.params
     if head_format == "causal_lm" and spec.head.kind != "yes_no":
         raise CheckpointError("Only a yes/no model has an LM head to export as Qwen3ForCausalLM.")
     if head_format == "seq_cls" and spec.head.kind == "yes_no":
         spec, params = yes_no_to_score(spec, params)  # exact: w = lm_head[yes] - lm_head[no]
+    cfg = spec.backbone
+    if spec.family == "qwen3":
+        prefix = "" if spec.head.kind == "embed" else "model."
+        entries = qwen3_table.backbone_entries(cfg, prefix)
+        if spec.head.kind != "embed":
+            entries += qwen3_table.head_entries(cfg, spec.head)
+    elif spec.head.kind == "embed":
+        entries = encoder_table.backbone_entries(cfg, "")
+    else:
+        entries = encoder_table.backbone_entries(
+            cfg, encoder_table.model_prefix(cfg)
+        ) + encoder_table.head_entries(cfg)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
-    entries = qwen3_table.backbone_entries(spec.backbone) + qwen3_table.head_entries(
-        spec.backbone, spec.head
-    )
     return {e.hf_name: e.to_hf(flat[".".join(str(p) for p in e.path)]) for e in entries}
 
 
+def architecture_name(spec, head_format: str) -> str:
+    if head_format == "causal_lm":
+        return "Qwen3ForCausalLM"
+    names = {"qwen3": ("Qwen3ForSequenceClassification", "Qwen3Model")}
+    names.update({k: v for k, v in encoder_table.ARCHITECTURES.items()})
+    reranker, bare = names[spec.family]
+    return bare if spec.head.kind == "embed" else reranker
+
+
 def export_hf(
-    model: LoadedModel, out_dir: str, head_format: str = "seq_cls", max_length: int | None = None
+    model: LoadedModel, out_dir: str, head_format: str | None = None, max_length: int | None = None
 ) -> str:
-    """Writes a Hugging Face directory for `model`. Returns out_dir."""
-    if head_format not in ("seq_cls", "causal_lm"):
-        raise ValueError(f"head_format must be 'seq_cls' or 'causal_lm', got {head_format!r}.")
+    """Writes a Hugging Face directory for `model`. Returns out_dir.
+
+    Args:
+      head_format: rerankers: "seq_cls" (default) or "causal_lm" (yes/no models); embedders: "embed".
+    """
     spec, tokenizer = model.spec, copy.deepcopy(model.tokenizer)
+    embed = spec.head.kind == "embed"
+    head_format = head_format or ("embed" if embed else "seq_cls")
+    allowed = ("embed",) if embed else ("seq_cls", "causal_lm")
+    if head_format not in allowed:
+        raise ValueError(
+            f"head_format must be one of {allowed} for a {spec.head.kind} model, got {head_format!r}."
+        )
     max_length = max_length or spec.max_length
-    pad_token, pad_id = choose_pad_token(tokenizer, spec.template, spec.backbone.vocab_size)
-    tokenizer.pad_token = pad_token
     causal = head_format == "causal_lm"
+    if not embed:
+        pad_token, pad_id = choose_pad_token(tokenizer, spec.template, spec.backbone.vocab_size)
+        tokenizer.pad_token = pad_token
+    else:
+        pad_id = tokenizer.pad_token_id
     tokenizer.padding_side = "left" if causal else "right"
     tokenizer.model_max_length = max_length
-    if spec.template.kind == "text":
+    if not embed and spec.template.kind == "text":
         tokenizer.chat_template = chat_template(spec.template)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
@@ -123,23 +159,28 @@ def export_hf(
     dtype = str(next(iter(tensors.values())).dtype)
     config = {
         **spec.backbone.to_hf_dict(),
-        "architectures": ["Qwen3ForCausalLM" if causal else "Qwen3ForSequenceClassification"],
+        "architectures": [architecture_name(spec, head_format)],
         "pad_token_id": pad_id,
-        "dtype": "bfloat16" if dtype == "bfloat16" else dtype,
+        "dtype": dtype,
         "transformers_version": _version("transformers"),
         "querit_jax": {
             "template": spec.template.to_dict(),
             "head": spec.head.to_dict(),
-            "pooling": "last real token; pad_token_id never occurs in rendered inputs",
+            "pooling": "last real token; pad_token_id never occurs in rendered inputs"
+            if spec.family == "qwen3"
+            else f"{spec.head.pooling if embed else 'cls'} token(s) of each sequence",
             "max_length": max_length,
             "max_query_tokens": spec.max_query_tokens,
             "trained_compute_dtype": spec.backbone.dtype,
         },
     }
-    if not causal:
+    if head_format == "seq_cls":
         config.update({"num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}})
     write_json(os.path.join(out_dir, "config.json"), config)
-    _write_sentence_transformers(out_dir, spec, causal)
+    if embed:
+        _write_sentence_transformer(out_dir, spec, max_length)
+    else:
+        _write_cross_encoder(out_dir, spec, causal)
     return out_dir
 
 
@@ -152,7 +193,7 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _write_sentence_transformers(out_dir: str, spec, causal: bool) -> None:
+def _write_cross_encoder(out_dir: str, spec, causal: bool) -> None:
     modality = {"text": {"method": "forward", "method_output_name": "logits"}}
     if spec.template.kind == "text":
         # Pairs become ("query", "document") chat messages rendered by chat_template.jinja.
@@ -192,5 +233,50 @@ def _write_sentence_transformers(out_dir: str, spec, causal: bool) -> None:
             "activation_fn": "torch.nn.modules.linear.Identity",
             "prompts": {},
             "default_prompt_name": None,
+        },
+    )
+
+
+def _write_sentence_transformer(out_dir: str, spec, max_length: int) -> None:
+    """Transformer -> Pooling (-> Normalize), with the query/document prompts of the template."""
+    t = spec.template
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING},
+    ]
+    if spec.head.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
+        write_json(
+            os.path.join(out_dir, "2_Normalize", "config.json"),
+            {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},
+        )
+    mode = {"last": "lasttoken", "cls": "cls", "mean": "mean"}[spec.head.pooling]
+    write_json(
+        os.path.join(out_dir, "1_Pooling", "config.json"),
+        {
+            "embedding_dimension": spec.backbone.hidden_size,
+            "pooling_mode": mode,
+            "include_prompt": True,
+        },
+    )
+    write_json(os.path.join(out_dir, "modules.json"), modules)
+    write_json(
+        os.path.join(out_dir, "sentence_bert_config.json"),
+        {
+            "transformer_task": "feature-extraction",
+            "max_seq_length": max_length,
+            "modality_config": {
+                "text": {"method": "forward", "method_output_name": "last_hidden_state"}
+            },
+            "module_output_name": "token_embeddings",
+        },
+    )
+    write_json(
+        os.path.join(out_dir, "config_sentence_transformers.json"),
+        {
+            "model_type": "SentenceTransformer",
+            "prompts": {"query": t.query_prefix, "document": t.document_prefix},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if spec.head.normalize else "dot",
         },
     )

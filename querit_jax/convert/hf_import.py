@@ -1,9 +1,14 @@
 """Hugging Face model directory -> querit_jax model (in memory or as a model checkpoint).
 
-Accepted: Qwen3ForSequenceClassification (score head), Qwen3ForCausalLM (yes/no head over the LM head;
-or converted exactly to a score head w = lm_head[yes] - lm_head[no]), and Qwen3Model with or without
-the `model.` prefix (a new score head is initialised). Weights are read only from safetensors; a
-directory with only pickle files (pytorch_model.bin, *.pt) is refused. `trust_remote_code` is never used.
+Accepted architectures:
+  * Qwen3ForSequenceClassification (score head), Qwen3ForCausalLM (yes/no head over the LM head, or
+    converted exactly to a score head w = lm_head[yes] - lm_head[no]), Qwen3Model with or without the
+    `model.` prefix (a new score head, or an embedder with `head="embed"`);
+  * BertForSequenceClassification / XLMRobertaForSequenceClassification (one-label rerankers) and
+    BertModel / XLMRobertaModel (embedders; sentence-transformers folders give the pooling, the
+    normalisation, the prompts and the token budget).
+Weights are read only from safetensors; a directory with only pickle files (pytorch_model.bin, *.pt)
+is refused. `trust_remote_code` is never used.
 """
 
 import glob
@@ -12,15 +17,22 @@ import os
 
 import numpy as np
 
+from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import read_file
-from querit_jax.data.templates import Template, make_template
+from querit_jax.data.templates import encoder_pair, encoder_text, make_template, template_from_dict
 from querit_jax.models.api import CheckpointError, ModelSpec, save_model, yes_no_to_score
 from querit_jax.models.config import DecoderConfig
+from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-ARCHITECTURES = ("Qwen3ForSequenceClassification", "Qwen3ForCausalLM", "Qwen3Model")
+ARCHITECTURES = {
+    "qwen3": ("Qwen3ForSequenceClassification", "Qwen3ForCausalLM", "Qwen3Model"),
+    "bert": encoder_table.ARCHITECTURES["bert"],
+    "xlm-roberta": encoder_table.ARCHITECTURES["xlm_roberta"],
+}
+HEADS = ("auto", "score", "yes_no", "embed")
 
 
 def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
@@ -76,17 +88,19 @@ def read_config(hf_dir: str) -> dict:
 
 
 def architecture(config: dict, hf_dir: str) -> str:
-    archs = config.get("architectures") or []
+    """The (supported) architecture named by config.json."""
     model_type = config.get("model_type")
-    if model_type != "qwen3":
+    archs = config.get("architectures") or []
+    supported = [a for names in ARCHITECTURES.values() for a in names]
+    if model_type not in ARCHITECTURES:
         raise CheckpointError(
             f"{hf_dir}: model_type {model_type!r} (architectures {archs}) is not supported by this importer; "
-            f"supported: {', '.join(ARCHITECTURES)}."
+            f"supported: {', '.join(supported)}."
         )
-    arch = archs[0] if archs else "Qwen3Model"
-    if arch not in ARCHITECTURES:
+    arch = archs[0] if archs else ARCHITECTURES[model_type][-1]
+    if arch not in ARCHITECTURES[model_type]:
         raise CheckpointError(
-            f"{hf_dir}: architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}."
+            f"{hf_dir}: architecture {arch!r} is not supported; supported: {', '.join(supported)}."
         )
     return arch
 
@@ -95,26 +109,6 @@ def _set(tree: dict, path: tuple, value) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
     tree[path[-1]] = value
-
-
-def _head_config(
-    arch: str, head: str, tokenizer, yes_token: str, no_token: str, where: str
-) -> HeadConfig:
-    """The head as stored: yes/no for a causal LM, a linear score head otherwise."""
-    if head not in ("auto", "score", "yes_no"):
-        raise CheckpointError(f"Unknown head {head!r}; use auto, score or yes_no.")
-    if arch != "Qwen3ForCausalLM":
-        if head == "yes_no":
-            raise CheckpointError(
-                f"{where}: a yes/no head needs a Qwen3ForCausalLM checkpoint, got {arch}."
-            )
-        return HeadConfig(kind="score")
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in (yes_token, no_token)]
-    if any(i is None or i == tokenizer.unk_token_id for i in ids):
-        raise CheckpointError(
-            f"{where}: {yes_token!r}/{no_token!r} are not single tokens of the tokenizer."
-        )
-    return HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])
 
 
 def _gather(weights: dict, entries, where: str, params: dict, used: set) -> None:
@@ -127,29 +121,161 @@ def _gather(weights: dict, entries, where: str, params: dict, used: set) -> None
         used.add(e.hf_name)
 
 
-def _head_params(arch, spec, weights, params, used, where, seed) -> None:
-    if spec.head.kind == "yes_no":
-        _gather(weights, qwen3_table.head_entries(spec.backbone, spec.head), where, params, used)
-    elif arch == "Qwen3ForSequenceClassification":
-        w = weights.get("score.weight")
-        if w is None:
-            raise CheckpointError(f"{where}: tensor 'score.weight' is missing.")
-        if w.shape[0] != 1:
+def read_sentence_transformers(hf_dir: str) -> dict:
+    """What a sentence-transformers folder says about pooling, normalisation, prompts and length."""
+    out: dict = {}
+    modules_path = os.path.join(hf_dir, "modules.json")
+    if not os.path.exists(modules_path):
+        return out
+    with open(modules_path, encoding="utf-8") as f:
+        modules = json.load(f)
+    for m in modules:
+        kind = m.get("type", "")
+        if kind.endswith("Pooling"):
+            with open(
+                os.path.join(hf_dir, m.get("path", ""), "config.json"), encoding="utf-8"
+            ) as f:
+                pooling = json.load(f)
+            modes = {
+                "pooling_mode_cls_token": "cls",
+                "pooling_mode_mean_tokens": "mean",
+                "pooling_mode_lasttoken": "last",
+            }
+            chosen = [name for key, name in modes.items() if pooling.get(key)]
+            if "pooling_mode" in pooling:  # the sentence-transformers >= 6 format
+                mode = pooling["pooling_mode"]
+                chosen = (
+                    [{"cls": "cls", "mean": "mean", "lasttoken": "last"}[mode]]
+                    if mode in ("cls", "mean", "lasttoken")
+                    else []
+                )
+            if len(chosen) != 1:
+                raise CheckpointError(
+                    f"{hf_dir}: unsupported sentence-transformers pooling {pooling}."
+                )
+            out["pooling"] = chosen[0]
+        elif kind.endswith("Normalize"):
+            out["normalize"] = True
+    for name, key in (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("config_sentence_transformers.json", "prompts"),
+    ):
+        path = os.path.join(hf_dir, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f).get(key)
+            if value:
+                out[key] = value
+    return out
+
+
+def _head_config(arch, head, tokenizer, st, yes_token, no_token, where) -> HeadConfig:
+    """The head as stored: yes/no for a causal LM, embed for bare models of ST folders, else score."""
+    if head not in HEADS:
+        raise CheckpointError(f"Unknown head {head!r}; use one of {HEADS}.")
+    bare = arch.endswith("Model")
+    if head == "auto":
+        head = (
+            "yes_no"
+            if arch == "Qwen3ForCausalLM"
+            else "embed"
+            if bare and ("pooling" in st or not arch.startswith("Qwen3"))
+            else "score"
+        )
+    if head == "embed":
+        if not bare:
             raise CheckpointError(
-                f"{where}: score.weight has {w.shape[0]} labels; rerankers here use num_labels=1."
+                f"{where}: an embedder needs a bare model (Qwen3Model, BertModel, ...), got {arch}."
             )
-        _set(params, ("score", "kernel"), np.ascontiguousarray(np.asarray(w).T))
-        used.add("score.weight")
-    else:  # bare Qwen3Model: a new head, initialised like transformers (normal, std 0.02)
-        rng = np.random.default_rng(seed)
-        kernel = rng.standard_normal((spec.backbone.hidden_size, 1)) * 0.02
-        _set(params, ("score", "kernel"), kernel.astype(np.float32))
+        default = "last" if arch.startswith("Qwen3") else "mean"
+        return HeadConfig(
+            kind="embed",
+            pooling=st.get("pooling", default),
+            normalize=st.get("normalize", arch.startswith("Qwen3")),  # Qwen3-Embedding normalises
+        )
+    if head == "yes_no":
+        if arch != "Qwen3ForCausalLM":
+            raise CheckpointError(
+                f"{where}: a yes/no head needs a Qwen3ForCausalLM checkpoint, got {arch}."
+            )
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in (yes_token, no_token)]
+        if any(i is None or i == tokenizer.unk_token_id for i in ids):
+            raise CheckpointError(
+                f"{where}: {yes_token!r}/{no_token!r} are not single tokens of the tokenizer."
+            )
+        return HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])
+    if arch == "Qwen3ForCausalLM":  # read as yes/no, converted to a linear head afterwards
+        return _head_config(arch, "yes_no", tokenizer, st, yes_token, no_token, where)
+    return HeadConfig(kind="score")
+
+
+def _template(arch, head, recorded, st):
+    if "template" in recorded:
+        return template_from_dict(recorded["template"])
+    if head.kind == "embed":
+        prompts = st.get("prompts") or {}
+        if arch.startswith("Qwen3"):
+            return make_template("qwen3_embedding")
+        return encoder_text(
+            prompts.get("query", ""), prompts.get("document", prompts.get("passage", ""))
+        )
+    if arch.startswith("Qwen3"):
+        return make_template("qwen3_reranker" if arch == "Qwen3ForCausalLM" else "qwen3_pair")
+    return encoder_pair()
+
+
+def _qwen3_entries(spec, arch, weights, where):
+    cfg = spec.backbone
+    prefix = (
+        "model." if any(k.startswith("model.") for k in weights) else ""
+    )  # Qwen3Model may lack it
+    entries = qwen3_table.backbone_entries(cfg, prefix)
+    if spec.head.kind == "yes_no" or arch == "Qwen3ForSequenceClassification":
+        entries += qwen3_table.head_entries(cfg, spec.head)
+    score = weights.get("score.weight")
+    if score is not None and score.shape[0] != 1:
+        raise CheckpointError(
+            f"{where}: score.weight has {score.shape[0]} labels; rerankers here use num_labels=1."
+        )
+    new_head = {}
+    if arch == "Qwen3Model" and spec.head.kind == "score":
+        new_head = {("score", "kernel"): (cfg.hidden_size, 1)}
+    ignored = {k for k in weights if k.endswith(qwen3_table.IGNORED_SUFFIXES)}
+    if cfg.tie_word_embeddings:
+        ignored.add("lm_head.weight")
+    return entries, new_head, ignored
+
+
+def _encoder_entries(spec, arch, weights):
+    cfg = spec.backbone
+    bare = arch.endswith("Model")
+    prefix = encoder_table.model_prefix(cfg)
+    if bare and not any(k.startswith(prefix) for k in weights):
+        prefix = (
+            ""  # bare checkpoints (sentence-transformers) store BertModel keys at the top level
+        )
+    entries = encoder_table.backbone_entries(cfg, prefix)
+    new_head = {}
+    if not bare:
+        entries += encoder_table.head_entries(cfg)
+    elif spec.head.kind == "score":
+        h = cfg.hidden_size
+        new_head = {
+            ("dense", "kernel"): (h, h),
+            ("dense", "bias"): (h,),
+            ("out_proj", "kernel"): (h, 1),
+            ("out_proj", "bias"): (1,),
+        }
+    ignored = {k for k in weights if k.endswith(encoder_table.IGNORED_SUFFIXES)}
+    if bare:  # BertModel's pooler is not part of an embedder or of a new reranker head
+        ignored |= {k for k in weights if k.startswith(f"{prefix}pooler.")}
+    return entries, new_head, ignored
 
 
 def read_hf_dir(
     hf_dir: str,
     head: str = "auto",
-    template: Template | None = None,
+    template=None,
     tokenizer_path: str = "",
     yes_token: str = "yes",
     no_token: str = "no",
@@ -159,17 +285,23 @@ def read_hf_dir(
     """Reads a Hugging Face directory. Returns (ModelSpec, host parameter tree, tokenizer).
 
     Args:
-      head: "auto" (score for seq-cls and bare models, yes_no for causal LMs), "score" (a causal LM's
-        yes/no head is converted exactly into a linear head) or "yes_no".
+      head: "auto" (by architecture: yes_no for causal LMs, embed for bare encoders and ST folders,
+        score otherwise), "score" (a causal LM's yes/no head is converted exactly into a linear
+        head; bare models get a new head), "yes_no" or "embed".
       template, max_length: default to what a querit_jax export recorded in config.json ("querit_jax"),
-        else to the architecture's usual template and the tokenizer's model_max_length (capped at 512).
+        then to a sentence-transformers folder's settings, then to the architecture's usual template
+        and the tokenizer's model_max_length (capped at 512).
     """
     from transformers import AutoTokenizer
 
     config = read_config(hf_dir)
     arch = architecture(config, hf_dir)
     try:
-        backbone = DecoderConfig.from_hf_dict(config)
+        if config["model_type"] == "qwen3":
+            family, backbone = "qwen3", DecoderConfig.from_hf_dict(config)
+        else:
+            backbone = EncoderConfig.from_hf_dict(config)
+            family = backbone.family
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{hf_dir}/config.json: {e}") from None
     tok_dir = tokenizer_path or hf_dir
@@ -179,34 +311,38 @@ def read_hf_dir(
         raise CheckpointError(
             f"No usable tokenizer in {tok_dir} ({e}); pass a tokenizer directory."
         ) from None
-    head_cfg = _head_config(arch, head, tokenizer, yes_token, no_token, hf_dir)
+    st = read_sentence_transformers(hf_dir)
+    head_cfg = _head_config(arch, head, tokenizer, st, yes_token, no_token, hf_dir)
     recorded = config.get("querit_jax") or {}
-    if template is None and "template" in recorded:
-        template = Template.from_dict(recorded["template"])
-    if template is None:
-        template = make_template("qwen3_reranker" if arch == "Qwen3ForCausalLM" else "qwen3_pair")
+    template = template or _template(arch, head_cfg, recorded, st)
     if max_length is None:
         max_length = int(
             recorded.get("max_length")
+            or st.get("max_seq_length")
             or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         )
     spec = ModelSpec(
-        "qwen3", backbone, head_cfg, template, max_length, int(recorded.get("max_query_tokens", 64))
+        family, backbone, head_cfg, template, max_length, int(recorded.get("max_query_tokens", 64))
     )
 
     weights = read_weights(hf_dir)
-    # Qwen3Model checkpoints may lack the "model." prefix.
-    prefix = "model." if any(k.startswith("model.") for k in weights) else ""
+    if family == "qwen3":
+        entries, new_head, ignored = _qwen3_entries(spec, arch, weights, hf_dir)
+    else:
+        entries, new_head, ignored = _encoder_entries(spec, arch, weights)
     params: dict = {}
     used: set = set()
-    _gather(weights, qwen3_table.backbone_entries(backbone, prefix), hf_dir, params, used)
-    _head_params(arch, spec, weights, params, used, hf_dir, seed)
-    leftover = [
-        k for k in weights if k not in used and not k.endswith(qwen3_table.IGNORED_SUFFIXES)
-    ]
-    leftover = [k for k in leftover if not (k == "lm_head.weight" and backbone.tie_word_embeddings)]
+    _gather(weights, entries, hf_dir, params, used)
+    rng = np.random.default_rng(seed)
+    for (
+        path,
+        shape,
+    ) in new_head.items():  # a new head, initialised like transformers (normal 0.02, zero bias)
+        value = rng.standard_normal(shape) * 0.02 if path[-1] == "kernel" else np.zeros(shape)
+        _set(params, path, value.astype(np.float32))
+    leftover = sorted(set(weights) - used - ignored)
     if leftover:
-        raise CheckpointError(f"{hf_dir}: unexpected tensors {sorted(leftover)[:5]} for {arch}.")
+        raise CheckpointError(f"{hf_dir}: unexpected tensors {leftover[:5]} for {arch}.")
     if head == "score" and spec.head.kind == "yes_no":
         spec, params = yes_no_to_score(spec, params)
     return spec, params, tokenizer

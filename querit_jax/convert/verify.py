@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from querit_jax.data.templates import pad_batch
-from querit_jax.eval.scoring import Scorer
+from querit_jax.data.tokenize import pad_batch
+from querit_jax.eval.scoring import Embedder, Scorer
 from querit_jax.models import api
 
 SAMPLE_PAIRS = [
@@ -29,10 +29,10 @@ SAMPLE_PAIRS = [
 ]
 
 
-def hf_scores(hf_dir: str, sequences) -> np.ndarray:
+def hf_scores(hf_dir: str, sequences, types=None) -> np.ndarray:
     """Scores token sequences with transformers in float32, the way the export is meant to be run.
 
-    Qwen3ForSequenceClassification: right padding, logits of the pooled token. Qwen3ForCausalLM (yes/no
+    *ForSequenceClassification: right padding, logits of the pooled token. Qwen3ForCausalLM (yes/no
     export): left padding, logit[yes] - logit[no] at the last position (sentence-transformers' LogitScore).
     """
     import torch
@@ -42,8 +42,12 @@ def hf_scores(hf_dir: str, sequences) -> np.ndarray:
         config = json.load(f)
     pad_id = AutoTokenizer.from_pretrained(hf_dir).pad_token_id
     causal = config["architectures"][0].endswith("ForCausalLM")
-    ids, seg = pad_batch(sequences, max(len(s) for s in sequences), pad_id, left=causal)
+    ids, seg, tt = pad_batch(
+        sequences, max(len(s) for s in sequences), pad_id, left=causal, types=types
+    )
     inputs = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(seg)}
+    if types is not None:
+        inputs["token_type_ids"] = torch.tensor(tt, dtype=torch.long)
     with torch.no_grad():
         if not causal:
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -68,14 +72,28 @@ def verify(
     pairs=SAMPLE_PAIRS,
     check_sentence_transformers: bool = True,
 ) -> dict:
-    """Returns {"max_abs_diff_transformers": ..., ["max_abs_diff_sentence_transformers": ...]}."""
+    """Rerankers: {"max_abs_diff_transformers", ["max_abs_diff_sentence_transformers"]} over `pairs`;
+    embedders: {"max_abs_diff_sentence_transformers"} over the pairs' queries and documents."""
     spec32 = model.spec.replace(dtype="float32")
     graphdef, _ = api.abstract_params(spec32)
+    if spec32.head.kind == "embed":
+        from sentence_transformers import SentenceTransformer
+
+        embedder = Embedder(spec32, graphdef, model.tokenizer, model.mesh, model.logical_rules)
+        st = SentenceTransformer(hf_dir, device="cpu")
+        diffs = []
+        for role, texts in (("query", [p[0] for p in pairs]), ("document", [p[1] for p in pairs])):
+            ours = embedder.embed(model.params, texts, role)
+            theirs = st.encode(texts, prompt_name=role, convert_to_numpy=True)
+            diffs.append(float(np.abs(ours - theirs).max()))
+        return {"texts": 2 * len(pairs), "max_abs_diff_sentence_transformers": max(diffs)}
     scorer = Scorer(spec32, graphdef, model.tokenizer, model.mesh, model.logical_rules)
-    sequences = scorer.encoder([p[0] for p in pairs], [p[1] for p in pairs])
-    ours = scorer.score_tokens(model.params, sequences)
+    sequences, types = scorer.encoder.encode([p[0] for p in pairs], [p[1] for p in pairs])
+    ours = scorer.score_tokens(model.params, sequences, types)
     report = {"pairs": len(pairs), "jax_scores": ours.tolist()}
-    report["max_abs_diff_transformers"] = float(np.abs(hf_scores(hf_dir, sequences) - ours).max())
+    report["max_abs_diff_transformers"] = float(
+        np.abs(hf_scores(hf_dir, sequences, types) - ours).max()
+    )
     if check_sentence_transformers:
         report["max_abs_diff_sentence_transformers"] = float(
             np.abs(cross_encoder_scores(hf_dir, pairs) - ours).max()

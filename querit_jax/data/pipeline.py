@@ -15,7 +15,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from querit_jax.data.templates import PairEncoder, pad_batch
+from querit_jax.data.tokenize import PairEncoder, pad_batch
 
 
 def _text(x) -> str:
@@ -47,8 +47,8 @@ class SampleGroup:
 class TokenizeGroups:
     """Tokenises a list of sampled groups into fixed-shape arrays.
 
-    Output: input_ids, segment_ids [Q, G, T] int32; teacher [Q, G] float32; has_teacher [Q] bool.
-    The positive is at index 0 of every group.
+    Output: input_ids, segment_ids, token_type_ids [Q, G, T] int32; teacher [Q, G] float32;
+    has_teacher [Q] bool. The positive is at index 0 of every group.
     """
 
     encoder: PairEncoder
@@ -57,11 +57,13 @@ class TokenizeGroups:
     def __call__(self, groups: list[dict]) -> dict:
         queries = [g["query"] for g in groups for _ in g["docs"]]
         docs = [d for g in groups for d in g["docs"]]
-        ids, seg = pad_batch(self.encoder(queries, docs), self.encoder.max_length, self.pad_id)
+        seqs, types = self.encoder.encode(queries, docs)
+        ids, seg, tt = pad_batch(seqs, self.encoder.max_length, self.pad_id, types=types)
         q, gsize = len(groups), len(groups[0]["docs"])
         return {
             "input_ids": ids.reshape(q, gsize, -1),
             "segment_ids": seg.reshape(q, gsize, -1),
+            "token_type_ids": tt.reshape(q, gsize, -1),
             "teacher": np.stack([g["teacher"] for g in groups]),
             "has_teacher": np.array([g["has_teacher"] for g in groups]),
         }

@@ -39,6 +39,9 @@ def _sentence_of(breaks: Sequence[Sequence[int]], answer_start: int) -> int | No
 def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5) -> dict:
     """Converts one language file into `out_dir/train` and `out_dir/test`; returns counts per split.
 
+    With `test_every=0` nothing is held out: `out_dir` itself gets every sentence and every question
+    (qrels/test.tsv), the full LAReQA pool of the language.
+
     Raises:
       DataFormatError: naming the question when its answer lies in no sentence, or when the file is
         not XQuAD-R JSON.
@@ -48,9 +51,13 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
             data = json.load(f)["data"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataFormatError(f"{src_json}: not an XQuAD-R/SQuAD JSON file ({e}).") from None
-    splits = {name: {"corpus": [], "queries": [], "qrels": []} for name in ("train", "test")}
+    full = test_every <= 0
+    splits = {
+        name: {"corpus": [], "queries": [], "qrels": []}
+        for name in (("test",) if full else ("train", "test"))
+    }
     for a, article in enumerate(data):
-        split = splits["test" if a % test_every == test_every - 1 else "train"]
+        split = splits["test" if full or a % test_every == test_every - 1 else "train"]
         for p, para in enumerate(article["paragraphs"]):
             sentences, breaks = para.get("sentences"), para.get("sentence_breaks")
             if sentences is None or breaks is None or len(sentences) != len(breaks):
@@ -79,7 +86,7 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
                 split["qrels"].append((qa["id"], doc_id(a, p, s)))
     counts = {}
     for name, split in splits.items():
-        root = os.path.join(out_dir, name)
+        root = out_dir if full else os.path.join(out_dir, name)
         os.makedirs(os.path.join(root, "qrels"), exist_ok=True)
         write_jsonl(os.path.join(root, "corpus.jsonl"), split["corpus"])
         write_jsonl(os.path.join(root, "queries.jsonl"), split["queries"])
@@ -107,18 +114,24 @@ def convert(
     }
 
 
-_SRC = flags.DEFINE_string("src", None, "Directory holding XQuAD-R <lang>.json files.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (one BEIR directory per language).")
-_LANGS = flags.DEFINE_list("languages", None, "Languages to convert (default: all found).")
-_TEST_EVERY = flags.DEFINE_integer("test_every", 5, "Every n-th article goes to the test split.")
+def _main() -> None:
+    """The command line; flags are defined here so that importing this module defines none."""
+    src = flags.DEFINE_string("src", None, "Directory holding XQuAD-R <lang>.json files.")
+    out = flags.DEFINE_string("out", None, "Output directory (one BEIR directory per language).")
+    langs = flags.DEFINE_list("languages", None, "Languages to convert (default: all found).")
+    test_every = flags.DEFINE_integer(
+        "test_every",
+        5,
+        "Every n-th article goes to the test split; 0 = one full pool per language.",
+    )
+    flags.mark_flags_as_required(["src", "out"])
 
+    def main(argv):
+        del argv
+        print(json.dumps(convert(src.value, out.value, langs.value, test_every.value), indent=2))
 
-def main(argv):
-    del argv
-    counts = convert(_SRC.value, _OUT.value, _LANGS.value, _TEST_EVERY.value)
-    print(json.dumps(counts, indent=2))
+    app.run(main)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["src", "out"])
-    app.run(main)
+    _main()

@@ -1,7 +1,8 @@
-"""Batched, jitted scoring of (query, document) pairs with any loaded model.
+"""Batched, jitted inference: scoring (query, document) pairs and embedding texts.
 
-Pairs are tokenised once, sorted by length and cut into fixed-size batches padded to a small set of
-length buckets, so the forward pass compiles once per bucket. Results come back in input order.
+Token sequences are sorted by length and cut into fixed-size batches padded to a small set of length
+buckets, so the forward pass compiles once per bucket; results come back in input order. Batches are
+sharded over the mesh's batch axes. Token budgets default to the ones stored with the model.
 """
 
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from querit_jax import sharding
-from querit_jax.data.templates import PairEncoder, pad_batch
+from querit_jax.data.io import DataFormatError
+from querit_jax.data.tokenize import PairEncoder, TextEncoder, pad_batch
 from querit_jax.sharding import axes
 
 
@@ -25,11 +27,64 @@ def length_buckets(max_length: int, smallest: int = 32) -> tuple[int, ...]:
     return (*out, max_length)
 
 
-class Scorer:
-    """Scores pairs with `graphdef` + params on a mesh; params can be swapped per call (training eval).
+class BatchedRunner:
+    """Runs `graphdef` + params over many token sequences; params can be swapped per call."""
 
-    Token budgets default to the ones stored in the spec (what the model was trained with).
-    """
+    def __init__(
+        self,
+        spec,
+        graphdef,
+        tokenizer,
+        mesh,
+        logical_rules,
+        batch_size: int,
+        max_length: int | None,
+    ):
+        self.spec, self.tokenizer, self.mesh, self.rules = spec, tokenizer, mesh, logical_rules
+        self.max_length = max_length or spec.max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
+        self.batch_size = -(-batch_size // split) * split
+        self.buckets = length_buckets(self.max_length)
+        self._sharding = NamedSharding(
+            mesh, sharding.logical_to_spec((axes.BATCH, axes.LENGTH), logical_rules)
+        )
+
+        def forward(params, ids, seg, types):
+            return nnx.merge(graphdef, params)(ids, seg, token_type_ids=types)[:, 0]
+
+        self._forward = jax.jit(forward)
+
+    def run(
+        self, params, sequences: Sequence[Sequence[int]], types=None, progress=None
+    ) -> np.ndarray:
+        """Model outputs (float32) for each sequence, in input order: [n] scores or [n, H] embeddings."""
+        n = len(sequences)
+        order = np.argsort([len(s) for s in sequences], kind="stable")
+        out = None
+        with sharding.use_rules(self.mesh, self.rules):
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                length = next(b for b in self.buckets if b >= max(len(sequences[i]) for i in idx))
+                fill = self.batch_size - len(
+                    idx
+                )  # filler rows: one pad token, segment 0, discarded
+                batch = [sequences[i] for i in idx] + [[self.pad_id]] * fill
+                batch_types = None if types is None else [types[i] for i in idx] + [[0]] * fill
+                ids, seg, tt = pad_batch(batch, length, self.pad_id, types=batch_types)
+                seg[len(idx) :] = 0
+                ids, seg, tt = (jax.device_put(a, self._sharding) for a in (ids, seg, tt))
+                values = np.asarray(jax.device_get(self._forward(params, ids, seg, tt)), np.float32)
+                if out is None:
+                    out = np.zeros((n, *values.shape[1:]), np.float32)
+                out[idx] = values[: len(idx)]
+                if progress is not None:
+                    progress.update(len(idx))
+        return out if out is not None else np.zeros((0,), np.float32)
+
+
+class Scorer(BatchedRunner):
+    """Scores (query, document) pairs with a reranker."""
 
     def __init__(
         self,
@@ -42,11 +97,7 @@ class Scorer:
         max_length: int | None = None,
         max_query_tokens: int | None = None,
     ):
-        self.spec = spec
-        self.tokenizer = tokenizer
-        self.mesh = mesh
-        self.rules = logical_rules
-        self.max_length = max_length or spec.max_length
+        super().__init__(spec, graphdef, tokenizer, mesh, logical_rules, batch_size, max_length)
         self.encoder = PairEncoder(
             tokenizer,
             spec.template,
@@ -54,46 +105,60 @@ class Scorer:
             max_query_tokens or spec.max_query_tokens,
             spec.backbone.vocab_size,
         )
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        batch_split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
-        self.batch_size = -(-batch_size // batch_split) * batch_split
-        self.buckets = length_buckets(self.max_length)
-        self._in_sharding = NamedSharding(
-            mesh, sharding.logical_to_spec((axes.BATCH, axes.LENGTH), logical_rules)
-        )
 
-        def forward(params, ids, seg):
-            return nnx.merge(graphdef, params)(ids, seg)[:, 0]
-
-        self._forward = jax.jit(forward)
-
-    def score_tokens(self, params, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-        """Scores already tokenised sequences; returns float32 scores in input order."""
-        n = len(sequences)
-        if n == 0:
-            return np.zeros((0,), np.float32)
-        order = np.argsort([len(s) for s in sequences], kind="stable")
-        out = np.zeros((n,), np.float32)
-        with sharding.use_rules(self.mesh, self.rules):
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                longest = max(len(sequences[i]) for i in idx)
-                length = next(b for b in self.buckets if b >= longest)
-                batch = [sequences[i] for i in idx]
-                batch += [[self.pad_id]] * (self.batch_size - len(batch))  # filler rows, discarded
-                ids, seg = pad_batch(batch, length, self.pad_id)
-                seg[len(idx) :] = 0
-                ids, seg = (jax.device_put(a, self._in_sharding) for a in (ids, seg))
-                scores = np.asarray(jax.device_get(self._forward(params, ids, seg)))
-                out[idx] = scores[: len(idx)]
-        return out
+    def score_tokens(self, params, sequences, types=None) -> np.ndarray:
+        return self.run(params, sequences, types)
 
     def score(self, params, queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
-        return self.score_tokens(params, self.encoder(queries, documents))
+        sequences, types = self.encoder.encode(queries, documents)
+        return self.run(params, sequences, types)
+
+
+class Embedder(BatchedRunner):
+    """Embeds queries and documents with an embedder model ([n, H] float32)."""
+
+    def __init__(
+        self,
+        spec,
+        graphdef,
+        tokenizer,
+        mesh,
+        logical_rules,
+        batch_size: int = 128,
+        max_length: int | None = None,
+    ):
+        super().__init__(spec, graphdef, tokenizer, mesh, logical_rules, batch_size, max_length)
+        self.encoder = TextEncoder(
+            tokenizer, spec.template, self.max_length, spec.backbone.vocab_size
+        )
+
+    def embed(self, params, texts: Sequence[str], role: str, progress=None) -> np.ndarray:
+        if not len(texts):
+            raise DataFormatError(f"Nothing to embed: the list of {role}s is empty.")
+        return self.run(params, self.encoder(texts, role), progress=progress)
 
 
 def scorer_for(model, **kwargs) -> Scorer:
-    """A Scorer for a `LoadedModel` on the mesh it was loaded onto."""
+    """A Scorer for a loaded reranker, on the mesh it was loaded onto."""
+    from querit_jax.models.api import CheckpointError
+
+    if model.spec.head.kind == "embed":
+        raise CheckpointError(
+            f"{model.path} is an embedder, not a reranker; use it as a first stage (retrieve)."
+        )
     return Scorer(
+        model.spec, model.graphdef, model.tokenizer, model.mesh, model.logical_rules, **kwargs
+    )
+
+
+def embedder_for(model, **kwargs) -> Embedder:
+    """An Embedder for a loaded embedder model, on the mesh it was loaded onto."""
+    from querit_jax.models.api import CheckpointError
+
+    if model.spec.head.kind != "embed":
+        raise CheckpointError(
+            f"{model.path} is a reranker ({model.spec.head.kind} head), not an embedder."
+        )
+    return Embedder(
         model.spec, model.graphdef, model.tokenizer, model.mesh, model.logical_rules, **kwargs
     )

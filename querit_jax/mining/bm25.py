@@ -1,12 +1,14 @@
-"""BM25 first stage with bm25s over subword tokens.
+"""BM25 first stage with bm25s, with terms that work in every language.
 
-Whitespace tokenisation fails for languages written without spaces (zh, ja, th); a multilingual subword
-tokenizer (any Hugging Face fast tokenizer, e.g. an XLM-R SentencePiece or a byte-level BPE) gives terms
-for every language. Text is lower-cased before tokenising. Scores are bm25s' Lucene variant
-(k1=1.5, b=0.75), the BEIR/Pyserini default family.
+Whitespace tokenisation fails for languages written without spaces (zh, ja, th). Two analysers:
+`UnicodeAnalyzer` (built in: words, plus character uni/bigrams for unsegmented scripts) and
+`SubwordAnalyzer` (any Hugging Face fast tokenizer, e.g. an XLM-R SentencePiece). Text is lower-cased.
+Scores are bm25s' Lucene variant (k1=1.5, b=0.75), the BEIR/Pyserini default family.
 """
 
 import logging
+import re
+import unicodedata
 from collections.abc import Sequence
 
 import bm25s
@@ -20,6 +22,7 @@ class SubwordAnalyzer:
     def __init__(self, tokenizer, batch_size: int = 1024):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.name_or_path = getattr(tokenizer, "name_or_path", "")
 
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
         out = []
@@ -75,3 +78,44 @@ class BM25Retriever:
         ids = list(queries)
         hits = self.search([queries[q] for q in ids], top_k)
         return {q: dict(h) for q, h in zip(ids, hits)}
+
+
+# Scripts written without spaces between words: indexed as character unigrams and bigrams.
+_UNSEGMENTED = (
+    r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK
+    r"\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+)
+_WORD = re.compile(rf"[{_UNSEGMENTED}]+|[^\W{_UNSEGMENTED}]+", re.UNICODE)
+_CJK = re.compile(rf"[{_UNSEGMENTED}]")
+
+
+class UnicodeAnalyzer:
+    """Tokeniser-free BM25 terms for any language: NFKC + case folding, words split on non-word
+    characters, and runs of unsegmented scripts (Chinese, Japanese, Thai, ...) as character unigrams
+    plus bigrams (the usual CJK n-gram indexing)."""
+
+    name_or_path = "unicode"
+
+    def __call__(self, texts: Sequence[str]) -> list[list[str]]:
+        out = []
+        for text in texts:
+            terms = []
+            for word in _WORD.findall(unicodedata.normalize("NFKC", text).casefold()):
+                if _CJK.match(word):
+                    terms.extend(word)
+                    terms.extend(word[i : i + 2] for i in range(len(word) - 1))
+                else:
+                    terms.append(word)
+            out.append(terms)
+        return out
+
+
+def analyzer_for(spec) -> SubwordAnalyzer | UnicodeAnalyzer:
+    """'unicode' (built in), a tokenizer directory, or an already loaded Hugging Face tokenizer."""
+    if spec in (None, "", "unicode"):
+        return UnicodeAnalyzer()
+    if isinstance(spec, str):
+        from transformers import AutoTokenizer
+
+        return SubwordAnalyzer(AutoTokenizer.from_pretrained(spec))
+    return SubwordAnalyzer(spec)

@@ -26,8 +26,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from querit_jax import sharding
-from querit_jax.data.templates import Template
+from querit_jax.data.templates import EmbedTemplate, Template, template_from_dict
 from querit_jax.models.config import DecoderConfig
+from querit_jax.models.embedder import DecoderEmbedder
+from querit_jax.models.encoder import EncoderCrossEncoder, EncoderEmbedder
+from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig
 from querit_jax.models.reranker import DecoderCrossEncoder
 
@@ -39,8 +42,24 @@ class CheckpointError(ValueError):
     """A path that is not a usable model checkpoint; the message names the path and the key."""
 
 
-FAMILIES = {"qwen3": (DecoderConfig, DecoderCrossEncoder)}
-TEMPLATE_KINDS = {"qwen3": ("text",)}
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family: its config class, its reranker and embedder modules, the template kinds it reads."""
+
+    config: type
+    reranker: type
+    embedder: type
+    pair_kinds: tuple[str, ...]
+    text_kinds: tuple[str, ...]
+
+
+FAMILIES = {
+    "qwen3": Family(DecoderConfig, DecoderCrossEncoder, DecoderEmbedder, ("text",), ("text",)),
+    "bert": Family(EncoderConfig, EncoderCrossEncoder, EncoderEmbedder, ("pair",), ("native",)),
+    "xlm_roberta": Family(
+        EncoderConfig, EncoderCrossEncoder, EncoderEmbedder, ("pair",), ("native",)
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +67,9 @@ class ModelSpec:
     """Everything needed to rebuild a model besides its parameters."""
 
     family: str
-    backbone: Any  # DecoderConfig (qwen3)
+    backbone: Any  # DecoderConfig (qwen3) or EncoderConfig (bert, xlm_roberta)
     head: HeadConfig
-    template: Template
+    template: Template | EmbedTemplate  # EmbedTemplate for embedders
     max_length: int = 512  # token budget per pair (template included)
     max_query_tokens: int = 64  # queries are cut to this many tokens
 
@@ -59,10 +78,18 @@ class ModelSpec:
             raise CheckpointError(
                 f"Unknown model family {self.family!r}; supported: {sorted(FAMILIES)}."
             )
-        if self.template.kind not in TEMPLATE_KINDS[self.family]:
+        family = FAMILIES[self.family]
+        embedder = self.head.kind == "embed"
+        if isinstance(self.template, EmbedTemplate) != embedder:
+            raise CheckpointError(
+                f"Template {self.template.name!r} is for {'embedders' if not embedder else 'pairs'}; a "
+                f"{self.head.kind} head needs {'an embedding' if embedder else 'a pair'} template."
+            )
+        kinds = family.text_kinds if embedder else family.pair_kinds
+        if self.template.kind not in kinds:
             raise CheckpointError(
                 f"Template {self.template.name!r} ({self.template.kind}) does not fit the {self.family} "
-                f"family; it needs a {' or '.join(TEMPLATE_KINDS[self.family])} template."
+                f"family; it needs a {' or '.join(kinds)} template."
             )
         for name in ("yes_token_id", "no_token_id"):
             tid = getattr(self.head, name)
@@ -72,7 +99,9 @@ class ModelSpec:
                 )
 
     def build(self, seed: int = 0) -> nnx.Module:
-        return FAMILIES[self.family][1](self.backbone, self.head, rngs=nnx.Rngs(seed))
+        family = FAMILIES[self.family]
+        module = family.embedder if self.head.kind == "embed" else family.reranker
+        return module(self.backbone, self.head, rngs=nnx.Rngs(seed))
 
     def replace(self, **fields) -> "ModelSpec":
         """A copy with spec fields and/or backbone fields (dtype, param_dtype, remat, ...) replaced."""
@@ -109,9 +138,9 @@ class ModelSpec:
         try:
             return cls(
                 family,
-                FAMILIES[family][0].from_dict(d["backbone"]),
+                FAMILIES[family].config.from_dict(d["backbone"]),
                 HeadConfig(**d["head"]),
-                Template.from_dict(d["template"]),
+                template_from_dict(d["template"]),
                 int(d.get("max_length", 512)),
                 int(d.get("max_query_tokens", 64)),
             )

@@ -20,20 +20,28 @@ from flax import nnx
 
 from querit_jax.sharding import axes
 
-HEAD_KINDS = ("score", "yes_no")
+HEAD_KINDS = ("score", "yes_no", "embed")
+POOLINGS = ("last", "cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
+    """`score` / `yes_no`: rerankers; `embed`: an embedder (first-stage retrieval)."""
+
     kind: str = "score"
     num_labels: int = 1
     # Token ids read by the yes/no head (Qwen3 vocabulary: "yes" = 9693, "no" = 2152).
     yes_token_id: int | None = None
     no_token_id: int | None = None
+    # Embedders: which token(s) make the embedding, and whether it is L2-normalised.
+    pooling: str = "last"
+    normalize: bool = True
 
     def __post_init__(self):
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"Unknown head kind {self.kind!r}; choose one of {HEAD_KINDS}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"Unknown pooling {self.pooling!r}; choose one of {POOLINGS}.")
         if self.kind == "yes_no" and (self.yes_token_id is None or self.no_token_id is None):
             raise ValueError("A yes_no head needs yes_token_id and no_token_id.")
         if self.num_labels != 1:
@@ -73,6 +81,31 @@ def first_token_index(segment_ids: jax.Array, num_segments: int) -> tuple[jax.Ar
 def gather_tokens(hidden: jax.Array, index: jax.Array) -> jax.Array:
     """hidden [B, T, H], index [B, S] -> [B, S, H]."""
     return jnp.take_along_axis(hidden, index[..., None], axis=1)
+
+
+def pool(
+    hidden: jax.Array, segment_ids: jax.Array, num_segments: int, pooling: str, normalize: bool
+) -> jax.Array:
+    """Embeddings [B, S, H] (float32) of each segment: its last token, first token (CLS) or mean.
+
+    Mean pooling averages the segment's tokens in float32, like sentence-transformers' Pooling
+    (sum of masked states / number of tokens); L2 normalisation divides by max(norm, 1e-12) as
+    torch.nn.functional.normalize does. Absent segments give zeros.
+    """
+    hidden = hidden.astype(jnp.float32)
+    if pooling == "mean":
+        seg = jnp.arange(1, num_segments + 1, dtype=segment_ids.dtype)
+        member = (segment_ids[:, None, :] == seg[None, :, None]).astype(jnp.float32)  # [B, S, T]
+        out = jnp.einsum("bst,bth->bsh", member, hidden) / jnp.maximum(
+            member.sum(-1, keepdims=True), 1e-9
+        )
+    else:
+        find = last_token_index if pooling == "last" else first_token_index
+        index, valid = find(segment_ids, num_segments)
+        out = jnp.where(valid[..., None], gather_tokens(hidden, index), 0.0)
+    if normalize:
+        out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out
 
 
 class ScoreHead(nnx.Module):

@@ -39,8 +39,10 @@ class DecoderCrossEncoder(nnx.Module):
         segment_ids: jax.Array,
         positions: jax.Array | None = None,
         num_segments: int = 1,
+        token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Returns scores [B, num_segments] (float32); absent segments score 0."""
+        del token_type_ids  # decoders have none
         hidden = self.model(input_ids, segment_ids, positions)  # [B, T, H]
         index, valid = last_token_index(segment_ids, num_segments)
         pooled = gather_tokens(hidden, index)  # [B, S, H]

@@ -12,8 +12,12 @@ def group_scores(graphdef, params, batch) -> jax.Array:
     """Scores every (query, document) of a batch of groups: [Q, G, T] inputs -> [Q, G]."""
     ids, seg = batch["input_ids"], batch["segment_ids"]
     q, g, t = ids.shape
+    types = batch.get("token_type_ids")
+    types = None if types is None else types.reshape(q * g, t)
     model = nnx.merge(graphdef, params)
-    return model(ids.reshape(q * g, t), seg.reshape(q * g, t))[:, 0].reshape(q, g)
+    return model(ids.reshape(q * g, t), seg.reshape(q * g, t), token_type_ids=types)[:, 0].reshape(
+        q, g
+    )
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, temperature: float):

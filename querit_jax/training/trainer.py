@@ -18,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from querit_jax import config_lib, sharding
 from querit_jax.data import pipeline, sources, tfds_groups
 from querit_jax.data.io import read_json, write_json
-from querit_jax.data.templates import PairEncoder, make_template
+from querit_jax.data.templates import make_template
+from querit_jax.data.tokenize import PairEncoder
 from querit_jax.eval.scoring import Scorer
 from querit_jax.eval.suite import EvalSuite, format_table
 from querit_jax.models import api
@@ -61,7 +62,7 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
         log(f"Initialised from {loaded.path} ({loaded.spec.family}, head {loaded.spec.head.kind}).")
         return loaded.spec, loaded.graphdef, loaded.params, loaded.tokenizer
     tokenizer = AutoTokenizer.from_pretrained(m.tokenizer)
-    backbone = m.decoder_config(
+    backbone = m.backbone_config(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,

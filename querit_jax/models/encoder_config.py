@@ -1,0 +1,209 @@
+"""Frozen configurations and presets for the BERT / XLM-RoBERTa encoder family.
+
+Field names follow transformers' `BertConfig` / `XLMRobertaConfig` numbers; `position_offset` is where
+positions start (0 for BERT, padding_idx + 1 = 2 for XLM-RoBERTa, whose position ids are
+`padding_idx + 1 + index` for real tokens).
+"""
+
+import dataclasses
+from typing import Any
+
+from querit_jax.models.config import dtype_of
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu")
+ENCODER_FAMILIES = ("bert", "xlm_roberta")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of a post-LayerNorm BERT-style encoder."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    family: str = "bert"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    position_offset: int = 0
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.family not in ENCODER_FAMILIES:
+            raise ValueError(
+                f"Unknown encoder family {self.family!r}; choose one of {ENCODER_FAMILIES}."
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}."
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act={self.hidden_act!r} is not supported; choose one of {ACTIVATIONS}."
+            )
+        dtype_of(self.dtype)
+        dtype_of(self.param_dtype)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    # ----- presets -------------------------------------------------------------------------------
+    @classmethod
+    def tiny_bert(cls, **overrides) -> "EncoderConfig":
+        base = dict(
+            vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def minilm_l6(cls, **overrides) -> "EncoderConfig":
+        """sentence-transformers/all-MiniLM-L6-v2 and cross-encoder/ms-marco-MiniLM-L6-v2."""
+        base = dict(
+            vocab_size=30522, hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=12
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def bert_base(cls, **overrides) -> "EncoderConfig":
+        base = dict(
+            vocab_size=30522, hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def tiny_xlm_roberta(cls, **overrides) -> "EncoderConfig":
+        base = dict(
+            family="xlm_roberta",
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            position_offset=2,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def xlm_roberta_base(cls, **overrides) -> "EncoderConfig":
+        return cls.tiny_xlm_roberta(
+            **{
+                "vocab_size": 250002,
+                "hidden_size": 768,
+                "intermediate_size": 3072,
+                "num_layers": 12,
+                "num_heads": 12,
+                **overrides,
+            }
+        )
+
+    @classmethod
+    def bge_reranker_v2_m3(cls, **overrides) -> "EncoderConfig":
+        """BAAI/bge-reranker-v2-m3: XLM-RoBERTa large with 8192-token positions (a common teacher)."""
+        return cls.tiny_xlm_roberta(
+            **{
+                "vocab_size": 250002,
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_layers": 24,
+                "num_heads": 16,
+                "max_position_embeddings": 8194,
+                **overrides,
+            }
+        )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "EncoderConfig":
+        if name not in ENCODER_PRESETS:
+            raise ValueError(
+                f"Unknown encoder preset {name!r}; choose one of {sorted(ENCODER_PRESETS)}."
+            )
+        return getattr(cls, name)(**overrides)
+
+    # ----- transformers interop ------------------------------------------------------------------
+    def to_hf_dict(self) -> dict[str, Any]:
+        return {
+            "model_type": "bert" if self.family == "bert" else "xlm-roberta",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_act": self.hidden_act,
+            "position_embedding_type": "absolute",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "initializer_range": 0.02,
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        }
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> "EncoderConfig":
+        model_type = hf.get("model_type")
+        if model_type not in ("bert", "xlm-roberta", "roberta"):
+            raise ValueError(
+                f"model_type {model_type!r} is not an encoder this importer reads (bert, xlm-roberta)."
+            )
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                f"position_embedding_type={hf['position_embedding_type']!r}; only 'absolute' is implemented."
+            )
+        roberta = model_type != "bert"
+        pad = hf.get("pad_token_id", 1 if roberta else 0)
+        fields = dict(
+            family="xlm_roberta" if roberta else "bert",
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            max_position_embeddings=hf.get("max_position_embeddings", 512),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            hidden_act=hf.get("hidden_act", "gelu"),
+            position_offset=(pad + 1) if roberta else 0,
+            pad_token_id=pad,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
+        )
+        return cls(**{**fields, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown EncoderConfig fields {sorted(unknown)}.")
+        return cls(**d)
+
+
+ENCODER_PRESETS = (
+    "tiny_bert",
+    "minilm_l6",
+    "bert_base",
+    "tiny_xlm_roberta",
+    "xlm_roberta_base",
+    "bge_reranker_v2_m3",
+)

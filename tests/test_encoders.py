@@ -1,0 +1,209 @@
+"""BERT / XLM-RoBERTa encoders and embedders: parity with transformers and sentence-transformers."""
+
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from querit_jax.convert import hf_export, hf_import
+from querit_jax.convert.safetensors_io import read_file
+from querit_jax.data.io import DataFormatError
+from querit_jax.data.tokenize import pad_batch
+from querit_jax.eval.scoring import embedder_for, scorer_for
+from querit_jax.mining.first_stage import DenseRetriever
+from querit_jax.models import api
+from tests.conftest import SHARED
+
+MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
+XLMR_TOKENIZER = os.path.join(SHARED, "models", "multilingual-e5-small-tokenizer")
+needs_minilm = pytest.mark.skipif(not os.path.isdir(MINILM), reason=f"{MINILM} is absent")
+needs_xlmr_tok = pytest.mark.skipif(
+    not os.path.isdir(XLMR_TOKENIZER), reason=f"{XLMR_TOKENIZER} is absent"
+)
+
+TEXTS = [
+    "How many points did the Panthers defense surrender?",
+    "黑豹队的防守只丢了 308分，在联赛中排名第六。",
+    "Защита «Пантер» пропустила всего 308 очков.",
+    "Die Verteidigung der Panthers gab nur 308 Punkte ab. " * 40,  # longer than the token budget
+]
+PAIRS = [(TEXTS[0], TEXTS[2]), (TEXTS[1], "短"), ("Wer?", TEXTS[3]), ("q", "d")]
+
+
+@needs_minilm
+def test_real_minilm_embeddings_match_transformers_mean_pooling():
+    model = api.load_model(MINILM)
+    assert (
+        model.spec.family == "bert"
+        and model.spec.head.pooling == "mean"
+        and model.spec.head.normalize
+    )
+    ours = embedder_for(model, batch_size=4).embed(model.params, TEXTS, "document")
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    ref_model = transformers.BertModel.from_pretrained(MINILM).eval()
+    batch = tok(
+        TEXTS, padding=True, truncation=True, max_length=model.spec.max_length, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = ref_model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    ref = torch.nn.functional.normalize(mean, dim=-1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    assert (
+        batch["input_ids"].shape[1] == model.spec.max_length == 256
+    )  # the long input was truncated
+
+
+def _tiny_encoder_dir(tmp_path, family):
+    tok_dir = MINILM if family == "bert" else XLMR_TOKENIZER
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    common = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_labels=1,
+        vocab_size=len(tok),
+    )
+    if family == "bert":
+        cfg = transformers.BertConfig(**common, max_position_embeddings=512, hidden_act="gelu")
+        cls = transformers.BertForSequenceClassification
+    else:
+        cfg = transformers.XLMRobertaConfig(
+            **common,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_act="gelu_new",
+        )
+        cls = transformers.XLMRobertaForSequenceClassification
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    out = str(tmp_path / family)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out, model, tok
+
+
+@pytest.mark.parametrize("family", ["bert", pytest.param("xlm_roberta", marks=needs_xlmr_tok)])
+def test_encoder_cross_encoders_match_transformers_and_round_trip(tmp_path, family):
+    if family == "bert" and not os.path.isdir(MINILM):
+        pytest.skip("needs the MiniLM tokenizer")
+    hf_dir, ref, tok = _tiny_encoder_dir(tmp_path, family)
+    model = api.load_model(hf_dir)
+    assert model.spec.family == family and model.spec.head.kind == "score"
+    ours = scorer_for(model, batch_size=4).score(
+        model.params, [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    )
+    batch = tok(
+        [p[0] for p in PAIRS],
+        [p[1] for p in PAIRS],
+        padding=True,
+        truncation=True,
+        max_length=model.spec.max_length,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        want = ref(**batch).logits[:, 0].numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)
+
+    # Left padding gives the same scores (positions restart at each sequence's first real token).
+    seqs, types = model_encoder(model)
+    ids, seg, tt = pad_batch(seqs, max(map(len, seqs)), tok.pad_token_id, left=True, types=types)
+    left = np.asarray(
+        model.module()(jnp.asarray(ids), jnp.asarray(seg), token_type_ids=jnp.asarray(tt))
+    )[:, 0]
+    np.testing.assert_allclose(left, ours, atol=1e-5, rtol=0)
+
+    out = hf_export.export_hf(model, str(tmp_path / "export"))
+    original, back = (
+        read_file(os.path.join(hf_dir, "model.safetensors")),
+        read_file(os.path.join(out, "model.safetensors")),
+    )
+    assert set(back) == set(original) - {k for k in original if k.endswith("position_ids")}
+    for name, tensor in back.items():
+        np.testing.assert_array_equal(tensor, original[name], err_msg=name)
+    from sentence_transformers import CrossEncoder
+
+    st = CrossEncoder(out).predict(PAIRS, batch_size=4)
+    np.testing.assert_allclose(st, ours, atol=1e-4, rtol=0)
+
+
+def model_encoder(model):
+    from querit_jax.data.tokenize import PairEncoder
+
+    encoder = PairEncoder(model.tokenizer, model.spec.template, model.spec.max_length)
+    return encoder.encode([p[0] for p in PAIRS], [p[1] for p in PAIRS])
+
+
+@needs_minilm
+def test_embedder_export_loads_in_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = api.load_model(MINILM)
+    ckpt = hf_import.import_hf(MINILM, str(tmp_path / "ckpt"))
+    again = api.load_model(ckpt)
+    out = hf_export.export_hf(again, str(tmp_path / "export"))
+    ours = embedder_for(model).embed(model.params, TEXTS, "query")
+    st = SentenceTransformer(out).encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(st, ours, atol=1e-5, rtol=0)
+
+
+def test_qwen3_embedder_reads_the_last_real_token(tmp_path):
+    from tests.conftest import make_hf_qwen3
+
+    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "base", std=0.05)
+    model = api.load_model(hf_dir, head="embed")
+    assert model.spec.head.pooling == "last" and model.spec.template.name == "qwen3_embedding"
+    emb = embedder_for(model, batch_size=4)
+    ours = emb.embed(model.params, TEXTS[:3], "query")
+    seqs = emb.encoder(TEXTS[:3], "query")
+    assert all(
+        s[-1] == model.tokenizer.pad_token_id for s in seqs
+    )  # <|endoftext|> closes every text
+    ids, seg, _ = pad_batch(seqs, max(map(len, seqs)), model.tokenizer.pad_token_id, left=True)
+    base = transformers.Qwen3Model.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        hidden = base(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(seg)
+        ).last_hidden_state
+    ref = torch.nn.functional.normalize(
+        hidden[:, -1], dim=-1
+    ).numpy()  # left padding: last position
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+@needs_minilm
+def test_bad_input_for_embedders_and_architectures(tmp_path):
+    retriever = DenseRetriever(api.load_model(MINILM), progress=False)
+    with pytest.raises(DataFormatError, match="The corpus is empty"):
+        retriever.index([], [])
+    bad = tmp_path / "gpt2"
+    shutil.copytree(MINILM, bad)
+    (bad / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
+    with pytest.raises(api.CheckpointError, match="model_type 'gpt2'.*not supported"):
+        api.load_model(str(bad))
+
+
+@needs_minilm
+@pytest.mark.parametrize("kind", ["reranker", "embedder"])
+def test_verify_tool_covers_encoders(tmp_path, kind):
+    from querit_jax.convert.verify import verify
+
+    if kind == "reranker":
+        hf_dir, _, _ = _tiny_encoder_dir(tmp_path, "bert")
+        model = api.load_model(hf_dir)
+    else:
+        model = api.load_model(MINILM)
+    report = verify(model, hf_export.export_hf(model, str(tmp_path / "export")))
+    assert max(v for k, v in report.items() if k.startswith("max_abs_diff")) < 1e-4

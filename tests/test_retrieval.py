@@ -1,0 +1,99 @@
+"""First stages: exact sharded top-k, BM25 in every language, the retrieve command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from querit_jax.data import beir
+from querit_jax.eval import metrics
+from querit_jax.eval.runs import read_run
+from querit_jax.mining.bm25 import BM25Retriever, UnicodeAnalyzer
+from querit_jax.mining.first_stage import first_stage_run
+from querit_jax.mining.topk import ShardedCorpus, brute_force_top_k
+from tests.conftest import SHARED, XQUAD
+from tests.helpers import ROOT
+
+MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
+
+
+@pytest.mark.parametrize("n", [1003, 7, 64])
+def test_sharded_top_k_on_8_devices_equals_single_device_brute_force(n):
+    rng = np.random.default_rng(n)
+    corpus = rng.standard_normal((n, 24)).astype(np.float32)
+    queries = rng.standard_normal((37, 24)).astype(np.float32)
+    if n > 10:
+        corpus[3] = corpus[n - 2]  # exact ties across shards: the lower index must come first
+        queries[0] = corpus[3]
+    sharded = ShardedCorpus(corpus, jax.devices(), block=32)
+    assert len(sharded.matrix.sharding.device_set) == 8
+    k = min(10, n)
+    scores, ids = sharded.search(queries, 10, batch=16)
+    ref_scores, ref_ids = brute_force_top_k(queries, corpus, k, sharded.block, batch=16)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+    if n > 10:
+        assert list(ids[0][:2]) == [3, n - 2]
+
+
+def test_empty_corpus_is_refused():
+    with pytest.raises(ValueError, match="non-empty"):
+        ShardedCorpus(np.zeros((0, 4), np.float32))
+
+
+def test_unicode_bm25_works_for_unsegmented_scripts():
+    terms = UnicodeAnalyzer()(["黑豹队的防守", "Défense DES Panthers"])
+    assert "黑豹" in terms[0] and "防" in terms[0]
+    assert terms[1] == ["défense", "des", "panthers"]
+    ds = beir.load_beir(os.path.join(XQUAD, "zh", "test"), "test")
+    run = first_stage_run("bm25", ds, 100)
+    assert metrics.evaluate(ds.qrels, run, ["ndcg@10"])[0]["ndcg@10"] > 0.7
+    ids = sorted(ds.corpus)
+    retriever = BM25Retriever(ids, [ds.doc_text(d) for d in ids], UnicodeAnalyzer())
+    assert retriever.search(["@@@ ###"], 5) == [[]]  # a query with no known term retrieves nothing
+
+
+def _retrieve(*args):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "querit_jax.retrieve", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir(MINILM), reason=f"{MINILM} is absent")
+def test_retrieve_command_with_an_embedder_and_with_bm25(tmp_path):
+    data = os.path.join(XQUAD, "en", "test")
+    for model in (MINILM, "bm25"):
+        out = tmp_path / f"{os.path.basename(model)}.trec"
+        proc = _retrieve(f"--model={model}", f"--data={data}", "--top_k=20", f"--output={out}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        run = read_run(str(out))
+        assert len(run) == 199
+        sizes = {len(docs) for docs in run.values()}
+        assert (
+            sizes == {20} if model != "bm25" else max(sizes) == 20
+        )  # BM25 skips zero-score documents
+        reported = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.index("}") + 1])
+        ds = beir.load_beir(data, "test")
+        assert reported["ndcg@10"] == pytest.approx(
+            metrics.evaluate(ds.qrels, run)[0]["ndcg@10"], abs=1e-4
+        )
+        assert reported["ndcg@10"] > 0.6  # MiniLM is an English model; en is its home language
+
+
+def test_retrieve_with_a_reranker_is_a_clear_error(tiny_workdir, tmp_path):
+    proc = _retrieve(
+        f"--model={tiny_workdir}", f"--data={XQUAD}/en/test", f"--output={tmp_path / 'r.trec'}"
+    )
+    assert (
+        proc.returncode == 2 and "is a reranker" in proc.stderr and "Traceback" not in proc.stderr
+    )
