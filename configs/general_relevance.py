@@ -8,19 +8,21 @@ Variants (`--config=configs/general_relevance.py:VARIANT`):
           held-out articles by reranking BM25's top 20: in four languages it never saw (de, es, tr, vi)
           and in two it saw (en, zh), next to BM25 and the untrained model.
   tiny    the demo's model and data for a few steps (smoke tests).
+  tiny_moe  a tiny Qwen3-MoE (8 experts, top-2) on the demo data, experts sharded with fsdp+ep over
+          all devices (`--config.sharding.mesh.expert=N`), the load-balancing loss on.
 """
 
 import ml_collections
 
-VARIANTS = (None, "demo", "tiny")  # documented above; tests load and validate each
+VARIANTS = (None, "demo", "tiny", "tiny_moe")  # documented above; tests load and validate each
 DEMO_TRAIN = ",".join(f"data/xquad_r/{lang}/train" for lang in ("en", "ru", "zh", "ar"))
 DEMO_EVAL = ",".join(f"data/xquad_r/{lang}/test" for lang in ("de", "es", "tr", "vi", "en", "zh"))
 
 
 def get_config(arg=None):
     variant = arg or "default"
-    if variant not in ("default", "demo", "tiny"):
-        raise ValueError(f"Unknown variant {variant!r}; use demo or tiny (or none).")
+    if variant not in ("default", "demo", "tiny", "tiny_moe"):
+        raise ValueError(f"Unknown variant {variant!r}; use demo, tiny or tiny_moe (or none).")
     c = ml_collections.ConfigDict()
     c.name = f"general_relevance_{variant}"
 
@@ -121,7 +123,7 @@ def get_config(arg=None):
     # Logical axis -> mesh axis overrides of the preset, e.g. {"vocab": "tensor"}.
     c.sharding.rule_overrides = ml_collections.ConfigDict()
 
-    if variant in ("demo", "tiny"):
+    if variant in ("demo", "tiny", "tiny_moe"):
         c.model.preset = "tiny"
         c.model.init_from = ""
         c.model.tokenizer = "data/tokenizers/xquad_r_bpe"
@@ -148,6 +150,20 @@ def get_config(arg=None):
         c.eval.top_k = 20
         c.eval.batch_size = 128
         c.sharding.preset = "dp"
+    if variant == "tiny_moe":
+        c.model.preset = "tiny_moe"
+        c.model.overrides = ml_collections.ConfigDict(dict(vocab_size=16384, moe_impl="ep"))
+        c.data.batch_size = 8
+        c.data.group_size = 4
+        c.data.max_length = 64
+        c.train.num_steps = 20
+        c.train.log_every = 5
+        c.train.save_every = 10
+        c.eval.datasets = "data/xquad_r/zh/test"
+        c.eval.max_queries = 16
+        c.eval.top_k = 10
+        c.sharding.preset = "fsdp+ep"
+        c.sharding.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=-1))
     if variant == "tiny":
         c.data.batch_size = 4
         c.data.group_size = 4

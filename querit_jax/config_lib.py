@@ -21,7 +21,7 @@ from querit_jax.sharding import axes, axis_size
 from querit_jax.sharding import rules as rules_lib
 from querit_jax.sharding.mesh import resolve_mesh_shape
 
-FAMILY_NAMES = ("qwen3", "bert", "xlm_roberta")
+FAMILY_NAMES = ("qwen3", "qwen3_moe", "bert", "xlm_roberta")
 
 
 class ConfigError(ValueError):
@@ -76,7 +76,7 @@ class ModelConfig:
             "remat": self.remat,
             **extra,
         }
-        if self.family == "qwen3":
+        if self.family in ("qwen3", "qwen3_moe"):
             return DecoderConfig.from_preset(self.preset, **fields)
         return EncoderConfig.from_preset(self.preset, **{"family": self.family, **fields})
 
@@ -184,7 +184,7 @@ def _require(cond: bool, field: str, message: str) -> None:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Field checks that need no devices. Returns cfg; raises ConfigError naming the field."""
     m, d, o, t, e, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.eval, cfg.sharding
-    decoder = m.family == "qwen3"
+    decoder = m.family in ("qwen3", "qwen3_moe")
     _require(
         m.family in FAMILY_NAMES,
         "model.family",
@@ -277,7 +277,28 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             f"sharding.mesh.{axis}",
             f"size {size} but preset {s.preset!r} maps nothing to '{axis}'; those devices would only repeat work.",
         )
+    if not m.init_from:
+        _validate_moe(m.backbone_config(), s)
     return cfg
+
+
+def _validate_moe(backbone, sharding_cfg: ShardingConfig) -> None:
+    """Experts must split evenly over the expert axis; the ep path needs an expert mesh axis."""
+    experts = getattr(backbone, "num_experts", 0)
+    target = dict(sharding_cfg.rules()).get(axes.EXPERT)
+    if getattr(backbone, "moe_impl", "") == "ep":
+        _require(
+            isinstance(target, str),
+            "model.overrides.moe_impl",
+            f"'ep' needs a preset that maps experts to a mesh axis (fsdp+ep), not {sharding_cfg.preset!r}.",
+        )
+    if experts and isinstance(target, str):
+        size = dict(zip(axes.MESH_AXES, sharding_cfg.mesh.shape))[target]
+        _require(
+            size == -1 or experts % size == 0,
+            f"sharding.mesh.{target}",
+            f"{experts} experts do not split over {size} devices of the '{target}' axis.",
+        )
 
 
 def validate_for_devices(
@@ -290,6 +311,15 @@ def validate_for_devices(
         raise ConfigError(f"sharding.mesh: {err}") from None
     batch_axes = dict(cfg.sharding.rules())[axes.BATCH]
     split = axis_size(dict(zip(axes.MESH_AXES, shape)), batch_axes)
+    target = dict(cfg.sharding.rules()).get(axes.EXPERT)
+    if not cfg.model.init_from and isinstance(target, str):
+        experts = getattr(cfg.model.backbone_config(), "num_experts", 0)
+        size = dict(zip(axes.MESH_AXES, shape))[target]
+        _require(
+            not experts or experts % size == 0,
+            f"sharding.mesh.{target}",
+            f"{experts} experts do not split over the {size} devices of the '{target}' axis.",
+        )
     _require(
         cfg.data.batch_size % split == 0,
         "data.batch_size",

@@ -99,7 +99,7 @@ def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
     if head_format == "seq_cls" and spec.head.kind == "yes_no":
         spec, params = yes_no_to_score(spec, params)  # exact: w = lm_head[yes] - lm_head[no]
     cfg = spec.backbone
-    if spec.family == "qwen3":
+    if spec.family in ("qwen3", "qwen3_moe"):
         prefix = "" if spec.head.kind == "embed" else "model."
         entries = qwen3_table.backbone_entries(cfg, prefix)
         if spec.head.kind != "embed":
@@ -111,13 +111,21 @@ def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
             cfg, encoder_table.model_prefix(cfg)
         ) + encoder_table.head_entries(cfg)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
-    return {e.hf_name: e.to_hf(flat[".".join(str(p) for p in e.path)]) for e in entries}
+    out = {}
+    for e in entries:
+        value = e.to_hf(flat[".".join(str(p) for p in e.path)])
+        out.update(zip(e.hf_names, value) if hasattr(e, "hf_names") else [(e.hf_name, value)])
+    return out
 
 
 def architecture_name(spec, head_format: str) -> str:
+    moe = spec.family == "qwen3_moe"
     if head_format == "causal_lm":
-        return "Qwen3ForCausalLM"
-    names = {"qwen3": ("Qwen3ForSequenceClassification", "Qwen3Model")}
+        return "Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM"
+    names = {
+        "qwen3": ("Qwen3ForSequenceClassification", "Qwen3Model"),
+        "qwen3_moe": ("Qwen3MoeForSequenceClassification", "Qwen3MoeModel"),
+    }
     names.update({k: v for k, v in encoder_table.ARCHITECTURES.items()})
     reranker, bare = names[spec.family]
     return bare if spec.head.kind == "embed" else reranker
@@ -167,7 +175,7 @@ def export_hf(
             "template": spec.template.to_dict(),
             "head": spec.head.to_dict(),
             "pooling": "last real token; pad_token_id never occurs in rendered inputs"
-            if spec.family == "qwen3"
+            if spec.family in ("qwen3", "qwen3_moe")
             else f"{spec.head.pooling if embed else 'cls'} token(s) of each sequence",
             "max_length": max_length,
             "max_query_tokens": spec.max_query_tokens,

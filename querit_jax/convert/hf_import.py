@@ -29,6 +29,7 @@ from querit_jax.models.heads import HeadConfig
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 ARCHITECTURES = {
     "qwen3": ("Qwen3ForSequenceClassification", "Qwen3ForCausalLM", "Qwen3Model"),
+    "qwen3_moe": ("Qwen3MoeForSequenceClassification", "Qwen3MoeForCausalLM", "Qwen3MoeModel"),
     "bert": encoder_table.ARCHITECTURES["bert"],
     "xlm-roberta": encoder_table.ARCHITECTURES["xlm_roberta"],
 }
@@ -105,6 +106,14 @@ def architecture(config: dict, hf_dir: str) -> str:
     return arch
 
 
+def _causal(arch: str) -> bool:
+    return arch.endswith("ForCausalLM")
+
+
+def _decoder(arch: str) -> bool:
+    return arch.startswith("Qwen3")
+
+
 def _set(tree: dict, path: tuple, value) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
@@ -113,12 +122,15 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 def _gather(weights: dict, entries, where: str, params: dict, used: set) -> None:
     for e in entries:
-        if e.hf_name not in weights:
-            raise CheckpointError(
-                f"{where}: tensor {e.hf_name!r} is missing from the safetensors files."
-            )
-        _set(params, e.path, e.to_jax(np.asarray(weights[e.hf_name])))
-        used.add(e.hf_name)
+        names = getattr(e, "hf_names", None) or (e.hf_name,)
+        for name in names:
+            if name not in weights:
+                raise CheckpointError(
+                    f"{where}: tensor {name!r} is missing from the safetensors files."
+                )
+        arrays = [np.asarray(weights[n]) for n in names]
+        _set(params, e.path, e.to_jax(arrays) if hasattr(e, "hf_names") else e.to_jax(arrays[0]))
+        used.update(names)
 
 
 def read_sentence_transformers(hf_dir: str) -> dict:
@@ -177,9 +189,9 @@ def _head_config(arch, head, tokenizer, st, yes_token, no_token, where) -> HeadC
     if head == "auto":
         head = (
             "yes_no"
-            if arch == "Qwen3ForCausalLM"
+            if _causal(arch)
             else "embed"
-            if bare and ("pooling" in st or not arch.startswith("Qwen3"))
+            if bare and ("pooling" in st or not _decoder(arch))
             else "score"
         )
     if head == "embed":
@@ -187,16 +199,16 @@ def _head_config(arch, head, tokenizer, st, yes_token, no_token, where) -> HeadC
             raise CheckpointError(
                 f"{where}: an embedder needs a bare model (Qwen3Model, BertModel, ...), got {arch}."
             )
-        default = "last" if arch.startswith("Qwen3") else "mean"
+        default = "last" if _decoder(arch) else "mean"
         return HeadConfig(
             kind="embed",
             pooling=st.get("pooling", default),
-            normalize=st.get("normalize", arch.startswith("Qwen3")),  # Qwen3-Embedding normalises
+            normalize=st.get("normalize", _decoder(arch)),  # Qwen3-Embedding normalises
         )
     if head == "yes_no":
-        if arch != "Qwen3ForCausalLM":
+        if not _causal(arch):
             raise CheckpointError(
-                f"{where}: a yes/no head needs a Qwen3ForCausalLM checkpoint, got {arch}."
+                f"{where}: a yes/no head needs a Qwen3(Moe)ForCausalLM checkpoint, got {arch}."
             )
         ids = [tokenizer.convert_tokens_to_ids(t) for t in (yes_token, no_token)]
         if any(i is None or i == tokenizer.unk_token_id for i in ids):
@@ -204,7 +216,7 @@ def _head_config(arch, head, tokenizer, st, yes_token, no_token, where) -> HeadC
                 f"{where}: {yes_token!r}/{no_token!r} are not single tokens of the tokenizer."
             )
         return HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])
-    if arch == "Qwen3ForCausalLM":  # read as yes/no, converted to a linear head afterwards
+    if _causal(arch):  # read as yes/no, converted to a linear head afterwards
         return _head_config(arch, "yes_no", tokenizer, st, yes_token, no_token, where)
     return HeadConfig(kind="score")
 
@@ -214,13 +226,13 @@ def _template(arch, head, recorded, st):
         return template_from_dict(recorded["template"])
     if head.kind == "embed":
         prompts = st.get("prompts") or {}
-        if arch.startswith("Qwen3"):
+        if _decoder(arch):
             return make_template("qwen3_embedding")
         return encoder_text(
             prompts.get("query", ""), prompts.get("document", prompts.get("passage", ""))
         )
-    if arch.startswith("Qwen3"):
-        return make_template("qwen3_reranker" if arch == "Qwen3ForCausalLM" else "qwen3_pair")
+    if _decoder(arch):
+        return make_template("qwen3_reranker" if _causal(arch) else "qwen3_pair")
     return encoder_pair()
 
 
@@ -230,7 +242,7 @@ def _qwen3_entries(spec, arch, weights, where):
         "model." if any(k.startswith("model.") for k in weights) else ""
     )  # Qwen3Model may lack it
     entries = qwen3_table.backbone_entries(cfg, prefix)
-    if spec.head.kind == "yes_no" or arch == "Qwen3ForSequenceClassification":
+    if spec.head.kind == "yes_no" or arch.endswith("ForSequenceClassification"):
         entries += qwen3_table.head_entries(cfg, spec.head)
     score = weights.get("score.weight")
     if score is not None and score.shape[0] != 1:
@@ -238,7 +250,7 @@ def _qwen3_entries(spec, arch, weights, where):
             f"{where}: score.weight has {score.shape[0]} labels; rerankers here use num_labels=1."
         )
     new_head = {}
-    if arch == "Qwen3Model" and spec.head.kind == "score":
+    if arch.endswith("Model") and spec.head.kind == "score":
         new_head = {("score", "kernel"): (cfg.hidden_size, 1)}
     ignored = {k for k in weights if k.endswith(qwen3_table.IGNORED_SUFFIXES)}
     if cfg.tie_word_embeddings:
@@ -297,8 +309,9 @@ def read_hf_dir(
     config = read_config(hf_dir)
     arch = architecture(config, hf_dir)
     try:
-        if config["model_type"] == "qwen3":
-            family, backbone = "qwen3", DecoderConfig.from_hf_dict(config)
+        if config["model_type"] in ("qwen3", "qwen3_moe"):
+            backbone = DecoderConfig.from_hf_dict(config)
+            family = backbone.family
         else:
             backbone = EncoderConfig.from_hf_dict(config)
             family = backbone.family
@@ -326,7 +339,8 @@ def read_hf_dir(
     )
 
     weights = read_weights(hf_dir)
-    if family == "qwen3":
+    if family in ("qwen3", "qwen3_moe"):
+        weights = qwen3_table.unfuse_experts(weights, backbone)
         entries, new_head, ignored = _qwen3_entries(spec, arch, weights, hf_dir)
     else:
         entries, new_head, ignored = _encoder_entries(spec, arch, weights)

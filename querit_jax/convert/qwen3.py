@@ -94,6 +94,9 @@ def backbone_entries(cfg: DecoderConfig, prefix: str = "model.") -> list[Entry]:
             )
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out.append(Entry(f"{hf}{norm}.weight", (*ours, norm, "scale"), _identity, _identity))
+        if cfg.is_sparse(i):
+            out += moe_entries(cfg, hf, ours)
+            continue
         for proj in ("gate_proj", "up_proj", "down_proj"):
             out.append(
                 Entry(
@@ -101,6 +104,56 @@ def backbone_entries(cfg: DecoderConfig, prefix: str = "model.") -> list[Entry]:
                 )
             )
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StackEntry:
+    """Many HF tensors (one per expert, torch [out, in]) <-> one stacked parameter [E, in, out]."""
+
+    hf_names: tuple[str, ...]
+    path: tuple
+
+    def to_jax(self, arrays: list[np.ndarray]) -> np.ndarray:
+        return np.stack([np.ascontiguousarray(a.T) for a in arrays])
+
+    def to_hf(self, array: np.ndarray) -> list[np.ndarray]:
+        return [np.ascontiguousarray(a.T) for a in array]
+
+
+def moe_entries(cfg: DecoderConfig, hf: str, ours: tuple) -> list:
+    """A sparse layer: router `mlp.gate.weight` [E, H] and per-expert `mlp.experts.{e}.*` (the layout
+    transformers writes to disk; its in-memory fused `gate_up_proj` is handled by `unfuse_experts`)."""
+    out: list = [Entry(f"{hf}mlp.gate.weight", (*ours, "mlp", "gate"), _transpose, _transpose)]
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        names = tuple(f"{hf}mlp.experts.{e}.{proj}.weight" for e in range(cfg.num_experts))
+        out.append(StackEntry(names, (*ours, "mlp", proj)))
+    return out
+
+
+def unfuse_experts(weights: dict, cfg: DecoderConfig) -> dict:
+    """Rewrites fused expert tensors (transformers v5: `experts.gate_up_proj` [E, 2I, H], first I rows
+    gate, and `experts.down_proj` [E, H, I]) into the per-expert names `moe_entries` reads."""
+    fused = [
+        k for k in weights if k.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))
+    ]
+    if not fused:
+        return weights
+    weights = dict(weights)
+    inter = cfg.moe_intermediate_size
+    for key in fused:
+        prefix = (
+            key[: -len("gate_up_proj")]
+            if key.endswith("gate_up_proj")
+            else key[: -len("down_proj")]
+        )
+        tensor = np.asarray(weights.pop(key))
+        for e in range(tensor.shape[0]):
+            if key.endswith("gate_up_proj"):
+                weights[f"{prefix}{e}.gate_proj.weight"] = tensor[e, :inter]
+                weights[f"{prefix}{e}.up_proj.weight"] = tensor[e, inter:]
+            else:
+                weights[f"{prefix}{e}.down_proj.weight"] = tensor[e]
+    return weights
 
 
 def head_entries(cfg: DecoderConfig, head: HeadConfig) -> list[Entry]:

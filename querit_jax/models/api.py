@@ -55,6 +55,7 @@ class Family:
 
 FAMILIES = {
     "qwen3": Family(DecoderConfig, DecoderCrossEncoder, DecoderEmbedder, ("text",), ("text",)),
+    "qwen3_moe": Family(DecoderConfig, DecoderCrossEncoder, DecoderEmbedder, ("text",), ("text",)),
     "bert": Family(EncoderConfig, EncoderCrossEncoder, EncoderEmbedder, ("pair",), ("native",)),
     "xlm_roberta": Family(
         EncoderConfig, EncoderCrossEncoder, EncoderEmbedder, ("pair",), ("native",)

@@ -46,9 +46,43 @@ class DecoderConfig:
     param_dtype: str = "float32"
     # Rematerialise each decoder layer in the backward pass (saves activation memory).
     remat: bool = False
+    # Sparse MoE (Qwen3-MoE): layer i is sparse iff num_experts > 0, i not in mlp_only_layers and
+    # (i + 1) % decoder_sparse_step == 0; dense layers keep the SwiGLU of `intermediate_size`.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k router probabilities (HF semantics)
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    router_aux_loss_coef: float = 0.001  # load-balancing loss weight in training
+    router_z_loss_coef: float = 0.0  # optional router z-loss weight
+    # How experts run: "dense" (reference: every expert on every token), "grouped" (sort + ragged_dot,
+    # dropless) or "ep" (expert parallel: shard_map all-to-all over the `expert` mesh axis, dropless).
+    moe_impl: str = "grouped"
     family: str = "qwen3"
 
+    def is_sparse(self, layer: int) -> bool:
+        return (
+            self.num_experts > 0
+            and layer not in self.mlp_only_layers
+            and (layer + 1) % self.decoder_sparse_step == 0
+        )
+
     def __post_init__(self):
+        object.__setattr__(self, "mlp_only_layers", tuple(int(i) for i in self.mlp_only_layers))
+        object.__setattr__(self, "family", "qwen3_moe" if self.num_experts > 0 else "qwen3")
+        if self.num_experts > 0:
+            if not 1 <= self.num_experts_per_tok <= self.num_experts:
+                raise ValueError(
+                    f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts="
+                    f"{self.num_experts}]."
+                )
+            if self.moe_intermediate_size < 1:
+                raise ValueError("A sparse model needs moe_intermediate_size >= 1.")
+            if self.decoder_sparse_step < 1:
+                raise ValueError(f"decoder_sparse_step={self.decoder_sparse_step} must be >= 1.")
+        if self.moe_impl not in ("dense", "grouped", "ep"):
+            raise ValueError(f"moe_impl={self.moe_impl!r}; choose dense, grouped or ep.")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (GQA)."
@@ -139,6 +173,76 @@ class DecoderConfig:
         return cls.qwen3_4b(**{"vocab_size": 151669, **overrides})
 
     @classmethod
+    def tiny_moe(cls, **overrides) -> "DecoderConfig":
+        """A tiny Qwen3-MoE (8 experts, top-2) for tests and CPU runs."""
+        base = dict(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def qwen3_moe_a0p4b(cls, **overrides) -> "DecoderConfig":
+        """The paper's compact backbone size: ~4.95B total, ~0.41B active, 24 layers, 16 heads.
+
+        The Querit MoE card gives 4.92B-A0.43B, 4.79B non-embedding, 24 layers, 16 heads and no config;
+        this preset is sized to those counts (width 896 as in Qwen2.5-0.5B, 128 experts of 576, top-6).
+        """
+        base = dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_layers=24,
+            num_heads=16,
+            num_kv_heads=4,
+            head_dim=64,
+            max_position_embeddings=131072,
+            tie_word_embeddings=True,
+            num_experts=128,
+            num_experts_per_tok=6,
+            moe_intermediate_size=576,
+            norm_topk_prob=True,
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=151643,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def qwen3_30b_a3b(cls, **overrides) -> "DecoderConfig":
+        """Qwen/Qwen3-30B-A3B (48 layers, 128 experts, top-8, 768 per expert)."""
+        base = dict(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_layers=48,
+            num_heads=32,
+            num_kv_heads=4,
+            head_dim=128,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            num_experts=128,
+            num_experts_per_tok=8,
+            moe_intermediate_size=768,
+            norm_topk_prob=True,
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=151643,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "DecoderConfig":
         """Builds a named preset; `overrides` replace single fields."""
         if name not in DECODER_PRESETS:
@@ -149,7 +253,22 @@ class DecoderConfig:
 
     # ----- transformers interop ------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
-        """The architecture fields of a transformers `Qwen3Config`."""
+        """The architecture fields of a transformers `Qwen3Config` / `Qwen3MoeConfig`."""
+        moe = {}
+        if self.num_experts:
+            moe = {
+                "model_type": "qwen3_moe",
+                # v5 reads num_local_experts (num_experts is its alias); older loaders read num_experts.
+                "num_experts": self.num_experts,
+                "num_local_experts": self.num_experts,
+                "num_experts_per_tok": self.num_experts_per_tok,
+                "moe_intermediate_size": self.moe_intermediate_size,
+                "norm_topk_prob": self.norm_topk_prob,
+                "decoder_sparse_step": self.decoder_sparse_step,
+                "mlp_only_layers": list(self.mlp_only_layers),
+                "router_aux_loss_coef": self.router_aux_loss_coef,
+                "output_router_logits": False,
+            }
         return {
             "model_type": "qwen3",
             "vocab_size": self.vocab_size,
@@ -171,6 +290,7 @@ class DecoderConfig:
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
+            **moe,
         }
 
     @classmethod
@@ -216,6 +336,16 @@ class DecoderConfig:
             eos_token_id=eos,
             pad_token_id=hf.get("pad_token_id"),
         )
+        if hf.get("model_type") == "qwen3_moe":
+            fields.update(
+                num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),
+                num_experts_per_tok=int(hf["num_experts_per_tok"]),
+                moe_intermediate_size=int(hf["moe_intermediate_size"]),
+                norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+                decoder_sparse_step=int(hf.get("decoder_sparse_step", 1)),
+                mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
+                router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
+            )
         return cls(**{**fields, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,11 +357,14 @@ class DecoderConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"Unknown DecoderConfig fields {sorted(unknown)}.")
-        return cls(**d)
+        return cls(**{k: tuple(v) if k == "mlp_only_layers" else v for k, v in d.items()})
 
 
 DECODER_PRESETS = (
     "tiny",
+    "tiny_moe",
+    "qwen3_moe_a0p4b",
+    "qwen3_30b_a3b",
     "qwen3_0p6b",
     "qwen3_embedding_0p6b",
     "qwen3_reranker_0p6b",

@@ -1,6 +1,7 @@
-"""The dense Qwen3 decoder (transformers `Qwen3Model`) in Flax NNX.
+"""The Qwen3 decoder (transformers `Qwen3Model` / `Qwen3MoeModel`) in Flax NNX.
 
-Pre-norm blocks `h = x + attn(ln1(x)); y = h + mlp(ln2(h))`, a final RMSNorm, no embedding scaling.
+Pre-norm blocks `h = x + attn(ln1(x)); y = h + mlp(ln2(h))`, a final RMSNorm, no embedding scaling;
+`mlp` is a SwiGLU, or a sparse MoE block on the layers `DecoderConfig.is_sparse` names.
 Inputs use segment ids instead of an attention mask: 0 marks padding, 1..S mark the pairs packed into a
 row, and positions restart at 0 for each pair. An unpacked, padded batch is segment_ids = attention_mask.
 """
@@ -12,21 +13,32 @@ from flax import nnx
 from querit_jax.models.attention import Attention, attention_mask
 from querit_jax.models.config import DecoderConfig, dtype_of
 from querit_jax.models.layers import Embed, RMSNorm, SwiGLU
+from querit_jax.models.moe import MoeBlock
 from querit_jax.sharding import axes, shard
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs):
         pdt = dtype_of(cfg.param_dtype)
+        self.sparse = cfg.is_sparse(layer)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt)
         self.self_attn = Attention(cfg, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, param_dtype=pdt)
+        if self.sparse:
+            self.mlp = MoeBlock(cfg, rngs=rngs)
+        else:
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, param_dtype=pdt)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array):
+        """Returns (x, router logits [B, T, E] or None)."""
         x = x + self.self_attn(self.input_layernorm(x), positions, mask)
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+        h = self.post_attention_layernorm(x)
+        logits = None
+        if self.sparse:
+            h, logits = self.mlp(h)
+        else:
+            h = self.mlp(h)
+        return shard(x + h, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED)), logits
 
 
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
@@ -51,23 +63,35 @@ class Qwen3Decoder(nnx.Module):
         self.embed_tokens = Embed(
             cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=dtype_of(cfg.param_dtype)
         )
-        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = RMSNorm(
             cfg.hidden_size, cfg.rms_norm_eps, param_dtype=dtype_of(cfg.param_dtype)
         )
 
     def __call__(
-        self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array | None = None
-    ) -> jax.Array:
-        """Args: input_ids, segment_ids [B, T] int; positions [B, T] (derived from segments if None)."""
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array | None = None,
+        return_router_logits: bool = False,
+    ):
+        """Args: input_ids, segment_ids [B, T] int; positions [B, T] (derived from segments if None).
+
+        Returns hidden states [B, T, H], and with `return_router_logits` also the tuple of the sparse
+        layers' router logits [B, T, E] (what the load-balancing loss reads).
+        """
         if positions is None:
             positions = positions_from_segments(segment_ids)
         x = self.embed_tokens(input_ids, dtype_of(self.cfg.dtype))
         x = shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
         mask = attention_mask(segment_ids, causal=True)
+        router_logits = []
         for layer in self.layers:
             if self.cfg.remat:
-                x = nnx.remat(lambda lyr, h: lyr(h, positions, mask))(layer, x)
+                x, logits = nnx.remat(lambda lyr, h: lyr(h, positions, mask))(layer, x)
             else:
-                x = layer(x, positions, mask)
-        return self.norm(x)
+                x, logits = layer(x, positions, mask)
+            if logits is not None:
+                router_logits.append(logits)
+        x = self.norm(x)
+        return (x, tuple(router_logits)) if return_router_logits else x

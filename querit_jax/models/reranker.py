@@ -40,10 +40,14 @@ class DecoderCrossEncoder(nnx.Module):
         positions: jax.Array | None = None,
         num_segments: int = 1,
         token_type_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        """Returns scores [B, num_segments] (float32); absent segments score 0."""
+        return_aux: bool = False,
+    ):
+        """Returns scores [B, num_segments] (float32; absent segments score 0), and with `return_aux`
+        also {"router_logits": (per sparse layer [B, T, E], ...)} for MoE training losses."""
         del token_type_ids  # decoders have none
-        hidden = self.model(input_ids, segment_ids, positions)  # [B, T, H]
+        hidden, router_logits = self.model(
+            input_ids, segment_ids, positions, return_router_logits=True
+        )
         index, valid = last_token_index(segment_ids, num_segments)
         pooled = gather_tokens(hidden, index)  # [B, S, H]
         if self.head.kind == "score":
@@ -55,4 +59,5 @@ class DecoderCrossEncoder(nnx.Module):
                 else self.lm_head.kernel[...]
             )
             scores = yes_no_score(pooled, matrix, self.head.yes_token_id, self.head.no_token_id)
-        return jnp.where(valid, scores.astype(jnp.float32), 0.0)
+        scores = jnp.where(valid, scores.astype(jnp.float32), 0.0)
+        return (scores, {"router_logits": router_logits}) if return_aux else scores

@@ -32,6 +32,14 @@ PRESETS: dict[str, dict[str, MeshAxes]] = {
         axes.ACT_KV_HEADS: "tensor",
         axes.ACT_MLP: "tensor",
     },
+    # fsdp + expert parallelism: experts are split over `expert`, tokens over every data-like axis
+    # (expert included: each expert group holds different tokens and exchanges them all-to-all).
+    "fsdp+ep": {
+        **_REPLICATED,
+        axes.BATCH: ("data", "fsdp", "expert"),
+        axes.EMBED: "fsdp",
+        axes.EXPERT: "expert",
+    },
 }
 
 

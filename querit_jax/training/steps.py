@@ -1,6 +1,7 @@
 """Pure training and evaluation steps. No I/O, no Python side effects; the trainer jits them once."""
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -8,27 +9,60 @@ from querit_jax.training import losses
 from querit_jax.training.state import TrainState
 
 
-def group_scores(graphdef, params, batch) -> jax.Array:
-    """Scores every (query, document) of a batch of groups: [Q, G, T] inputs -> [Q, G]."""
+def group_scores(graphdef, params, batch, return_aux: bool = False):
+    """Scores every (query, document) of a batch of groups: [Q, G, T] inputs -> [Q, G].
+
+    With `return_aux`, also the model's auxiliary outputs (MoE router logits, [Q*G, T, E] per layer).
+    """
     ids, seg = batch["input_ids"], batch["segment_ids"]
     q, g, t = ids.shape
     types = batch.get("token_type_ids")
     types = None if types is None else types.reshape(q * g, t)
     model = nnx.merge(graphdef, params)
-    return model(ids.reshape(q * g, t), seg.reshape(q * g, t), token_type_ids=types)[:, 0].reshape(
-        q, g
-    )
+    kwargs = {"return_aux": True} if return_aux else {}
+    out = model(ids.reshape(q * g, t), seg.reshape(q * g, t), token_type_ids=types, **kwargs)
+    scores, aux = out if return_aux else (out, {})
+    scores = scores[:, 0].reshape(q, g)
+    return (scores, aux) if return_aux else scores
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, temperature: float):
-    """Returns `train_step(state, batch) -> (state, metrics)` for the listwise loss."""
+def make_train_step(
+    graphdef, tx: optax.GradientTransformation, schedule, temperature: float, moe=None
+):
+    """Returns `train_step(state, batch) -> (state, metrics)` for the listwise loss.
+
+    Args:
+      moe: the backbone config of a sparse model (adds its load-balancing and z losses with their
+        coefficients, and logs them and the per-layer expert load), or None.
+    """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
-            scores = group_scores(graphdef, params, batch)
-            return losses.listwise_ce(scores, temperature), scores
+            if moe is not None:
+                scores, aux = group_scores(graphdef, params, batch, return_aux=True)
+            else:
+                scores, aux = group_scores(graphdef, params, batch), {}
+            loss = losses.listwise_ce(scores, temperature)
+            extra = {}
+            logits = aux.get("router_logits") or ()
+            if moe is not None and logits:
+                mask = batch["segment_ids"] > 0
+                extra["aux_loss"] = losses.load_balancing_loss(
+                    logits, mask, moe.num_experts_per_tok
+                )
+                extra["z_loss"] = losses.router_z_loss(logits, mask)
+                loss = (
+                    loss
+                    + moe.router_aux_loss_coef * extra["aux_loss"]
+                    + moe.router_z_loss_coef * extra["z_loss"]
+                )
+                load = losses.expert_load(logits, mask, moe.num_experts_per_tok)
+                extra.update(
+                    {f"expert_load_max/layer_{i}": jnp.max(row) for i, row in enumerate(load)}
+                )
+            return loss, (scores, extra)
 
-        (loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (scores, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -36,6 +70,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, temper
             "accuracy": losses.positive_first_accuracy(scores),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
+            **extra,
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -27,7 +27,7 @@ from querit_jax.sharding import axes
 from querit_jax.training import optim, steps
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
 from querit_jax.training.state import TrainState, init_state, state_shardings
-from querit_jax.training.writers import MetricWriter, Progress, TrainMetrics, get_logger
+from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
 
 
 def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
@@ -72,7 +72,7 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
             f"model.overrides.vocab_size: the tokenizer has {len(tokenizer)} tokens but the model only "
             f"{backbone.vocab_size} embedding rows."
         )
-    spec = api.ModelSpec(m.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
+    spec = api.ModelSpec(backbone.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
     graphdef, params = api.init_params(spec, mesh, logical_rules, seed=m.seed)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     log(
@@ -207,7 +207,13 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         mesh, sharding.logical_to_spec((axes.BATCH,), rules)
     )  # dim 0 of all
     train_step = jax.jit(
-        steps.make_train_step(graphdef, tx, schedule, cfg.train.temperature),
+        steps.make_train_step(
+            graphdef,
+            tx,
+            schedule,
+            cfg.train.temperature,
+            moe=spec.backbone if spec.family == "qwen3_moe" else None,
+        ),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, None),
         donate_argnums=(0,),
@@ -254,7 +260,7 @@ def _train(s: Session, end: int) -> None:
     writer = MetricWriter(s.workdir)
     config_json = cfg.to_dict()
     progress = Progress(cfg.train.num_steps, s.start)
-    pending, pairs, tokens = None, 0, 0
+    pending, pairs, tokens, collection = None, 0, 0, None
     with sharding.use_rules(s.mesh, s.rules):
         for step in range(s.start + 1, end + 1):
             local = next(s.data_iter)
@@ -267,13 +273,14 @@ def _train(s: Session, end: int) -> None:
                 for k, v in local.items()
             }
             s.state, metrics = s.train_step(s.state, batch)
-            update = TrainMetrics.single_from_model_output(**metrics)
+            collection = collection or metrics_collection(metrics)
+            update = collection.single_from_model_output(**metrics)
             pending = update if pending is None else pending.merge(update)
             if step % cfg.train.log_every == 0 or step == end:
                 summary = {k: float(v) for k, v in pending.compute().items()}
                 writer.write(step, summary)
                 s.log(progress.line(step, summary, pairs, tokens))
-                pending, pairs, tokens = None, 0, 0
+                pending, pairs, tokens, collection = None, 0, 0, None
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step != end:
                 s.checkpointer.save(step, s.state, s.data_iter, config_json)
             if (

@@ -13,15 +13,18 @@ import jax
 import numpy as np
 import tensorboardX
 from clu import metrics as clu_metrics
-from flax import struct
 
 
-@struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-    loss: clu_metrics.Average.from_output("loss")
-    accuracy: clu_metrics.Average.from_output("accuracy")
-    grad_norm: clu_metrics.Average.from_output("grad_norm")
-    learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+def metrics_collection(names) -> type[clu_metrics.Collection]:
+    """A clu Collection averaging every train-step metric over a logging interval (the learning rate:
+    its last value). Built from the names the step returns, so MoE runs get their extra metrics."""
+    fields = {
+        name: (
+            clu_metrics.LastValue if name == "learning_rate" else clu_metrics.Average
+        ).from_output(name)
+        for name in names
+    }
+    return clu_metrics.Collection.create(**fields)
 
 
 class MetricWriter:

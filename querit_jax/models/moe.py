@@ -1,0 +1,107 @@
+"""Sparse mixture-of-experts feed-forward (transformers' Qwen3MoeSparseMoeBlock semantics).
+
+Routing: logits = x @ W_router; p = softmax(logits) over all experts (float32); the top-k of p are the
+chosen experts; with `norm_topk_prob` their weights are renormalised to sum to one (otherwise they stay
+full-softmax probabilities: HF semantics, not MaxText's softmax over the top-k logits); the weights are
+cast back to the activation dtype. Every chosen expert computes `down(silu(gate(x)) * up(x))` and the
+outputs are summed with the weights. No token is ever dropped.
+
+Execution paths (one semantics, `DecoderConfig.moe_impl`):
+  * `dense`: every expert on every token, masked combine (the reference; E times the FLOPs);
+  * `grouped`: token copies sorted by expert, one grouped matmul (`jax.lax.ragged_dot`) per weight;
+  * `ep`: expert parallelism over the `expert` mesh axis (`moe_parallel.py`).
+All are pure functions of arrays; `MoeBlock` only holds the parameters.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from querit_jax.models.config import DecoderConfig, dtype_of
+from querit_jax.sharding import axes
+
+
+def route(x: jax.Array, router: jax.Array, top_k: int, norm_topk_prob: bool):
+    """Args: x [N, H], router [H, E]. Returns (logits [N, E], weights [N, k] in x.dtype, experts [N, k])."""
+    logits = x @ router.astype(x.dtype)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if norm_topk_prob:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return logits, weights.astype(x.dtype), experts
+
+
+def _ffn(h_gate, h_up):
+    return jax.nn.silu(h_gate) * h_up
+
+
+def experts_dense(x, weights, experts, w_gate, w_up, w_down):
+    """Reference: every expert on every token. x [N, H]; w_gate/w_up [E, H, I]; w_down [E, I, H]."""
+    num_experts = w_gate.shape[0]
+    combine = jnp.sum(
+        jax.nn.one_hot(experts, num_experts, dtype=x.dtype) * weights[..., None], axis=1
+    )  # [N, E]
+    hidden = _ffn(jnp.einsum("nh,ehi->nei", x, w_gate), jnp.einsum("nh,ehi->nei", x, w_up))
+    out = jnp.einsum("nei,eih->neh", hidden, w_down)
+    return jnp.einsum("ne,neh->nh", combine, out)
+
+
+def grouped_ffn(xs, group_sizes, w_gate, w_up, w_down):
+    """Rows of `xs` [M, H] sorted by expert, `group_sizes` [E] rows each (the rest are zero rows)."""
+    hidden = _ffn(
+        jax.lax.ragged_dot(xs, w_gate, group_sizes), jax.lax.ragged_dot(xs, w_up, group_sizes)
+    )
+    return jax.lax.ragged_dot(hidden, w_down, group_sizes)
+
+
+def experts_grouped(x, weights, experts, w_gate, w_up, w_down):
+    """Dropless sorted dispatch: N*k token copies sorted by expert, grouped matmuls, weighted scatter-add."""
+    k = experts.shape[1]
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    token = order // k
+    group_sizes = jnp.bincount(flat, length=w_gate.shape[0]).astype(jnp.int32)
+    out = grouped_ffn(x[token], group_sizes, w_gate, w_up, w_down)  # [N*k, H]
+    out = out * weights.reshape(-1)[order][:, None]
+    return jnp.zeros_like(x).at[token].add(out)
+
+
+class MoeBlock(nnx.Module):
+    """Router `gate` [H, E] (HF mlp.gate.weight [E, H]) and stacked experts (HF mlp.experts.{e}.*)."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        pdt = dtype_of(cfg.param_dtype)
+        h, e, i = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+        init = nnx.initializers.normal(stddev=0.02)
+        self.cfg = cfg
+        self.gate = nnx.Param(init(rngs.params(), (h, e), pdt), out_sharding=(axes.EMBED, None))
+        self.gate_proj = nnx.Param(
+            init(rngs.params(), (e, h, i), pdt),
+            out_sharding=(axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),
+        )
+        self.up_proj = nnx.Param(
+            init(rngs.params(), (e, h, i), pdt),
+            out_sharding=(axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),
+        )
+        self.down_proj = nnx.Param(
+            init(rngs.params(), (e, i, h), pdt),
+            out_sharding=(axes.EXPERT, axes.EXPERT_MLP, axes.EMBED),
+        )
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x [B, T, H] -> (y [B, T, H], router logits [B, T, E])."""
+        b, t, h = x.shape
+        flat = x.reshape(b * t, h)
+        logits, weights, experts = route(
+            flat, self.gate[...], self.cfg.num_experts_per_tok, self.cfg.norm_topk_prob
+        )
+        params = [p[...].astype(x.dtype) for p in (self.gate_proj, self.up_proj, self.down_proj)]
+        if self.cfg.moe_impl == "dense":
+            y = experts_dense(flat, weights, experts, *params)
+        elif self.cfg.moe_impl == "grouped":
+            y = experts_grouped(flat, weights, experts, *params)
+        else:
+            from querit_jax.models.moe_parallel import experts_expert_parallel
+
+            y = experts_expert_parallel(flat, weights, experts, *params)
+        return y.reshape(b, t, h), logits.reshape(b, t, -1)
