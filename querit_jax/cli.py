@@ -7,9 +7,17 @@ from absl import app
 from querit_jax.config_lib import ConfigError
 from querit_jax.convert.safetensors_io import SafetensorsError
 from querit_jax.data.io import DataFormatError
+from querit_jax.mining.miner import MiningError
 from querit_jax.models.api import CheckpointError
 
-USER_ERRORS = (ConfigError, DataFormatError, CheckpointError, SafetensorsError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    DataFormatError,
+    CheckpointError,
+    SafetensorsError,
+    FileNotFoundError,
+    MiningError,
+)
 
 
 def run(main) -> None:

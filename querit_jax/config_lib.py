@@ -116,8 +116,11 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     num_steps: int = 1000
+    # Comma list of loss[:weight]: listwise_ce (hard labels, positive first), kl (listwise KL to the
+    # teacher's softmax), margin_mse, bce (soft targets). KD losses need teacher scores in the data.
     loss: str = "listwise_ce"
-    temperature: float = 1.0
+    temperature: float = 1.0  # student score temperature of listwise_ce
+    teacher_temperature: float = 1.0  # temperature of the teacher distribution (kl, bce)
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the start and the end
     save_every: int = 200
@@ -133,6 +136,49 @@ class EvalConfig:
     batch_size: int = 64  # pairs per scoring call
     first_stage: str = "bm25"
     max_queries: int = 0  # 0 = all
+    reference_models: tuple[
+        str, ...
+    ] = ()  # models (e.g. the teacher) evaluated once for comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+    """Label-free training data from a target corpus (querit_jax.mining.miner)."""
+
+    target: str = ""  # BEIR dir: only its corpus is read (never its queries or qrels)
+    output: str = ""  # directory of soft-label shards + manifest.json
+    generator: str = "heuristic"  # heuristic | jax | openai
+    generator_model: str = ""  # jax: Qwen3 causal LM (checkpoint or HF dir); openai: the model name
+    endpoint: str = ""  # openai: base URL, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
+    prompt: str = "web_search"  # prompt preset (mining/prompts.py)
+    prompt_text: str = ""  # a custom prompt with {content} (overrides the preset)
+    num_queries: int = 3  # queries asked for per document
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    concurrency: int = 4  # openai: requests in flight
+    timeout_s: float = 60.0  # openai: per request
+    max_retries: int = 3  # openai: attempts after the first
+    heuristic_min_len: int = 4  # heuristic: span length in words (characters for CJK)
+    heuristic_max_len: int = 10
+    max_docs: int = 0  # documents used as query sources (0 = all; a seeded sample otherwise)
+    max_doc_chars: int = 4000  # longer documents are cut (counted) before generation
+    shard_size: int = 64  # documents per output shard (the unit of resumption)
+    seed: int = 0
+    min_query_chars: int = 3
+    max_query_chars: int = 300
+    max_copy_overlap: float = 1.0  # drop queries copying more than this share of words (1 = off)
+    dedupe: bool = True
+    first_stage: str = "bm25"  # bm25 or an embedder path: candidates for each synthetic query
+    bm25_tokenizer: str = "unicode"
+    candidates: int = 20  # first-stage depth for candidates
+    round_trip_k: int = 20  # keep a query only if its source is in the top k (0 = off)
+    teacher: str = ""  # reranker or embedder path scoring every (query, candidate)
+    teacher_batch_size: int = 64
+    teacher_max_length: int = 0  # 0 = the teacher's own
+    num_negatives: int = 15  # negatives per training group
+    score_bins: int = 0  # >1: pick negatives spread over this many teacher-score bins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +190,26 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     sharding: ShardingConfig = ShardingConfig()
+    mining: MiningConfig | None = None  # adapt configs: mined first when its output is missing
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_losses(spec: str) -> dict[str, float]:
+    """'listwise_ce:0.5,kl' -> {"listwise_ce": 0.5, "kl": 1.0}."""
+    from querit_jax.training.losses import LOSSES
+
+    out = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, weight = part.partition(":")
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}.")
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"weight {weight!r} of {name} is not a number.") from None
+    return out
 
 
 def _split_list(value) -> tuple[str, ...]:
@@ -165,6 +228,8 @@ def _build(cls, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
+        if hint == MiningConfig | None:
+            hint = MiningConfig
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, dict(value), f"{where}.{name}")
         elif hint == tuple[str, ...]:
@@ -257,7 +322,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0.")
     _require(o.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping).")
     _require(t.num_steps >= 1, "train.num_steps", "must be >= 1.")
-    _require(t.loss in ("listwise_ce",), "train.loss", f"unknown loss {t.loss!r}.")
+    try:
+        weights = parse_losses(t.loss)
+    except ValueError as err:
+        raise ConfigError(f"train.loss: {err}") from None
+    _require(bool(weights), "train.loss", "no loss configured.")
+    _require(t.teacher_temperature > 0, "train.teacher_temperature", "must be > 0.")
     _require(t.temperature > 0, "train.temperature", "must be > 0.")
     _require(t.log_every >= 1, "train.log_every", "must be >= 1.")
     _require(
@@ -352,10 +422,75 @@ def config_drift(saved: dict, current: dict) -> list[str]:
     return out
 
 
+def validate_mining(c: MiningConfig) -> MiningConfig:
+    from querit_jax.mining.prompts import PRESETS
+
+    _require(bool(c.target), "mining.target", "give the BEIR directory of the target corpus.")
+    _require(bool(c.output), "mining.output", "give a directory for the mined shards.")
+    _require(
+        c.generator in ("heuristic", "jax", "openai"),
+        "mining.generator",
+        "heuristic, jax or openai.",
+    )
+    _require(
+        c.generator != "jax" or bool(c.generator_model),
+        "mining.generator_model",
+        "the jax generator needs a causal LM path.",
+    )
+    _require(
+        c.generator != "openai" or bool(c.endpoint and c.generator_model),
+        "mining.endpoint",
+        "the openai generator needs an endpoint and a model name (generator_model).",
+    )
+    _require(
+        bool(c.prompt_text) or c.prompt in PRESETS,
+        "mining.prompt",
+        f"unknown prompt; presets: {sorted(PRESETS)}.",
+    )
+    _require(
+        not c.prompt_text or "{content}" in c.prompt_text,
+        "mining.prompt_text",
+        "needs a {content} slot.",
+    )
+    _require(
+        c.num_queries >= 1 and c.shard_size >= 1 and c.candidates >= 2,
+        "mining.num_queries/shard_size/candidates",
+        "must be >= 1 (candidates >= 2).",
+    )
+    _require(
+        1 <= c.heuristic_min_len <= c.heuristic_max_len,
+        "mining.heuristic_min_len",
+        "need 1 <= min <= max.",
+    )
+    _require(
+        0 <= c.round_trip_k <= c.candidates, "mining.round_trip_k", "must be in [0, candidates]."
+    )
+    _require(0 < c.max_copy_overlap <= 1.0, "mining.max_copy_overlap", "must be in (0, 1].")
+    _require(bool(c.teacher), "mining.teacher", "a teacher model path is required (soft labels).")
+    _require(c.num_negatives >= 1, "mining.num_negatives", "must be >= 1.")
+    _require(
+        c.temperature >= 0 and 0 < c.top_p <= 1,
+        "mining.temperature/top_p",
+        "temperature >= 0, top_p in (0, 1].",
+    )
+    return c
+
+
+def mining_from_config_dict(config) -> MiningConfig:
+    """The `mining` section of a config (what `python -m querit_jax.mine` reads)."""
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    if "mining" not in values:
+        raise ConfigError("config: no `mining` section.")
+    return validate_mining(_build(MiningConfig, dict(values["mining"]), "config.mining"))
+
+
 def from_config_dict(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
     """ConfigDict -> validated, frozen ExperimentConfig."""
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    return validate(_build(ExperimentConfig, values, "config"))
+    cfg = validate(_build(ExperimentConfig, values, "config"))
+    if cfg.mining is not None:
+        validate_mining(cfg.mining)
+    return cfg
 
 
 def head_config(model: ModelConfig, tokenizer) -> HeadConfig:

@@ -6,7 +6,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from querit_jax import cli, config_lib, distributed
+from querit_jax.mining import miner
 from querit_jax.training import trainer
+from querit_jax.training.writers import get_logger
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (path[:variant]).", lock_config=True
@@ -32,6 +34,9 @@ def main(argv):
     workdir = _WORKDIR.value or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )
+    if cfg.mining is not None and not miner.is_complete(cfg.mining.output):
+        # Adaptation configs mine their training data first (resuming an interrupted mining run).
+        miner.mine(cfg.mining, get_logger().info)
     trainer.run(cfg, workdir, stop_at_step=_STOP_AT.value)
 
 

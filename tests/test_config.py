@@ -28,6 +28,9 @@ def test_every_config_and_variant_validates(path):
             assert variant in doc, f"variant {variant!r} is not documented in {path}"
         cfg = load_config(path, variant)
         assert isinstance(cfg, ml_collections.ConfigDict)
+        if set(cfg.keys()) == {"mining"}:  # a mining-only config (python -m querit_jax.mine)
+            assert config_lib.mining_from_config_dict(cfg).output
+            continue
         exp = config_lib.from_config_dict(cfg)
         assert exp.train.num_steps >= 1
 
@@ -119,3 +122,19 @@ def test_encoder_families_validate_with_their_own_presets_and_templates():
     cfg.model.template, cfg.model.head = "encoder_pair", "yes_no"
     with pytest.raises(config_lib.ConfigError, match="model.head"):
         config_lib.from_config_dict(cfg)
+
+
+def test_loss_and_mining_settings_are_validated():
+    cfg = load_config("configs/adapt_beir.py", "demo")
+    assert config_lib.parse_losses("listwise_ce:0.5,kl") == {"listwise_ce": 0.5, "kl": 1.0}
+    cfg.train.loss = "kl:x"
+    with pytest.raises(config_lib.ConfigError, match="train.loss: weight 'x' of kl"):
+        config_lib.from_config_dict(cfg)
+    cfg = load_config("configs/adapt_beir.py", "demo")
+    cfg.mining.generator = "jax"
+    with pytest.raises(config_lib.ConfigError, match="mining.generator_model"):
+        config_lib.from_config_dict(cfg)
+    cfg = load_config("configs/mine_beir.py", "demo")
+    cfg.mining.prompt = "haiku"
+    with pytest.raises(config_lib.ConfigError, match="mining.prompt"):
+        config_lib.mining_from_config_dict(cfg)

@@ -299,3 +299,33 @@ def test_pad_batch_left_and_right():
     assert types.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1]]
     with pytest.raises(ValueError, match="expected 1..4"):
         pad_batch([[1] * 5], 4, pad_id=0)
+
+
+def test_miracl_layout_reader(tmp_path):
+    from querit_jax.data.sources import load_dataset, parse_source
+
+    root = tmp_path / "miracl"
+    for d in ("topics", "qrels", "corpus"):
+        os.makedirs(root / d)
+    write_jsonl(
+        root / "corpus" / "docs-0.jsonl",
+        [
+            {"docid": "1#0", "title": "東京", "text": "東京は日本の首都です。"},
+            {"docid": "2#0", "title": "大阪", "text": "大阪は大きな都市です。"},
+        ],
+    )
+    (root / "topics" / "topics.miracl-v1.0-ja-dev.tsv").write_text(
+        "q1\t日本の首都は？\nq2\t大阪とは\n"
+    )
+    (root / "qrels" / "qrels.miracl-v1.0-ja-dev.tsv").write_text(
+        "q1 Q0 1#0 1\nq1 Q0 2#0 0\nq2 Q0 2#0 1\n"
+    )
+    kind, path, split = parse_source(f"miracl:{root}:ja:dev")
+    ds = load_dataset(kind, path, split)
+    assert kind == "miracl" and ds.qrels == {"q1": {"1#0": 1, "2#0": 0}, "q2": {"2#0": 1}}
+    assert ds.doc_text("1#0").startswith("東京")
+    (root / "qrels" / "qrels.miracl-v1.0-ja-dev.tsv").write_text("q1 Q0 9#9 1\n")
+    with pytest.raises(
+        DataFormatError, match=r"qrels\.miracl-v1\.0-ja-dev\.tsv:1: document id '9#9'"
+    ):
+        load_dataset(kind, path, split)

@@ -14,13 +14,21 @@ from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
 
 
 def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str]:
-    """'x.jsonl' -> ("groups", path, ""); 'DIR[:split]' -> ("beir", DIR, split).
+    """'x.jsonl' -> ("groups", path, ""); a mining output dir -> ("mined", DIR, "");
+    'miracl:ROOT:LANG[:split]' -> ("miracl", "ROOT:LANG", split); 'DIR[:split]' -> ("beir", DIR, split).
 
     Without an explicit split, a directory named like one of its qrels files (data/xquad_r/en/test)
     uses that split, else `default_split`.
     """
     if spec.endswith((".jsonl", ".jsonl.gz")):
         return "groups", spec, ""
+    if spec.startswith("miracl:"):
+        _, root, lang, *split = spec.split(":")
+        return "miracl", f"{root}:{lang}", (split[0] if split else "dev")
+    if os.path.exists(os.path.join(spec, "manifest.json")) and not os.path.exists(
+        os.path.join(spec, "corpus.jsonl")
+    ):
+        return "mined", spec, ""
     path, _, split = spec.partition(":")
     if not split:
         base = os.path.basename(os.path.normpath(path))
@@ -28,6 +36,16 @@ def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str
             base if os.path.exists(os.path.join(path, "qrels", f"{base}.tsv")) else default_split
         )
     return "beir", path, split
+
+
+def load_dataset(kind: str, path: str, split: str, strict: bool = True):
+    """A BEIR or MIRACL dataset named by `parse_source`."""
+    if kind == "miracl":
+        from querit_jax.data.miracl import load_miracl
+
+        root, lang = path.rsplit(":", 1)
+        return load_miracl(root, lang, split, strict)
+    return beir.load_beir(path, split, strict=strict)
 
 
 def dataset_name(path: str, split: str) -> str:
@@ -56,9 +74,10 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
     inputs = []
     for spec in data_cfg.train:
         kind, src, split = parse_source(spec)
-        if not os.path.exists(src):
-            raise FileNotFoundError(f"data.train source {spec!r}: {src} does not exist.")
-        inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(src)})
+        root = src.rsplit(":", 1)[0] if kind == "miracl" else src
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"data.train source {spec!r}: {root} does not exist.")
+        inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(root)})
     bm25 = f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
     signature = {"inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
     if os.path.exists(path) and os.path.exists(manifest_path):
@@ -73,8 +92,16 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         report = ReadReport()
         if kind == "groups":
             found = groups.read_groups(src, strict=data_cfg.strict, report=report)
+        elif kind == "mined":
+            from querit_jax.mining.miner import shard_files
+
+            found = [
+                g
+                for path in shard_files(src)
+                for g in groups.read_groups(path, data_cfg.strict, report)
+            ]
         else:
-            ds = beir.load_beir(src, split, strict=data_cfg.strict)
+            ds = load_dataset(kind, src, split, data_cfg.strict)
             report = ds.report
             retriever = None
             if data_cfg.negatives == "bm25":

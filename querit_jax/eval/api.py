@@ -1,5 +1,6 @@
 """Library functions behind the `rerank` and `evaluate` commands (the entry points only parse flags)."""
 
+import functools
 import os
 
 from querit_jax.data import beir
@@ -62,7 +63,11 @@ def evaluate_model(
     first = bm25_run(dataset, model.tokenizer, max(top_k, 100)) if run == "bm25" else read_run(run)
     scorer = scorer_for(model, batch_size=batch_size, max_length=max_length)
     summary, reranked = evaluate_rerank(
-        scorer, model.params, dataset, first, top_k, max_queries=max_queries
+        functools.partial(scorer.score, model.params),
+        dataset,
+        first,
+        top_k,
+        max_queries=max_queries,
     )
     summary = {
         "model": os.path.abspath(model_path),

@@ -1,5 +1,8 @@
 """The BEIR reranking protocol: rerank the top-k of a first-stage run with a cross-encoder.
 
+`score_fn(queries, documents) -> scores` is any pair scorer: `functools.partial(scorer.score, params)`
+for a model being trained, a `Teacher.score` for a reference model.
+
 As `beir/reranking/rerank.py`: candidates are the first stage's k best documents per query, the text is
 `(title + " " + text).strip()`, the reranked run holds only those k documents with the model's scores.
 """
@@ -32,10 +35,10 @@ def candidate_pairs(dataset: BeirDataset, run: Run, top_k: int, qids: list[str])
     return pq, pd, tq, td
 
 
-def rerank(scorer, params, dataset: BeirDataset, run: Run, top_k: int, max_queries: int = 0) -> Run:
-    """The reranked run: the model's scores for each judged query's top-k candidates."""
+def rerank(score_fn, dataset: BeirDataset, run: Run, top_k: int, max_queries: int = 0) -> Run:
+    """The reranked run: `score_fn(queries, documents)` for each judged query's top-k candidates."""
     pq, pd, tq, td = candidate_pairs(dataset, run, top_k, judged_queries(dataset, max_queries))
-    scores = scorer.score(params, tq, td)
+    scores = score_fn(tq, td)
     out: Run = {}
     for q, d, s in zip(pq, pd, scores):
         out.setdefault(q, {})[d] = float(s)
@@ -43,8 +46,7 @@ def rerank(scorer, params, dataset: BeirDataset, run: Run, top_k: int, max_queri
 
 
 def evaluate_rerank(
-    scorer,
-    params,
+    score_fn,
     dataset: BeirDataset,
     run: Run,
     top_k: int,
@@ -54,7 +56,7 @@ def evaluate_rerank(
     """(metrics of the first stage and of the reranked run on the same queries, reranked run)."""
     qids = judged_queries(dataset, max_queries)
     qrels = {q: dataset.qrels[q] for q in qids}
-    reranked = rerank(scorer, params, dataset, run, top_k, max_queries)
+    reranked = rerank(score_fn, dataset, run, top_k, max_queries)
     first, _ = metrics_lib.evaluate(qrels, {q: run[q] for q in qids if q in run}, metrics)
     ours, _ = metrics_lib.evaluate(qrels, reranked, metrics)
     summary = {

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from querit_jax.data import beir
-from querit_jax.data.sources import dataset_name, parse_source
+from querit_jax.data.sources import dataset_name, load_dataset, parse_source
 from querit_jax.eval import metrics as metrics_lib
 from querit_jax.eval.rerank import evaluate_rerank
 from querit_jax.eval.runs import read_run, write_trec
@@ -29,9 +29,9 @@ class EvalSuite:
         self.datasets, self.runs = {}, {}
         depth = max(eval_cfg.top_k, 100)
         for spec in eval_cfg.datasets:
-            _, path, split = parse_source(spec, default_split="test")
+            kind, path, split = parse_source(spec, default_split="test")
             name = dataset_name(path, split)
-            ds = beir.load_beir(path, split, strict=strict)
+            ds = load_dataset(kind, path, split, strict)
             # The cached run is only valid for the tokenizer and depth it was computed with.
             key = hashlib.sha256(
                 f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{depth}".encode()
@@ -51,17 +51,15 @@ class EvalSuite:
     def __bool__(self) -> bool:
         return bool(self.datasets)
 
-    def evaluate(self, scorer, params) -> dict:
-        """{"datasets": {name: summary}, "mean": {"first_stage": {...}, "reranked": {...}}}."""
+    def evaluate(self, score_fn) -> dict:
+        """`score_fn(queries, documents)` reranks every dataset's first stage.
+
+        Returns {"datasets": {name: summary}, "mean": {"first_stage": {...}, "reranked": {...}}}.
+        """
         out = {}
         for name, ds in self.datasets.items():
             out[name], _ = evaluate_rerank(
-                scorer,
-                params,
-                ds,
-                self.runs[name],
-                self.cfg.top_k,
-                max_queries=self.cfg.max_queries,
+                score_fn, ds, self.runs[name], self.cfg.top_k, max_queries=self.cfg.max_queries
             )
         mean = {
             side: {

@@ -83,10 +83,9 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=pdt)
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=pdt)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def _qkv(self, x, positions):
         q = self.q_norm(self.q_proj(x))  # [B, T, N, D]
         k = self.k_norm(self.k_proj(x))  # [B, T, K, D]
-        v = self.v_proj(x)
         q = shard(
             apply_rope(q, positions, self.rope_theta),
             (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None),
@@ -95,6 +94,25 @@ class Attention(nnx.Module):
             apply_rope(k, positions, self.rope_theta),
             (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None),
         )
-        v = shard(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
-        out = dot_product_attention(q, k, v, mask, self.head_dim**-0.5)
-        return self.o_proj(out)
+        v = shard(self.v_proj(x), (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
+        return q, k, v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        q, k, v = self._qkv(x, positions)
+        return self.o_proj(dot_product_attention(q, k, v, mask, self.head_dim**-0.5))
+
+    def decode(self, x, positions, mask, cache, index):
+        """Incremental attention: writes this step's keys/values into `cache` at `index`.
+
+        Args:
+          x: [B, T, H] new tokens; positions [B, T]; mask [B, T, S] over the S cache slots;
+          cache: (keys, values) [B, S, K, D]; index: first cache slot of these T tokens.
+        Returns: (output [B, T, H], updated cache).
+        """
+        q, k, v = self._qkv(x, positions)
+        keys = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+        values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+        out = dot_product_attention(
+            q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.head_dim**-0.5
+        )
+        return self.o_proj(out), (keys, values)

@@ -40,6 +40,14 @@ class DecoderLayer(nnx.Module):
             h = self.mlp(h)
         return shard(x + h, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED)), logits
 
+    def decode(self, x, positions, mask, cache, index):
+        """One incremental step with a KV cache (see `Attention.decode`). Returns (x, cache)."""
+        a, cache = self.self_attn.decode(self.input_layernorm(x), positions, mask, cache, index)
+        x = x + a
+        h = self.post_attention_layernorm(x)
+        h = self.mlp(h)[0] if self.sparse else self.mlp(h)
+        return x + h, cache
+
 
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     """Positions that restart at 0 at every segment start (padding gets 0s it never uses).
@@ -95,3 +103,22 @@ class Qwen3Decoder(nnx.Module):
                 router_logits.append(logits)
         x = self.norm(x)
         return (x, tuple(router_logits)) if return_router_logits else x
+
+    def init_cache(self, batch: int, length: int, dtype=jnp.float32) -> list:
+        """Empty (keys, values) [B, S, K, D] per layer for `decode`."""
+        shape = (batch, length, self.cfg.num_kv_heads, self.cfg.head_dim)
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.layers]
+
+    def decode(self, input_ids, positions, mask, cache, index):
+        """Incremental forward of new tokens [B, T] at cache slots index..index+T-1.
+
+        Args:
+          positions: [B, T] RoPE positions; mask: [B, T, S] which cache slots each new token sees.
+        Returns: (final hidden states [B, T, H], updated cache).
+        """
+        x = self.embed_tokens(input_ids, dtype_of(self.cfg.dtype))
+        new_cache = []
+        for layer, layer_cache in zip(self.layers, cache):
+            x, layer_cache = layer.decode(x, positions, mask, layer_cache, index)
+            new_cache.append(layer_cache)
+        return self.norm(x), new_cache

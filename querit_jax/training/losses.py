@@ -67,3 +67,81 @@ def expert_load(router_logits, mask: jax.Array, top_k: int) -> jax.Array:
         counts = jnp.sum(jax.nn.one_hot(chosen, e) * m[:, None, None], axis=(0, 1))
         loads.append(counts / jnp.maximum(counts.sum(), 1.0) * e)
     return jnp.stack(loads)
+
+
+# ----- distillation from teacher scores (label-free adaptation) ------------------------------------
+# scores, teacher: [Q, G]; mask: [Q, G] true on real list positions (padding is ignored everywhere).
+
+
+def _masked(x: jax.Array, mask: jax.Array | None, fill: float) -> jax.Array:
+    return x if mask is None else jnp.where(mask, x, fill)
+
+
+def listwise_kl(scores, teacher, temperature: float = 1.0, mask=None) -> jax.Array:
+    """KL(softmax(teacher / T) || softmax(student / T)) per group, averaged over groups (x T^2, the
+    usual distillation scaling, so gradients keep their size across temperatures)."""
+    s = _masked(scores.astype(jnp.float32) / temperature, mask, -1e9)
+    t = _masked(teacher.astype(jnp.float32) / temperature, mask, -1e9)
+    p = jax.nn.softmax(t, axis=-1)
+    kl = jnp.sum(
+        jnp.where(p > 0, p * (jax.nn.log_softmax(t, -1) - jax.nn.log_softmax(s, -1)), 0.0), -1
+    )
+    return jnp.mean(kl) * temperature**2
+
+
+def margin_mse(scores, teacher, mask=None) -> jax.Array:
+    """MarginMSE (Hofstätter et al. 2020): the student's margins positive-minus-negative (column 0
+    minus each other column) regress onto the teacher's."""
+    s_margin = scores[:, :1] - scores[:, 1:]
+    t_margin = teacher[:, :1] - teacher[:, 1:]
+    err = jnp.square(s_margin.astype(jnp.float32) - t_margin.astype(jnp.float32))
+    if mask is None:
+        return jnp.mean(err)
+    m = (mask[:, :1] & mask[:, 1:]).astype(jnp.float32)
+    return jnp.sum(err * m) / jnp.maximum(m.sum(), 1.0)
+
+
+def pointwise_bce(scores, teacher, temperature: float = 1.0, mask=None) -> jax.Array:
+    """Binary cross-entropy of sigmoid(student) against the soft target sigmoid(teacher / T)."""
+    target = jax.nn.sigmoid(teacher.astype(jnp.float32) / temperature)
+    logits = scores.astype(jnp.float32)
+    bce = jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    if mask is None:
+        return jnp.mean(bce)
+    m = mask.astype(jnp.float32)
+    return jnp.sum(bce * m) / jnp.maximum(m.sum(), 1.0)
+
+
+LOSSES = ("listwise_ce", "kl", "margin_mse", "bce")
+
+
+def combined_loss(
+    weights: dict[str, float],
+    scores,
+    teacher=None,
+    temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+    mask=None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """sum_i w_i * loss_i over the configured losses; returns (total, {name: value}).
+
+    The student's scores are divided by `temperature` in the listwise losses (ce, kl); the teacher's
+    scores by `teacher_temperature` in every distillation loss (kl, margin_mse, bce), which is how a
+    cosine-similarity teacher (scores in [-1, 1]) is brought to the student's scale.
+    """
+    parts = {}
+    student = scores / temperature
+    target = None if teacher is None else teacher / teacher_temperature
+    for name in weights:
+        if name == "listwise_ce":
+            parts[name] = listwise_ce(_masked(scores, mask, -1e9), temperature)
+        elif name == "kl":
+            parts[name] = listwise_kl(student, target, 1.0, mask)
+        elif name == "margin_mse":
+            parts[name] = margin_mse(scores, target, mask)
+        elif name == "bce":
+            parts[name] = pointwise_bce(scores, target, 1.0, mask)
+        else:
+            raise ValueError(f"Unknown loss {name!r}; choose from {LOSSES}.")
+    total = sum(w * parts[n] for n, w in weights.items())
+    return total, parts

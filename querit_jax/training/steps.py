@@ -27,14 +27,23 @@ def group_scores(graphdef, params, batch, return_aux: bool = False):
 
 
 def make_train_step(
-    graphdef, tx: optax.GradientTransformation, schedule, temperature: float, moe=None
+    graphdef,
+    tx: optax.GradientTransformation,
+    schedule,
+    temperature: float,
+    moe=None,
+    loss_weights: dict[str, float] | None = None,
+    teacher_temperature: float = 1.0,
 ):
-    """Returns `train_step(state, batch) -> (state, metrics)` for the listwise loss.
+    """Returns `train_step(state, batch) -> (state, metrics)`.
 
     Args:
+      loss_weights: {loss name: weight} (`losses.combined_loss`); default: listwise CE alone. KD
+        losses read `batch["teacher"]` [Q, G].
       moe: the backbone config of a sparse model (adds its load-balancing and z losses with their
         coefficients, and logs them and the per-layer expert load), or None.
     """
+    loss_weights = loss_weights or {"listwise_ce": 1.0}
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
@@ -42,8 +51,10 @@ def make_train_step(
                 scores, aux = group_scores(graphdef, params, batch, return_aux=True)
             else:
                 scores, aux = group_scores(graphdef, params, batch), {}
-            loss = losses.listwise_ce(scores, temperature)
-            extra = {}
+            loss, parts = losses.combined_loss(
+                loss_weights, scores, batch.get("teacher"), temperature, teacher_temperature
+            )
+            extra = {f"loss/{k}": v for k, v in parts.items()} if len(parts) > 1 else {}
             logits = aux.get("router_logits") or ()
             if moe is not None and logits:
                 mask = batch["segment_ids"] > 0

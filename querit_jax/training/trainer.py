@@ -7,6 +7,7 @@ training, every `eval_every` steps and at the end, and exports the final model t
 """
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -107,13 +108,15 @@ class Session:
     def results_path(self) -> str:
         return os.path.join(self.workdir, "results.json")
 
-    def evaluate(self, key: str) -> dict | None:
-        """Runs the eval suite on the current parameters and records it under `key` in results.json."""
+    def evaluate(self, key: str, score_fn=None) -> dict | None:
+        """Runs the eval suite (the current parameters, or `score_fn`) and records it under `key`."""
         if not self.suite:
             return None
         t = time.time()
         with sharding.use_rules(self.mesh, self.rules):
-            res = self.suite.evaluate(self.scorer, self.state.params)
+            res = self.suite.evaluate(
+                score_fn or functools.partial(self.scorer.score, self.state.params)
+            )
         self.log(
             f"{key}: mean nDCG@10 {res['mean']['reranked']['ndcg@10']:.4f} "
             f"(BM25 {res['mean']['first_stage']['ndcg@10']:.4f}) [{time.time() - t:.0f} s]"
@@ -123,6 +126,14 @@ class Session:
         if jax.process_index() == 0:
             write_json(self.results_path, results)
         return res
+
+    def evaluate_reference(self, path: str) -> dict | None:
+        """A comparison model (e.g. the teacher): reranker scores or embedder similarities."""
+        from querit_jax.mining.teacher import Teacher
+
+        return self.evaluate(
+            f"reference: {os.path.basename(os.path.normpath(path))}", Teacher(path).score
+        )
 
 
 def _input_pipeline(cfg, spec, tokenizer, workdir, log):
@@ -213,6 +224,8 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
             schedule,
             cfg.train.temperature,
             moe=spec.backbone if spec.family == "qwen3_moe" else None,
+            loss_weights=config_lib.parse_losses(cfg.train.loss),
+            teacher_temperature=cfg.train.teacher_temperature,
         ),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, None),
@@ -316,6 +329,8 @@ def run(
     s = setup(cfg, workdir, devices)
     if s.start == 0:
         s.evaluate("untrained")
+        for path in cfg.eval.reference_models:
+            s.evaluate_reference(path)
     end = cfg.train.num_steps if stop_at_step is None else min(stop_at_step, cfg.train.num_steps)
     _train(s, end)
     # The step compiles once per run (fixed shapes, one jit site); more would mean silent retracing.
@@ -341,7 +356,8 @@ def run(
         api.save_model(os.path.join(s.workdir, "model"), spec, s.state.params, s.tokenizer, extra)
         if s.evaluate("final"):
             results = read_json(s.results_path)
-            shown = {k: results[k] for k in ("untrained", "final") if k in results}
+            shown = {k: v for k, v in results.items() if k.startswith("reference: ")}
+            shown.update({k: results[k] for k in ("untrained", "final") if k in results})
             s.log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
         s.log(f"Model written to {os.path.join(s.workdir, 'model')}.")
     results = read_json(s.results_path) if os.path.exists(s.results_path) else {}

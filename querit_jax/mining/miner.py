@@ -1,0 +1,325 @@
+"""Label-free training data: synthetic queries -> filters -> first-stage candidates -> teacher soft labels.
+
+For a target corpus (a BEIR directory of which only `corpus.jsonl` is read) the miner:
+
+  1. takes the source documents (all, or a seeded sample), cuts over-long ones (counted) and skips
+     empty ones (counted);
+  2. asks the generator for queries (prompt preset or custom text; `<|begin_of_query|>...` markers,
+     generations without them are counted as malformed);
+  3. filters them: length, copied-from-document, round trip (the source must be in the first stage's
+     top-k), then normalised dedupe across the whole run;
+  4. retrieves candidates with the first stage over the *whole* target corpus and lets the teacher
+     score the source document and every candidate;
+  5. writes one training group per query, FlagEmbedding schema plus teacher scores:
+     {"qid", "query", "pos": [source], "neg": [...], "pos_scores", "neg_scores", "source_doc"}.
+
+Work is cut into shards of `shard_size` source documents, each written atomically (its counts and
+timing first, in `shard-N.meta.json`, then `shard-N.jsonl`); `manifest.json` records the inputs (with
+content hashes), generator, prompt, retriever, teacher, filters, counts and timings per shard. A rerun
+skips every shard whose file exists (rebuilding the dedupe set from it), so an interrupted run -- even
+one killed with SIGKILL -- continues where it stopped, computes no shard twice and produces exactly the
+shards of an uninterrupted run.
+"""
+
+import dataclasses
+import os
+import time
+import zlib
+from collections import Counter
+
+import numpy as np
+
+from querit_jax.data import beir
+from querit_jax.data.io import (
+    DataFormatError,
+    ReadReport,
+    fingerprint,
+    iter_jsonl,
+    read_json,
+    write_json,
+    write_jsonl,
+)
+from querit_jax.mining.filters import QueryFilter, normalize
+from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
+from querit_jax.mining.prompts import make_prompt, parse_queries
+from querit_jax.mining.teacher import Teacher, choose_by_bins
+
+SHARD = "shard-{:05d}.jsonl"
+
+
+class MiningError(ValueError):
+    """A mining run that cannot proceed (the message says why and what to do)."""
+
+
+def _signature(cfg, corpus_path) -> dict:
+    """What makes two runs produce the same shards (a resumed run must match it)."""
+    settings = dataclasses.asdict(cfg)
+    for volatile in ("output", "concurrency", "timeout_s", "max_retries", "teacher_batch_size"):
+        settings.pop(volatile)
+    return {"settings": settings, "corpus_sha256": fingerprint(corpus_path)}
+
+
+def corpus_paths(target: str) -> list[str]:
+    """The corpus files of a BEIR directory (corpus.jsonl) or a MIRACL root (corpus/*.jsonl.gz)."""
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if os.path.exists(os.path.join(target, name)):
+            return [os.path.join(target, name)]
+    if os.path.isdir(os.path.join(target, "corpus")):
+        from querit_jax.data.miracl import corpus_files
+
+        return corpus_files(target)
+    raise FileNotFoundError(
+        f"mining.target {target}: no corpus.jsonl(.gz) (BEIR) nor corpus/ (MIRACL)."
+    )
+
+
+def load_target(cfg) -> tuple[dict[str, str], ReadReport]:
+    """{doc id: text} of the target corpus; empty documents are skipped and counted."""
+    report = ReadReport()
+    corpus: dict = {}
+    for path in corpus_paths(cfg.target):
+        corpus.update(beir.load_corpus(path, strict=False, report=report))
+    return {
+        d: f"{doc.get('title', '')} {doc.get('text', '')}".strip() for d, doc in corpus.items()
+    }, report
+
+
+def build_generator(cfg, texts: list[str]):
+    if cfg.generator == "heuristic":
+        return HeuristicGenerator(
+            texts, cfg.num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len
+        )
+    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    if cfg.generator == "jax":
+        from querit_jax.mining.jax_sampler import JaxSampler
+
+        return JaxSampler(cfg.generator_model, sampling)
+    from querit_jax.mining.openai_client import OpenAIChatGenerator
+
+    return OpenAIChatGenerator(
+        cfg.endpoint,
+        cfg.generator_model,
+        sampling,
+        api_key_env=cfg.api_key_env,
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+    )
+
+
+def build_retriever(cfg, doc_ids: list[str], texts: list[str]):
+    if cfg.first_stage == "bm25":
+        from querit_jax.mining.bm25 import BM25Retriever, analyzer_for
+
+        return BM25Retriever(doc_ids, texts, analyzer_for(cfg.bm25_tokenizer))
+    from querit_jax.mining.first_stage import DenseRetriever
+    from querit_jax.models import api
+
+    retriever = DenseRetriever(api.load_model(cfg.first_stage), progress=False)
+    retriever.index(doc_ids, texts)
+    return retriever
+
+
+def _search(retriever, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+    if hasattr(retriever, "embed_queries"):  # dense
+        run = retriever.search({str(i): q for i, q in enumerate(queries)}, k)
+        return [
+            sorted(run.get(str(i), {}).items(), key=lambda x: -x[1]) for i in range(len(queries))
+        ]
+    return retriever.search(queries, k)
+
+
+class Miner:
+    """Holds the corpus, generator, retriever, teacher and filter state of one mining run."""
+
+    def __init__(self, cfg, log=print):
+        self.cfg, self.log = cfg, log
+        self.corpus, self.read_report = load_target(cfg)
+        self.doc_ids = list(self.corpus)
+        self.signature = _signature(cfg, corpus_paths(cfg.target))
+        self.teacher = Teacher(cfg.teacher, cfg.teacher_batch_size, cfg.teacher_max_length or None)
+        rng = np.random.default_rng(cfg.seed)
+        order = rng.permutation(len(self.doc_ids)) if cfg.max_docs else np.arange(len(self.doc_ids))
+        self.sources = [self.doc_ids[i] for i in order[: cfg.max_docs or len(order)]]
+        self.prompt = make_prompt(cfg.prompt, cfg.num_queries, cfg.prompt_text or None)
+        self.generator = build_generator(cfg, [self.corpus[d] for d in self.doc_ids])
+        self.retriever = build_retriever(cfg, self.doc_ids, [self.corpus[d] for d in self.doc_ids])
+        self.filter = QueryFilter(
+            cfg.min_query_chars, cfg.max_query_chars, cfg.max_copy_overlap, dedupe=False
+        )
+        self.seen: set[str] = set()
+
+    def _source_text(self, doc_id: str, counts: Counter) -> str:
+        text = self.corpus[doc_id]
+        if len(text) > self.cfg.max_doc_chars:
+            counts["truncated_documents"] += 1
+            text = text[: self.cfg.max_doc_chars]
+        return text
+
+    def mine_shard(self, index: int, doc_ids: list[str]) -> tuple[list[dict], Counter]:
+        cfg, counts = self.cfg, Counter()
+        texts = [self._source_text(d, counts) for d in doc_ids]
+        seeds = [cfg.seed * 1_000_003 + index * cfg.shard_size + i for i in range(len(doc_ids))]
+        generations = self.generator.generate([self.prompt.render(t) for t in texts], texts, seeds)
+        pending = []
+        for doc_id, text, gen in zip(doc_ids, texts, generations):
+            queries = parse_queries(gen)
+            if not queries:
+                counts["malformed_generations"] += 1
+                continue
+            counts["generated_queries"] += len(queries)
+            pending += [(doc_id, q) for q in queries if self.filter.keep(q, text)]
+        hits = _search(self.retriever, [q for _, q in pending], cfg.candidates) if pending else []
+        groups = []
+        for (doc_id, query), ranked in zip(pending, hits):
+            ranked_ids = [d for d, _ in ranked]
+            if cfg.round_trip_k and doc_id not in ranked_ids[: cfg.round_trip_k]:
+                counts["dropped_round_trip"] += 1
+                continue
+            norm = normalize(query)
+            if cfg.dedupe and norm in self.seen:
+                counts["dropped_duplicate"] += 1
+                continue
+            self.seen.add(norm)
+            negatives = [d for d in ranked_ids if d != doc_id]
+            if not negatives:
+                counts["dropped_no_candidates"] += 1
+                continue
+            groups.append(
+                {
+                    "qid": f"{doc_id}#q{len(groups)}",
+                    "query": query,
+                    "source_doc": doc_id,
+                    "negatives": negatives,
+                }
+            )
+        self._label(groups, counts)
+        counts.update({k: v for k, v in self.filter.counts.items() if k != "kept"})
+        self.filter.counts.clear()
+        counts["groups"] = len(groups)
+        return groups, counts
+
+    def _label(self, groups: list[dict], counts: Counter) -> None:
+        """Teacher scores for each group's source and candidates; picks the negatives kept."""
+        cfg = self.cfg
+        pairs_q, pairs_d = [], []
+        for g in groups:
+            for d in [g["source_doc"], *g["negatives"]]:
+                pairs_q.append(g["query"])
+                pairs_d.append(self.corpus[d])
+        scores = self.teacher.score(pairs_q, pairs_d) if pairs_q else np.zeros(0)
+        counts["teacher_pairs"] += len(pairs_q)
+        offset = 0
+        for g in groups:
+            n = 1 + len(g["negatives"])
+            s = scores[offset : offset + n]
+            offset += n
+            neg_ids, neg_scores = g.pop("negatives"), s[1:]
+            if cfg.score_bins > 1:
+                rng = np.random.default_rng(
+                    zlib.crc32(g["qid"].encode())
+                )  # stable across processes
+                pick = choose_by_bins(neg_scores, cfg.num_negatives, cfg.score_bins, rng)
+            else:
+                pick = list(range(min(cfg.num_negatives, len(neg_ids))))
+            g.update(
+                pos=[self.corpus[g["source_doc"]]],
+                neg=[self.corpus[neg_ids[i]] for i in pick],
+                pos_scores=[float(s[0])],
+                neg_scores=[float(neg_scores[i]) for i in pick],
+                neg_ids=[neg_ids[i] for i in pick],
+            )
+
+    def run(self) -> dict:
+        """Mines every unfinished shard; returns the manifest (also written to output/manifest.json)."""
+        cfg = self.cfg
+        os.makedirs(cfg.output, exist_ok=True)
+        manifest_path = os.path.join(cfg.output, "manifest.json")
+        manifest = read_json(manifest_path) if os.path.exists(manifest_path) else {}
+        if manifest and manifest.get("signature") != self.signature:
+            raise MiningError(
+                f"{cfg.output} holds shards of a different mining run (settings or corpus changed); "
+                "use another mining.output or delete that directory."
+            )
+        manifest.update(
+            signature=self.signature, inputs=self._inputs(), shards=manifest.get("shards", {})
+        )
+        shards = [
+            self.sources[i : i + cfg.shard_size]
+            for i in range(0, len(self.sources), cfg.shard_size)
+        ]
+        for index, doc_ids in enumerate(shards):
+            path = os.path.join(cfg.output, SHARD.format(index))
+            if os.path.exists(path) and str(index) in manifest["shards"]:
+                for _, row in iter_jsonl(path):  # finished: only rebuild the dedupe set
+                    self.seen.add(normalize(row["query"]))
+                continue
+            start = time.time()
+            groups, counts = self.mine_shard(index, doc_ids)
+            write_jsonl(path, groups)
+            manifest["shards"][str(index)] = {
+                "file": os.path.basename(path),
+                "documents": len(doc_ids),
+                "counts": dict(counts),
+                "seconds": round(time.time() - start, 2),
+            }
+            write_json(manifest_path, manifest)
+            self.log(
+                f"mined shard {index + 1}/{len(shards)}: {counts['groups']} groups ({dict(counts)})"
+            )
+        totals = Counter()
+        for shard in manifest["shards"].values():
+            totals.update(shard["counts"])
+        manifest.update(
+            complete=True,
+            totals=dict(totals),
+            source_documents=len(self.sources),
+            skipped_documents=self.read_report.skipped,
+            skipped_reasons=self.read_report.reasons[:5],
+        )
+        write_json(manifest_path, manifest)
+        return manifest
+
+    def _inputs(self) -> dict:
+        cfg = self.cfg
+        return {
+            "target": os.path.abspath(cfg.target),
+            "generator": {
+                "kind": cfg.generator,
+                "model": cfg.generator_model,
+                "endpoint": cfg.endpoint,
+            },
+            "prompt": self.prompt.to_dict(),
+            "retriever": {
+                "first_stage": cfg.first_stage,
+                "bm25_tokenizer": cfg.bm25_tokenizer,
+                "candidates": cfg.candidates,
+            },
+            "teacher": self.teacher.describe(),
+            "filters": {
+                "min_chars": cfg.min_query_chars,
+                "max_chars": cfg.max_query_chars,
+                "max_copy_overlap": cfg.max_copy_overlap,
+                "round_trip_k": cfg.round_trip_k,
+                "dedupe": cfg.dedupe,
+            },
+        }
+
+
+def is_complete(output: str) -> bool:
+    path = os.path.join(output, "manifest.json")
+    return os.path.exists(path) and bool(read_json(path).get("complete"))
+
+
+def shard_files(output: str) -> list[str]:
+    """The shard files of a finished mining run, in order."""
+    if not is_complete(output):
+        raise DataFormatError(
+            f"{output}: no complete mining run (manifest.json missing or unfinished)."
+        )
+    shards = read_json(os.path.join(output, "manifest.json"))["shards"]
+    return [os.path.join(output, shards[k]["file"]) for k in sorted(shards, key=int)]
+
+
+def mine(cfg, log=print) -> dict:
+    return Miner(cfg, log).run()

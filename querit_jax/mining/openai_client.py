@@ -1,0 +1,109 @@
+"""An OpenAI-compatible chat-completions client (vLLM, TGI, ...) as a query generator.
+
+Requests go to `{endpoint}/chat/completions` with a single user turn, at most `concurrency` in flight.
+Timeouts, connection errors and retryable statuses (408, 409, 425, 429, 5xx) are retried with
+exponential backoff up to `max_retries` times; then a `GenerationError` says which URL failed, how and
+after how many attempts. The API key is read from an environment variable, sent only in the
+Authorization header, and never logged, printed or written anywhere (not even in error messages).
+"""
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from querit_jax.mining.generators import SamplingConfig
+
+RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+log = logging.getLogger("querit_jax")
+
+
+class GenerationError(RuntimeError):
+    """A generation request that failed for good (the message never contains the API key)."""
+
+
+class OpenAIChatGenerator:
+    name = "openai"
+
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        sampling: SamplingConfig = SamplingConfig(),
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 4,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+    ):
+        if concurrency < 1 or max_retries < 0:
+            raise ValueError("concurrency must be >= 1 and max_retries >= 0.")
+        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.model, self.sampling = model, sampling
+        self.concurrency, self.timeout_s, self.max_retries, self.backoff_s = (
+            concurrency,
+            timeout_s,
+            max_retries,
+            backoff_s,
+        )
+        self._key = (
+            os.environ.get(api_key_env) or None
+        )  # kept private: never in repr, logs or errors
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatGenerator(url={self.url!r}, model={self.model!r}, key={'set' if self._key else 'unset'})"
+
+    def _body(self, prompt: str, seed: int) -> bytes:
+        s = self.sampling
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": s.max_new_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": int(seed),
+        }
+        if s.stop:
+            body["stop"] = list(s.stop)
+        return json.dumps(body).encode()
+
+    def _request(self, prompt: str, seed: int) -> str:
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        problem = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(
+                self.url, data=self._body(prompt, seed), headers=headers, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    payload = json.loads(response.read().decode("utf-8"))
+                return payload["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode("utf-8", "replace")[:200].replace(self._key or "\0", "***")
+                problem = f"HTTP {e.code} ({detail.strip()})"
+                if e.code not in RETRYABLE:
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (KeyError, IndexError, json.JSONDecodeError) as e:
+                raise GenerationError(
+                    f"{self.url}: the response is not a chat completion ({e})."
+                ) from None
+            log.warning(
+                f"generation request to {self.url} failed (attempt {attempt + 1}): {problem}"
+            )
+        raise GenerationError(
+            f"{self.url}: giving up after {attempt + 1} attempt(s); last error: {problem}."
+        )
+
+    def generate(self, prompts, documents, seeds) -> list[str]:
+        del documents  # the prompt already holds the document
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._request, prompts, seeds))

@@ -1,0 +1,92 @@
+"""The JAX sampler against transformers' greedy `generate`, and the heuristic generator."""
+
+import pytest
+import torch
+import transformers
+
+from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
+from querit_jax.mining.jax_sampler import JaxSampler
+from querit_jax.mining.prompts import BEGIN, END, make_prompt, parse_queries
+from tests.conftest import make_hf_qwen3
+
+PROMPTS = [
+    "Write a query about the Panthers defense",
+    "黑豹队",
+    "Сколько очков пропустила защита в этом сезоне?",
+]
+
+
+@pytest.fixture(scope="module")
+def causal_lm(tmp_path_factory):
+    return make_hf_qwen3(str(tmp_path_factory.mktemp("lm") / "hf"), "causal_lm", tie=False, std=0.2)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_continuation_equals_transformers_generate(causal_lm, use_cache):
+    sampler = JaxSampler(
+        causal_lm, SamplingConfig(max_new_tokens=12, temperature=0.0), use_chat_template=False
+    )
+    prompt_ids = [sampler.encode_prompt(p) for p in PROMPTS]
+    assert (
+        len({len(p) for p in prompt_ids}) == 3
+    )  # unequal prompt lengths: left padding is exercised
+    ours = sampler.generate_ids(prompt_ids, seeds=[0, 1, 2], use_cache=use_cache)
+
+    tok = sampler.tokenizer
+    tok.padding_side = "left"
+    batch = tok.pad([{"input_ids": p} for p in prompt_ids], return_tensors="pt")
+    model = transformers.Qwen3ForCausalLM.from_pretrained(causal_lm).eval()
+    with torch.no_grad():
+        ref = model.generate(
+            **batch,
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=sampler.stop_ids.tolist(),
+            pad_token_id=tok.pad_token_id,
+        )
+    for row in range(len(PROMPTS)):
+        new = ref[row, batch["input_ids"].shape[1] :].tolist()
+        stop = next((i for i, t in enumerate(new) if t in sampler.stop_ids), len(new))
+        assert ours[row] == new[:stop], (row, ours[row], new)
+    assert any(len(o) > 3 for o in ours)
+
+
+def test_sampling_is_seeded_and_bounded(causal_lm):
+    sampler = JaxSampler(
+        causal_lm,
+        SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=0.9),
+        use_chat_template=False,
+    )
+    ids = [sampler.encode_prompt(p) for p in PROMPTS]
+    a = sampler.generate_ids(ids, seeds=[1, 2, 3])
+    b = sampler.generate_ids(ids, seeds=[1, 2, 3])
+    c = sampler.generate_ids(ids, seeds=[4, 5, 6])
+    assert a == b and a != c and all(len(x) <= 6 for x in a)
+    texts = sampler.generate(PROMPTS, ["", "", ""], [1, 2, 3])
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_heuristic_generator_and_query_parsing():
+    docs = [
+        "The Panthers defense gave up just 308 points, ranking sixth in the league.",
+        "黑豹队的防守只丢了 308分，在联赛中排名第六。",
+        "",
+    ]
+    gen = HeuristicGenerator(docs, num_queries=3, min_len=3, max_len=6)
+    out = gen.generate(["p"] * 3, docs, [0, 0, 0])
+    queries = [parse_queries(o) for o in out]
+    assert len(queries[0]) == 3 and all(q.lower() in docs[0].lower() for q in queries[0])
+    assert all(len(q) <= 6 for q in queries[1])  # CJK spans counted in characters
+    assert (
+        queries[2] == []
+    )  # an empty document gives no queries (counted as malformed by the miner)
+    assert gen.generate(["p"], docs[:1], [0]) == gen.generate(["p"], docs[:1], [0])
+    assert parse_queries(f"junk {BEGIN} first  query {END}\n{BEGIN}{END}{BEGIN}second{END}") == [
+        "first query",
+        "second",
+    ]
+    assert parse_queries("no markers at all") == []
+    prompt = make_prompt("fr_k12", num_queries=2).render("Le document.")
+    assert "Le document." in prompt and "2" in prompt and BEGIN in prompt
+    with pytest.raises(ValueError, match="no \\{content\\} slot"):
+        make_prompt("mine", text="no slot here")
