@@ -14,18 +14,13 @@ Variants:
           BM25 and the teacher.
 """
 
-import importlib.util
-import os
+from querit_jax import config_lib
 
 VARIANTS = (None, "demo")
 
 
 def _load(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_sibling_config(__file__, name)
 
 
 def get_config(arg=None):
@@ -37,13 +32,15 @@ def get_config(arg=None):
     c.mining = _load("mine_beir").mining_section(variant)
     # Train on the mined groups with the teacher's soft labels (listwise KL; the source document as
     # a hard positive adds little once the teacher is good, so it is off).
-    c.data.train = c.mining.output
+    # References, not copies: `--config.mining.output=...` or `--config.mining.teacher=...` on the
+    # command line then also moves the training data and the reference evaluation.
+    c.data.train = c.mining.get_ref("output")
     c.train.loss = "kl"
     c.train.teacher_temperature = 1.0
     c.train.num_steps = 3000
     c.model.init_from = "workdirs/general_relevance/model"
     c.eval.datasets = "data/beir/scifact:test"
-    c.eval.reference_models = c.mining.teacher
+    c.eval.reference_models = c.mining.get_ref("teacher")
     if variant == "demo":
         c.model.family = "bert"
         c.model.preset = "minilm_l6"
@@ -68,6 +65,5 @@ def get_config(arg=None):
         c.eval.datasets = "data/xquad_r/es/test"
         c.eval.top_k = 20
         c.eval.batch_size = 64
-        c.eval.reference_models = c.mining.teacher
         c.sharding.preset = "dp"
     return c

@@ -10,18 +10,13 @@ Variants:
           articles instead (data/xquad_r/zh/test), with adapt_beir's demo recipe.
 """
 
-import importlib.util
-import os
+from querit_jax import config_lib
 
 VARIANTS = (None, "demo")
 
 
 def _load(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_sibling_config(__file__, name)
 
 
 def get_config(arg=None):
@@ -33,12 +28,10 @@ def get_config(arg=None):
     if variant == "demo":
         c.mining.target = "data/xquad_r/zh/test"
         c.mining.output = "workdirs/mined/xquad_r_zh_test_heuristic"
-        c.data.train = c.mining.output
         c.eval.datasets = "data/xquad_r/zh/test"
     else:
         c.mining.target = "data/miracl/ja"
         c.mining.output = "workdirs/mined/miracl_ja"
         c.mining.prompt = "ja_msmarco"
-        c.data.train = c.mining.output
         c.eval.datasets = "miracl:data/miracl/ja:ja:dev"
     return c

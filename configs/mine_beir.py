@@ -31,7 +31,7 @@ def mining_section(variant: str) -> ml_collections.ConfigDict:
     # Prompt preset (web_search, fr_k12, ru_factoid, ja_msmarco) or a custom text with {content}.
     m.prompt = "web_search"
     m.prompt_text = ""
-    # Queries asked for per document; decoding settings of LLM generators.
+    # Queries asked for per document (0 = the preset's own); decoding settings of LLM generators.
     m.num_queries = 3
     m.max_new_tokens = 256
     m.temperature = 0.7

@@ -8,6 +8,7 @@ from querit_jax.config_lib import ConfigError
 from querit_jax.convert.safetensors_io import SafetensorsError
 from querit_jax.data.io import DataFormatError
 from querit_jax.mining.miner import MiningError
+from querit_jax.mining.openai_client import GenerationError
 from querit_jax.models.api import CheckpointError
 
 USER_ERRORS = (
@@ -17,6 +18,7 @@ USER_ERRORS = (
     SafetensorsError,
     FileNotFoundError,
     MiningError,
+    GenerationError,
 )
 
 

@@ -8,6 +8,7 @@ by the data axes) run in `validate_for_devices` before anything is compiled.
 
 import dataclasses
 import json
+import os
 import typing
 from typing import Any
 
@@ -119,8 +120,9 @@ class TrainConfig:
     # Comma list of loss[:weight]: listwise_ce (hard labels, positive first), kl (listwise KL to the
     # teacher's softmax), margin_mse, bce (soft targets). KD losses need teacher scores in the data.
     loss: str = "listwise_ce"
-    temperature: float = 1.0  # student score temperature of listwise_ce
-    teacher_temperature: float = 1.0  # temperature of the teacher distribution (kl, bce)
+    temperature: float = 1.0  # student scores are divided by it in the listwise losses (ce, kl)
+    # Teacher scores are divided by it in every distillation loss (kl, margin_mse, bce).
+    teacher_temperature: float = 1.0
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the start and the end
     save_every: int = 200
@@ -153,7 +155,7 @@ class MiningConfig:
     api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
     prompt: str = "web_search"  # prompt preset (mining/prompts.py)
     prompt_text: str = ""  # a custom prompt with {content} (overrides the preset)
-    num_queries: int = 3  # queries asked for per document
+    num_queries: int = 0  # queries asked for per document; 0 = the prompt preset's own count
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.95
@@ -194,6 +196,17 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def load_sibling_config(config_file: str, name: str):
+    """The config module `name`.py next to `config_file` (how one config file builds on another)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_losses(spec: str) -> dict[str, float]:
@@ -362,12 +375,17 @@ def _validate_moe(backbone, sharding_cfg: ShardingConfig) -> None:
             "model.overrides.moe_impl",
             f"'ep' needs a preset that maps experts to a mesh axis (fsdp+ep), not {sharding_cfg.preset!r}.",
         )
+    _require_experts_split(experts, target, dict(zip(axes.MESH_AXES, sharding_cfg.mesh.shape)))
+
+
+def _require_experts_split(experts: int, target, sizes: dict) -> None:
+    """The experts split evenly over the mesh axis `target` (sizes: mesh axis -> size, -1 = rest)."""
     if experts and isinstance(target, str):
-        size = dict(zip(axes.MESH_AXES, sharding_cfg.mesh.shape))[target]
+        size = sizes[target]
         _require(
             size == -1 or experts % size == 0,
             f"sharding.mesh.{target}",
-            f"{experts} experts do not split over {size} devices of the '{target}' axis.",
+            f"{experts} experts do not split over the {size} devices of the '{target}' axis.",
         )
 
 
@@ -381,14 +399,11 @@ def validate_for_devices(
         raise ConfigError(f"sharding.mesh: {err}") from None
     batch_axes = dict(cfg.sharding.rules())[axes.BATCH]
     split = axis_size(dict(zip(axes.MESH_AXES, shape)), batch_axes)
-    target = dict(cfg.sharding.rules()).get(axes.EXPERT)
-    if not cfg.model.init_from and isinstance(target, str):
-        experts = getattr(cfg.model.backbone_config(), "num_experts", 0)
-        size = dict(zip(axes.MESH_AXES, shape))[target]
-        _require(
-            not experts or experts % size == 0,
-            f"sharding.mesh.{target}",
-            f"{experts} experts do not split over the {size} devices of the '{target}' axis.",
+    if not cfg.model.init_from:
+        _require_experts_split(
+            getattr(cfg.model.backbone_config(), "num_experts", 0),
+            dict(cfg.sharding.rules()).get(axes.EXPERT),
+            dict(zip(axes.MESH_AXES, shape)),
         )
     _require(
         cfg.data.batch_size % split == 0,
@@ -453,9 +468,9 @@ def validate_mining(c: MiningConfig) -> MiningConfig:
         "needs a {content} slot.",
     )
     _require(
-        c.num_queries >= 1 and c.shard_size >= 1 and c.candidates >= 2,
+        c.num_queries >= 0 and c.shard_size >= 1 and c.candidates >= 2,
         "mining.num_queries/shard_size/candidates",
-        "must be >= 1 (candidates >= 2).",
+        "num_queries >= 0 (0 = the prompt's own), shard_size >= 1, candidates >= 2.",
     )
     _require(
         1 <= c.heuristic_min_len <= c.heuristic_max_len,
@@ -468,6 +483,16 @@ def validate_mining(c: MiningConfig) -> MiningConfig:
     _require(0 < c.max_copy_overlap <= 1.0, "mining.max_copy_overlap", "must be in (0, 1].")
     _require(bool(c.teacher), "mining.teacher", "a teacher model path is required (soft labels).")
     _require(c.num_negatives >= 1, "mining.num_negatives", "must be >= 1.")
+    _require(
+        c.concurrency >= 1 and c.max_retries >= 0 and c.timeout_s > 0,
+        "mining.concurrency/max_retries/timeout_s",
+        "concurrency >= 1, max_retries >= 0, timeout_s > 0.",
+    )
+    _require(
+        c.teacher_batch_size >= 1 and c.max_doc_chars >= 1,
+        "mining.teacher_batch_size/max_doc_chars",
+        "must be >= 1.",
+    )
     _require(
         c.temperature >= 0 and 0 < c.top_p <= 1,
         "mining.temperature/top_p",

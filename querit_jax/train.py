@@ -34,9 +34,10 @@ def main(argv):
     workdir = _WORKDIR.value or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )
-    if cfg.mining is not None and not miner.is_complete(cfg.mining.output):
-        # Adaptation configs mine their training data first (resuming an interrupted mining run).
-        miner.mine(cfg.mining, get_logger().info)
+    if cfg.mining is not None:
+        # Adaptation configs mine their training data first (resuming an interrupted run; a finished
+        # run with other settings is refused rather than silently reused).
+        miner.ensure_mined(cfg.mining, get_logger().info)
     trainer.run(cfg, workdir, stop_at_step=_STOP_AT.value)
 
 

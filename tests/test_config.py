@@ -138,3 +138,36 @@ def test_loss_and_mining_settings_are_validated():
     cfg.mining.prompt = "haiku"
     with pytest.raises(config_lib.ConfigError, match="mining.prompt"):
         config_lib.mining_from_config_dict(cfg)
+
+
+@pytest.mark.parametrize("path", ["configs/adapt_beir.py:demo", "configs/adapt_miracl.py"])
+def test_overriding_the_mining_output_or_teacher_moves_training_and_reference_eval(path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from absl import flags\n"
+        "from ml_collections import config_flags\n"
+        "from querit_jax import config_lib\n"
+        "c = config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
+        "flags.FLAGS(sys.argv)\n"
+        "e = config_lib.from_config_dict(c.value)\n"
+        "print(e.data.train, e.eval.reference_models)\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            f"--config={path}",
+            "--config.mining.output=/elsewhere/mined",
+            "--config.mining.teacher=/elsewhere/teacher",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.stdout.split("\n")[0] == "('/elsewhere/mined',) ('/elsewhere/teacher',)"

@@ -329,3 +329,12 @@ def test_miracl_layout_reader(tmp_path):
         DataFormatError, match=r"qrels\.miracl-v1\.0-ja-dev\.tsv:1: document id '9#9'"
     ):
         load_dataset(kind, path, split)
+    # The miner reads the same layout, reporting ids repeated across corpus files.
+    from types import SimpleNamespace
+
+    from querit_jax.mining.miner import load_target
+
+    write_jsonl(root / "corpus" / "docs-1.jsonl", [{"docid": "1#0", "text": "copie"}])
+    corpus, report = load_target(SimpleNamespace(target=str(root)))
+    assert corpus["1#0"].startswith("東京") and len(corpus) == 2
+    assert report.skipped == 1 and "already seen" in report.reasons[0]

@@ -193,6 +193,11 @@ def test_bad_input_for_embedders_and_architectures(tmp_path):
     (bad / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
     with pytest.raises(api.CheckpointError, match="model_type 'gpt2'.*not supported"):
         api.load_model(str(bad))
+    from querit_jax.config_lib import ConfigError
+
+    model = api.load_model(MINILM)  # 512 learned positions: a longer input would read NaN rows
+    with pytest.raises(ConfigError, match="max_length=1024 is longer than .* 512 positions"):
+        embedder_for(model, max_length=1024)
 
 
 @needs_minilm
@@ -207,3 +212,13 @@ def test_verify_tool_covers_encoders(tmp_path, kind):
         model = api.load_model(MINILM)
     report = verify(model, hf_export.export_hf(model, str(tmp_path / "export")))
     assert max(v for k, v in report.items() if k.startswith("max_abs_diff")) < 1e-4
+
+
+@needs_minilm
+def test_new_bert_reranker_head_starts_from_the_pretrained_pooler():
+    spec, params, _ = hf_import.read_hf_dir(MINILM, head="score")
+    ref = transformers.BertForSequenceClassification.from_pretrained(MINILM, num_labels=1)
+    pooler = ref.bert.pooler.dense
+    np.testing.assert_array_equal(params["dense"]["kernel"], pooler.weight.detach().numpy().T)
+    np.testing.assert_array_equal(params["dense"]["bias"], pooler.bias.detach().numpy())
+    assert params["out_proj"]["kernel"].shape == (spec.backbone.hidden_size, 1)  # new classifier

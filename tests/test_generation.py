@@ -90,3 +90,44 @@ def test_heuristic_generator_and_query_parsing():
     assert "Le document." in prompt and "2" in prompt and BEGIN in prompt
     with pytest.raises(ValueError, match="no \\{content\\} slot"):
         make_prompt("mine", text="no slot here")
+
+
+def test_sampler_reuses_programs_and_is_released(causal_lm):
+    import gc
+    import weakref
+
+    from querit_jax.mining.jax_sampler import prompt_bucket, row_key
+
+    sampler = JaxSampler(
+        causal_lm, SamplingConfig(max_new_tokens=3, temperature=0.0), use_chat_template=False
+    )
+    ids = [sampler.encode_prompt(p) for p in PROMPTS]
+    sampler.generate_ids(ids, seeds=[0, 1, 2])
+    sampler.generate_ids([ids[0][:3], ids[2][1:]], seeds=[0, 1])  # other lengths, smaller batch
+    assert sampler._prefill._cache_size() == 1 and sampler._step._cache_size() == 1
+    assert [prompt_bucket(n) for n in (1, 33, 256, 257, 700)] == [32, 64, 256, 512, 768]
+    assert not (row_key(5) == row_key(5 + 2**32)).all()  # seeds above 32 bits stay distinct
+    ref = weakref.ref(sampler)
+    del sampler
+    gc.collect()
+    assert ref() is None  # nothing (e.g. a jit cache) keeps the LM's parameters alive
+
+
+def test_tied_embedding_lm_generates_like_transformers(tmp_path):
+    path = make_hf_qwen3(str(tmp_path / "tied"), "causal_lm", tie=True, std=0.2)
+    sampler = JaxSampler(
+        path, SamplingConfig(max_new_tokens=6, temperature=0.0), use_chat_template=False
+    )
+    prompt = sampler.encode_prompt(PROMPTS[0])
+    ours = sampler.generate_ids([prompt], seeds=[0])[0]
+    model = transformers.Qwen3ForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        ref = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=sampler.stop_ids.tolist(),
+            pad_token_id=sampler.tokenizer.pad_token_id,
+        )[0, len(prompt) :].tolist()
+    stop = next((i for i, t in enumerate(ref) if t in sampler.stop_ids), len(ref))
+    assert ours == ref[:stop]

@@ -142,14 +142,19 @@ def test_killed_mining_resumes_to_the_same_shards_without_recomputing(tmp_path, 
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+    def recorded():  # shards the manifest lists as finished (it is replaced atomically)
+        try:
+            return len(json.loads((out / "manifest.json").read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
     deadline = time.time() + 240
-    while (
-        not (out / "shard-00002.jsonl").exists() and proc.poll() is None and time.time() < deadline
-    ):
+    while recorded() < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = sorted(p.name for p in out.glob("shard-*.jsonl"))
+    done_before = [f"shard-{i:05d}.jsonl" for i in range(recorded())]
     assert 3 <= len(done_before) < 15, done_before  # killed mid-way
     mtimes = {p: os.stat(out / p).st_mtime_ns for p in done_before}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -168,3 +173,39 @@ def test_killed_mining_resumes_to_the_same_shards_without_recomputing(tmp_path, 
         json.load(open(out / "manifest.json"))["totals"]["groups"]
         == json.load(open(os.path.join(straight.output, "manifest.json")))["totals"]["groups"]
     )
+
+
+def test_distillation_trains_on_the_mined_teacher_scores(tmp_path, teacher, monkeypatch):
+    import jax
+    import numpy as np
+
+    from querit_jax.training import trainer
+
+    monkeypatch.chdir(ROOT)
+    mined = _cfg(tmp_path, teacher, max_docs=16)
+    miner.mine(mined, log=lambda *a: None)
+    rows = [g for f in miner.shard_files(mined.output) for g in groups.read_groups(f)]
+    mined_scores = np.array([s for g in rows for s in g["pos_scores"] + g["neg_scores"]])
+    base = load_config("configs/general_relevance.py", "tiny")
+    base.data.train, base.data.group_size, base.train.loss = mined.output, 4, "kl"
+    base.train.num_steps, base.train.log_every, base.eval.datasets = 2, 1, ""
+    cfg = config_lib.from_config_dict(base)
+    session = trainer.setup(cfg, str(tmp_path / "run"), devices=jax.devices()[:1])
+    batch = next(session.data_iter)
+    assert batch["has_teacher"].all()
+    teacher_scores = batch["teacher"].ravel()
+    assert np.abs(teacher_scores).max() > 0
+    assert np.isin(teacher_scores, mined_scores.astype(np.float32)).all()  # the mined labels
+    trainer.run(cfg, str(tmp_path / "run2"), devices=jax.devices()[:1])
+    logged = [json.loads(x) for x in open(tmp_path / "run2" / "metrics.jsonl")]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in logged if "loss" in r)
+
+    write_jsonl(
+        tmp_path / "plain.jsonl", [{k: g[k] for k in ("query", "pos", "neg")} for g in rows]
+    )
+    base.data.train = str(tmp_path / "plain.jsonl")
+    with pytest.raises(config_lib.ConfigError, match="learns from teacher scores"):
+        trainer.setup(
+            config_lib.from_config_dict(base), str(tmp_path / "run3"), devices=jax.devices()[:1]
+        )

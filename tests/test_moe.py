@@ -139,7 +139,9 @@ def test_load_balancing_loss_equals_transformers():
 
 SPEC = api.ModelSpec(
     "qwen3_moe",
-    DecoderConfig.tiny_moe(vocab_size=512, num_experts_per_tok=1),
+    # top-2 with unnormalised weights: the routing weights differ per token and carry gradient, so
+    # a wrong weight permutation in any combine would show
+    DecoderConfig.tiny_moe(vocab_size=512, num_experts_per_tok=2, norm_topk_prob=False),
     HeadConfig(),
     qwen3_pair(),
     32,
@@ -165,7 +167,7 @@ def _loss_and_grads(spec, mesh, rules, host, batch):
         scores, aux = steps.group_scores(graphdef, p, b, return_aux=True)
         mask = b["segment_ids"] > 0
         return losses.listwise_ce(scores) + 0.1 * losses.load_balancing_loss(
-            aux["router_logits"], mask, 1
+            aux["router_logits"], mask, spec.backbone.num_experts_per_tok
         ), scores
 
     with sharding.use_rules(mesh, rules):
@@ -182,9 +184,9 @@ def test_some_expert_gets_no_tokens_in_the_test_batch():
         )[1],
     )
     _, aux = steps.group_scores(
-        api.abstract_params(SPEC)[0], host, _batch(q=1, g=2, t=6), return_aux=True
+        api.abstract_params(SPEC)[0], host, _batch(q=1, g=1, t=4), return_aux=True
     )
-    chosen = np.asarray(jax.lax.top_k(aux["router_logits"][0].reshape(-1, 8), 1)[1]).ravel()
+    chosen = np.asarray(jax.lax.top_k(aux["router_logits"][0].reshape(-1, 8), 2)[1]).ravel()
     assert len(set(chosen.tolist())) < 8  # so the ep test below covers an idle expert
 
 
@@ -280,7 +282,7 @@ def test_bad_moe_configs_fail_at_validation():
     cfg = load_config("configs/general_relevance.py", "tiny_moe")
     cfg.sharding.mesh.expert = 3
     with pytest.raises(
-        config_lib.ConfigError, match=r"sharding.mesh.expert: 8 experts do not split over 3"
+        config_lib.ConfigError, match=r"sharding.mesh.expert: 8 experts do not split over the 3"
     ):
         config_lib.from_config_dict(cfg)
     cfg = load_config("configs/general_relevance.py", "tiny_moe")

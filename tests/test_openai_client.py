@@ -17,8 +17,16 @@ SECRET = "sk-test-do-not-print-0123456789"
 class _Server:
     """A chat-completions server whose behaviour each test scripts."""
 
-    def __init__(self, fail_first: int = 0, always_fail: bool = False, delay: float = 0.0):
+    def __init__(
+        self,
+        fail_first: int = 0,
+        always_fail: bool = False,
+        delay: float = 0.0,
+        status: int = 500,
+        garbage: bool = False,
+    ):
         self.fail_first, self.always_fail, self.delay = fail_first, always_fail, delay
+        self.status, self.garbage = status, garbage
         self.lock = threading.Lock()
         self.requests, self.in_flight, self.max_in_flight, self.auth = 0, 0, 0, set()
         server = self
@@ -39,9 +47,17 @@ class _Server:
                 with server.lock:
                     server.in_flight -= 1
                 if server.always_fail or n <= server.fail_first:
-                    self.send_response(500)
+                    self.send_response(server.status)
+                    self.send_header("Retry-After", "0")
                     self.end_headers()
-                    self.wfile.write(b"overloaded")
+                    # Like some proxies, echo the request's credentials in the error body.
+                    auth = self.headers.get("Authorization", "")
+                    self.wfile.write(f"overloaded; you sent {auth}".encode())
+                    return
+                if server.garbage:
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": "none"')
                     return
                 text = (
                     f"<|begin_of_query|>about {body['messages'][0]['content'][:12]}<|end_of_query|>"
@@ -121,3 +137,23 @@ def test_unreachable_server_is_a_clear_error():
         GenerationError, match=r"127.0.0.1:9/v1/chat/completions: giving up after 2 attempt"
     ):
         gen.generate(["doc"], [""], [0])
+
+
+def test_a_dead_server_fails_fast_and_odd_payloads_are_clear_errors(key):
+    server = _Server(always_fail=True, status=401, delay=0.05)
+    try:
+        gen = OpenAIChatGenerator(server.url, "m", SamplingConfig(), api_key_env=key, concurrency=2)
+        with pytest.raises(
+            GenerationError, match=r"HTTP 401 \(overloaded; you sent Bearer \*\*\*\)"
+        ):
+            gen.generate([f"doc {i}" for i in range(40)], [""] * 40, list(range(40)))
+        assert server.requests <= 4  # 401 is not retried and queued requests are dropped
+    finally:
+        server.close()
+    server = _Server(garbage=True)
+    try:
+        gen = OpenAIChatGenerator(server.url, "m", SamplingConfig(), api_key_env=key)
+        with pytest.raises(GenerationError, match="not a chat completion"):
+            gen.generate(["doc"], [""], [0])
+    finally:
+        server.close()

@@ -38,6 +38,28 @@ def test_sharded_top_k_on_8_devices_equals_single_device_brute_force(n):
     np.testing.assert_array_equal(scores, ref_scores)
     if n > 10:
         assert list(ids[0][:2]) == [3, n - 2]
+    one = ShardedCorpus(corpus, jax.devices()[:1], block=32)
+    assert one.block == sharded.block  # the same dots whatever the device count
+    one_scores, one_ids = one.search(queries, 10, batch=16)
+    np.testing.assert_array_equal(one_ids, ids)
+    np.testing.assert_array_equal(one_scores, scores)
+
+
+def test_corpus_is_a_program_argument_not_a_compiled_constant():
+    corpus = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    sharded = ShardedCorpus(corpus, jax.devices(), block=8)
+    from querit_jax.mining import topk
+
+    hlo = topk._sharded_top_k.lower(
+        np.zeros((2, 4), np.float32),
+        sharded.matrix,
+        mesh=sharded.mesh,
+        k=3,
+        block=sharded.block,
+        per_shard=sharded.per_shard,
+        n=sharded.n,
+    ).as_text()
+    assert 'dense<"0x' not in hlo  # a baked-in corpus shows up as a hex constant
 
 
 def test_empty_corpus_is_refused():

@@ -7,15 +7,18 @@ Heads: BertForSequenceClassification's `bert.pooler.dense` + `classifier`, XLMRo
 stored in our `dense` / `out_proj`.
 """
 
-from querit_jax.convert.qwen3 import Entry, _heads_in, _heads_out, _identity, _transpose
+from querit_jax.convert.qwen3 import (
+    Entry,
+    _heads_bias,
+    _heads_in,
+    _heads_out,
+    _identity,
+    _transpose,
+)
 from querit_jax.models.encoder_config import EncoderConfig
 
 # Tensors some checkpoints carry that are not parameters of ours.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
-
-
-def _heads_bias(n: int, d: int):
-    return (lambda b: b.reshape(n, d), lambda b: b.reshape(n * d))
 
 
 def backbone_entries(cfg: EncoderConfig, prefix: str, root: tuple = ("encoder",)) -> list[Entry]:

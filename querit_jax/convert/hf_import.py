@@ -11,6 +11,7 @@ Weights are read only from safetensors; a directory with only pickle files (pyto
 is refused. `trust_remote_code` is never used.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -272,15 +273,24 @@ def _encoder_entries(spec, arch, weights):
         entries += encoder_table.head_entries(cfg)
     elif spec.head.kind == "score":
         h = cfg.hidden_size
-        new_head = {
-            ("dense", "kernel"): (h, h),
-            ("dense", "bias"): (h,),
-            ("out_proj", "kernel"): (h, 1),
-            ("out_proj", "bias"): (1,),
-        }
+        new_head = {("out_proj", "kernel"): (h, 1), ("out_proj", "bias"): (1,)}
+        pooler = [f"{prefix}pooler.dense.{n}" for n in ("weight", "bias")]
+        if cfg.family == "bert" and all(k in weights for k in pooler):
+            # As BertForSequenceClassification.from_pretrained: the pretrained pooler is the head's
+            # dense layer; only the classifier is new.
+            entries += [
+                dataclasses.replace(
+                    e, hf_name=f"{prefix}pooler.dense.{e.hf_name.rsplit('.', 1)[1]}"
+                )
+                for e in encoder_table.head_entries(cfg)
+                if e.path[0] == "dense"
+            ]
+        else:  # XLM-R's classification head is new in transformers too
+            new_head.update({("dense", "kernel"): (h, h), ("dense", "bias"): (h,)})
     ignored = {k for k in weights if k.endswith(encoder_table.IGNORED_SUFFIXES)}
-    if bare:  # BertModel's pooler is not part of an embedder or of a new reranker head
-        ignored |= {k for k in weights if k.startswith(f"{prefix}pooler.")}
+    if bare:  # the pooler is not part of an embedder (nor of XLM-R's new head)
+        used = {e.hf_name for e in entries}
+        ignored |= {k for k in weights if k.startswith(f"{prefix}pooler.") and k not in used}
     return entries, new_head, ignored
 
 

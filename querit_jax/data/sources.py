@@ -79,7 +79,7 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
             raise FileNotFoundError(f"data.train source {spec!r}: {root} does not exist.")
         inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(root)})
     bm25 = f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
-    signature = {"inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
+    signature = {"version": 2, "inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
     if os.path.exists(path) and os.path.exists(manifest_path):
         manifest = read_json(manifest_path)
         if manifest.get("signature") == signature:
@@ -122,7 +122,11 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
             log(
                 f"{spec}: skipped {report.skipped} malformed rows (data.strict=False); first: {report.reasons[:3]}"
             )
-        per_source[spec] = {"groups": len(found), "read": report.to_dict()}
+        per_source[spec] = {
+            "groups": len(found),
+            "with_teacher_scores": sum("pos_scores" in g and "neg_scores" in g for g in found),
+            "read": report.to_dict(),
+        }
         all_groups.extend(found)
     if not all_groups:
         raise ValueError(f"data.train {list(data_cfg.train)} produced no training groups.")
@@ -130,6 +134,9 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
     manifest = {
         "signature": signature,
         "groups": len(all_groups),
+        "groups_with_teacher_scores": sum(
+            "pos_scores" in g and "neg_scores" in g for g in all_groups
+        ),
         "sources": per_source,
         "seconds": round(time.time() - start, 2),
     }

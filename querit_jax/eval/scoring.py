@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from querit_jax import sharding
+from querit_jax.config_lib import ConfigError
 from querit_jax.data.io import DataFormatError
 from querit_jax.data.tokenize import PairEncoder, TextEncoder, pad_batch
 from querit_jax.sharding import axes
@@ -42,6 +43,10 @@ class BatchedRunner:
     ):
         self.spec, self.tokenizer, self.mesh, self.rules = spec, tokenizer, mesh, logical_rules
         self.max_length = max_length or spec.max_length
+        try:
+            spec.check_length(self.max_length)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
         self.batch_size = -(-batch_size // split) * split

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import bm25s
 
+from querit_jax.mining.scripts import UNSEGMENTED
+
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at INFO
 
 
@@ -54,7 +56,8 @@ class BM25Retriever:
         self._bm25.index(analyzer(list(doc_texts)), show_progress=False)
 
     def search(self, queries: Sequence[str], top_k: int) -> list[list[tuple[str, float]]]:
-        """For each query, up to `top_k` (doc id, score) pairs by decreasing score (ties by doc order)."""
+        """For each query, up to `top_k` (doc id, score) pairs by decreasing score (the order of
+        tied scores is bm25s's, not guaranteed to follow document order)."""
         k = min(top_k, len(self.doc_ids))
         tokens = self.analyzer(list(queries))
         # bm25s rejects a query with no known token; give those an empty result.
@@ -81,10 +84,7 @@ class BM25Retriever:
 
 
 # Scripts written without spaces between words: indexed as character unigrams and bigrams.
-_UNSEGMENTED = (
-    r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK
-    r"\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
-)
+_UNSEGMENTED = UNSEGMENTED
 _WORD = re.compile(rf"[{_UNSEGMENTED}]+|[^\W{_UNSEGMENTED}]+", re.UNICODE)
 _CJK = re.compile(rf"[{_UNSEGMENTED}]")
 

@@ -1,12 +1,13 @@
 """Filters for synthetic queries, each counting what it keeps and drops (the counts go to the manifest).
 
-* dedupe: the same query after normalisation (NFKC, case folding, punctuation and spacing removed),
-  across the whole mined set;
 * length: queries outside [min_chars, max_chars] characters;
 * copied: queries whose normalised words are mostly a contiguous copy of the document
   (InPars' `skip_questions_copied_from_context`), above `max_copy_overlap` of the query's words;
 * round trip (Promptagator): the source document must be in the first stage's top-k for its query
-  (applied after retrieval, in the miner).
+  (applied after retrieval, in the miner);
+* dedupe: the same query after `normalize` (NFKC, case folding, punctuation and spacing removed),
+  across the whole mined set (in the miner too: only queries that become groups count as seen, so a
+  resumed run rebuilds the same set from the written shards).
 """
 
 import dataclasses
@@ -39,13 +40,11 @@ def longest_common_run(query_words: list[str], doc_words: list[str]) -> int:
 
 @dataclasses.dataclass
 class QueryFilter:
-    """Stateful across shards (dedupe); `counts` records keep/drop per filter."""
+    """The per-query filters; `counts` records keep/drop per filter."""
 
     min_chars: int = 3
     max_chars: int = 300
     max_copy_overlap: float = 1.0  # 1.0 disables the copy filter
-    dedupe: bool = True
-    seen: set = dataclasses.field(default_factory=set)
     counts: Counter = dataclasses.field(default_factory=Counter)
 
     def keep(self, query: str, document: str) -> bool:
@@ -59,10 +58,5 @@ class QueryFilter:
             if run / max(len(words), 1) > self.max_copy_overlap:
                 self.counts["dropped_copied"] += 1
                 return False
-        if self.dedupe:
-            if norm in self.seen:
-                self.counts["dropped_duplicate"] += 1
-                return False
-            self.seen.add(norm)
         self.counts["kept"] += 1
         return True

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from querit_jax.mining.prompts import BEGIN, END
+from querit_jax.mining.scripts import UNSEGMENTED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
 
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f"
+_CJK = UNSEGMENTED
 _UNSEGMENTED = re.compile(f"[{_CJK}]")
 _UNIT = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
 

@@ -45,6 +45,49 @@ def _choose(logits, keys, temperature: float, top_p: float):
     return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
+def _prefill(graphdef, params, ids, seg, cache):
+    module = nnx.merge(graphdef, params)
+    s = cache[0][0].shape[1]
+    p = ids.shape[1]
+    positions = positions_from_segments(seg)
+    key_valid = jnp.zeros((ids.shape[0], s), bool).at[:, :p].set(seg > 0)
+    causal = jnp.arange(s)[None, None, :] <= jnp.arange(p)[None, :, None]
+    own = jnp.arange(s)[None, None, :] == jnp.arange(p)[None, :, None]  # pads see themselves
+    mask = (causal & key_valid[:, None, :]) | own
+    hidden, cache = module.model.decode(ids, positions, mask, cache, 0)
+    return hidden[:, -1] @ _lm_matrix(module).astype(hidden.dtype), cache, key_valid
+
+
+def _step(graphdef, params, token, position, index, key_valid, cache):
+    module = nnx.merge(graphdef, params)
+    key_valid = key_valid.at[:, index].set(True)
+    mask = (key_valid & (jnp.arange(key_valid.shape[1])[None, :] <= index))[:, None, :]
+    hidden, cache = module.model.decode(token[:, None], position[:, None], mask, cache, index)
+    return hidden[:, -1] @ _lm_matrix(module).astype(hidden.dtype), cache, key_valid
+
+
+def _full_forward(graphdef, params, ids, seg):
+    """Without a cache: the whole (left-padded) sequence again; logits at the last position."""
+    module = nnx.merge(graphdef, params)
+    hidden = module.model(ids, seg)
+    return hidden[:, -1] @ _lm_matrix(module).astype(hidden.dtype)
+
+
+def row_key(seed: int) -> jax.Array:
+    """A PRNG key from a non-negative seed of up to 64 bits (PRNGKey alone keeps only 32)."""
+    seed = int(seed) % (1 << 64)
+    return jax.random.fold_in(jax.random.PRNGKey(seed & 0xFFFFFFFF), seed >> 32)
+
+
+def prompt_bucket(length: int, smallest: int = 32, step: int = 256) -> int:
+    """Padded prompt length: powers of two up to `step`, then multiples of `step`, so a run over
+    varied documents compiles a handful of shapes, not one per batch."""
+    n = smallest
+    while n < min(length, step):
+        n *= 2
+    return n if length <= n else -(-length // step) * step
+
+
 class JaxSampler:
     """`generate(prompts, documents, seeds)` -> completions, for the miner (see generators.py)."""
 
@@ -67,7 +110,12 @@ class JaxSampler:
         self.use_chat_template = use_chat_template and bool(
             getattr(self.tokenizer, "chat_template", None)
         )
-        self.graphdef = self.model.graphdef
+        # Plain closures over the graph definition (not jitted methods with a static `self`, which
+        # would keep the sampler and its parameters alive in the jit cache after mining ends).
+        graphdef = self.model.graphdef
+        self._prefill = jax.jit(functools.partial(_prefill, graphdef))
+        self._step = jax.jit(functools.partial(_step, graphdef))
+        self._full_forward = jax.jit(functools.partial(_full_forward, graphdef))
         stop_tokens = {
             self.tokenizer.eos_token_id,
             self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -76,37 +124,6 @@ class JaxSampler:
         self.stop_ids = np.array(
             sorted(t for t in stop_tokens if isinstance(t, int) and t >= 0), np.int32
         )
-
-    # ----- jitted pieces ---------------------------------------------------------------------------
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _prefill(self, params, ids, seg, cache):
-        module = nnx.merge(self.graphdef, params)
-        s = cache[0][0].shape[1]
-        p = ids.shape[1]
-        positions = positions_from_segments(seg)
-        key_valid = jnp.zeros((ids.shape[0], s), bool).at[:, :p].set(seg > 0)
-        causal = jnp.arange(s)[None, None, :] <= jnp.arange(p)[None, :, None]
-        own = (
-            jnp.arange(s)[None, None, :] == jnp.arange(p)[None, :, None]
-        )  # pads see themselves (no NaN)
-        mask = (causal & key_valid[:, None, :]) | own
-        hidden, cache = module.model.decode(ids, positions, mask, cache, 0)
-        return hidden[:, -1] @ _lm_matrix(module).astype(hidden.dtype), cache, key_valid
-
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _step(self, params, token, position, index, key_valid, cache):
-        module = nnx.merge(self.graphdef, params)
-        key_valid = key_valid.at[:, index].set(True)
-        mask = (key_valid & (jnp.arange(key_valid.shape[1])[None, :] <= index))[:, None, :]
-        hidden, cache = module.model.decode(token[:, None], position[:, None], mask, cache, index)
-        return hidden[:, -1] @ _lm_matrix(module).astype(hidden.dtype), cache, key_valid
-
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _full_forward(self, params, ids, seg):
-        """Without a cache: the whole (left-padded) sequence again; logits at the last position."""
-        module = nnx.merge(self.graphdef, params)
-        hidden = module.model(ids, seg)
-        return hidden[:, -1] @ _lm_matrix(module).astype(hidden.dtype)
 
     # ----- public API ------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -126,12 +143,19 @@ class JaxSampler:
         """New token ids per prompt (without the stop token)."""
         cfg = self.sampling
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        length = max(len(p) for p in prompt_ids)
+        rows = len(prompt_ids)
+        # Pad the batch (with copies of its first prompt) and the length to fixed buckets so the
+        # prefill/step programs are reused across batches; extra rows are dropped at the end.
+        b = max(rows, self.batch_size) if use_cache else rows
+        prompt_ids = list(prompt_ids) + [prompt_ids[0]] * (b - rows)
+        seeds = list(seeds) + [0] * (b - rows)
+        longest = max(len(p) for p in prompt_ids)
+        length = prompt_bucket(longest) if use_cache else longest
         ids, seg, _ = pad_batch(prompt_ids, length, pad, left=True)
-        b, total = len(prompt_ids), length + cfg.max_new_tokens
-        keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+        total = length + cfg.max_new_tokens
+        keys = jnp.stack([row_key(s) for s in seeds])
         out = np.zeros((b, cfg.max_new_tokens), np.int32)
-        done = np.zeros(b, bool)
+        done = np.arange(b) >= rows  # filler rows never hold the loop open
         lengths = np.zeros(b, np.int32)
         params = self.model.params
         with sharding.use_rules(self.model.mesh, self.model.logical_rules):
@@ -169,7 +193,7 @@ class JaxSampler:
                     seg = np.concatenate([seg, np.ones((b, 1), np.int32)], axis=1)
                     logits = self._full_forward(params, jnp.asarray(ids), jnp.asarray(seg))
                 position = position + 1
-        return [list(out[i, : lengths[i]]) for i in range(b)]
+        return [list(out[i, : lengths[i]]) for i in range(rows)]
 
     def _hit_stop(self, out, lengths) -> np.ndarray:
         if not self.sampling.stop:

@@ -13,15 +13,17 @@ For a target corpus (a BEIR directory of which only `corpus.jsonl` is read) the 
   5. writes one training group per query, FlagEmbedding schema plus teacher scores:
      {"qid", "query", "pos": [source], "neg": [...], "pos_scores", "neg_scores", "source_doc"}.
 
-Work is cut into shards of `shard_size` source documents, each written atomically (its counts and
-timing first, in `shard-N.meta.json`, then `shard-N.jsonl`); `manifest.json` records the inputs (with
-content hashes), generator, prompt, retriever, teacher, filters, counts and timings per shard. A rerun
-skips every shard whose file exists (rebuilding the dedupe set from it), so an interrupted run -- even
-one killed with SIGKILL -- continues where it stopped, computes no shard twice and produces exactly the
-shards of an uninterrupted run.
+Work is cut into shards of `shard_size` source documents. Each shard file is written atomically
+(temporary file + rename) and then recorded, with its counts and timing, in `manifest.json`, which
+also records the inputs (with content hashes), generator, prompt, retriever, teacher and filters. A
+rerun skips every shard recorded in the manifest (rebuilding the dedupe set from its file), so an
+interrupted run -- even one killed with SIGKILL -- continues where it stopped and produces exactly
+the shards of an uninterrupted run; a shard written but not yet recorded is mined again.
 """
 
 import dataclasses
+import glob
+import json
 import os
 import time
 import zlib
@@ -56,7 +58,8 @@ def _signature(cfg, corpus_path) -> dict:
     settings = dataclasses.asdict(cfg)
     for volatile in ("output", "concurrency", "timeout_s", "max_retries", "teacher_batch_size"):
         settings.pop(volatile)
-    return {"settings": settings, "corpus_sha256": fingerprint(corpus_path)}
+    # As stored in JSON (tuples become lists), so it compares equal to a manifest's copy.
+    return json.loads(json.dumps({"settings": settings, "corpus_sha256": fingerprint(corpus_path)}))
 
 
 def corpus_paths(target: str) -> list[str]:
@@ -76,19 +79,21 @@ def corpus_paths(target: str) -> list[str]:
 def load_target(cfg) -> tuple[dict[str, str], ReadReport]:
     """{doc id: text} of the target corpus; empty documents are skipped and counted."""
     report = ReadReport()
-    corpus: dict = {}
-    for path in corpus_paths(cfg.target):
-        corpus.update(beir.load_corpus(path, strict=False, report=report))
+    paths = corpus_paths(cfg.target)  # a clear error when the target has no corpus
+    if os.path.samefile(os.path.dirname(paths[0]), cfg.target):  # BEIR: one corpus.jsonl(.gz)
+        corpus = beir.load_corpus(paths[0], strict=False, report=report)
+    else:  # MIRACL: several files; an id repeated across files is reported, the first copy kept
+        from querit_jax.data.miracl import load_miracl_corpus
+
+        corpus = load_miracl_corpus(cfg.target, strict=False, report=report)
     return {
         d: f"{doc.get('title', '')} {doc.get('text', '')}".strip() for d, doc in corpus.items()
     }, report
 
 
-def build_generator(cfg, texts: list[str]):
+def build_generator(cfg, texts: list[str], num_queries: int):
     if cfg.generator == "heuristic":
-        return HeuristicGenerator(
-            texts, cfg.num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len
-        )
+        return HeuristicGenerator(texts, num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len)
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     if cfg.generator == "jax":
         from querit_jax.mining.jax_sampler import JaxSampler
@@ -141,12 +146,12 @@ class Miner:
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(self.doc_ids)) if cfg.max_docs else np.arange(len(self.doc_ids))
         self.sources = [self.doc_ids[i] for i in order[: cfg.max_docs or len(order)]]
-        self.prompt = make_prompt(cfg.prompt, cfg.num_queries, cfg.prompt_text or None)
-        self.generator = build_generator(cfg, [self.corpus[d] for d in self.doc_ids])
-        self.retriever = build_retriever(cfg, self.doc_ids, [self.corpus[d] for d in self.doc_ids])
-        self.filter = QueryFilter(
-            cfg.min_query_chars, cfg.max_query_chars, cfg.max_copy_overlap, dedupe=False
+        self.prompt = make_prompt(cfg.prompt, cfg.num_queries or None, cfg.prompt_text or None)
+        self.generator = build_generator(
+            cfg, [self.corpus[d] for d in self.doc_ids], self.prompt.num_queries
         )
+        self.retriever = build_retriever(cfg, self.doc_ids, [self.corpus[d] for d in self.doc_ids])
+        self.filter = QueryFilter(cfg.min_query_chars, cfg.max_query_chars, cfg.max_copy_overlap)
         self.seen: set[str] = set()
 
     def _source_text(self, doc_id: str, counts: Counter) -> str:
@@ -180,11 +185,12 @@ class Miner:
             if cfg.dedupe and norm in self.seen:
                 counts["dropped_duplicate"] += 1
                 continue
-            self.seen.add(norm)
             negatives = [d for d in ranked_ids if d != doc_id]
             if not negatives:
                 counts["dropped_no_candidates"] += 1
                 continue
+            # Only kept queries enter the dedupe set: a resumed run rebuilds it from written rows.
+            self.seen.add(norm)
             groups.append(
                 {
                     "qid": f"{doc_id}#q{len(groups)}",
@@ -241,6 +247,8 @@ class Miner:
                 f"{cfg.output} holds shards of a different mining run (settings or corpus changed); "
                 "use another mining.output or delete that directory."
             )
+        for stale in glob.glob(os.path.join(cfg.output, "*.tmp-*")):
+            os.remove(stale)  # half-written files of a killed run
         manifest.update(
             signature=self.signature, inputs=self._inputs(), shards=manifest.get("shards", {})
         )
@@ -309,6 +317,36 @@ class Miner:
 def is_complete(output: str) -> bool:
     path = os.path.join(output, "manifest.json")
     return os.path.exists(path) and bool(read_json(path).get("complete"))
+
+
+def up_to_date(cfg) -> bool:
+    """Whether `cfg.output` holds a complete run of exactly this configuration (loads no model)."""
+    path = os.path.join(cfg.output, "manifest.json")
+    if not os.path.exists(path):
+        return False
+    manifest = read_json(path)
+    return bool(manifest.get("complete")) and manifest.get("signature") == _signature(
+        cfg, corpus_paths(cfg.target)
+    )
+
+
+def ensure_mined(cfg, log=print) -> None:
+    """Mines `cfg.output` unless it already holds this exact run (a different run is an error).
+
+    With several processes, process 0 mines while the others wait; a process that then does not see
+    the finished run (per-host disks) mines its own identical copy.
+    """
+    import jax
+    from jax.experimental import multihost_utils
+
+    multi = jax.process_count() > 1
+    if not multi or jax.process_index() == 0:
+        if not up_to_date(cfg):
+            mine(cfg, log)
+    if multi:
+        multihost_utils.sync_global_devices("querit_jax mining done")
+        if jax.process_index() != 0 and not up_to_date(cfg):
+            mine(cfg, log)
 
 
 def shard_files(output: str) -> list[str]:

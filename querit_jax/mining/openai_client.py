@@ -7,13 +7,15 @@ after how many attempts. The API key is read from an environment variable, sent 
 Authorization header, and never logged, printed or written anywhere (not even in error messages).
 """
 
+import http.client
 import json
 import logging
 import os
+import random
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from querit_jax.mining.generators import SamplingConfig
 
@@ -74,10 +76,12 @@ class OpenAIChatGenerator:
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        problem = ""
+        problem, retry_after = "", None
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            if attempt:  # the server's Retry-After when it sent one, else backoff with jitter
+                delay = self.backoff_s * 2 ** (attempt - 1) * (1 + random.random())
+                time.sleep(min(retry_after if retry_after is not None else delay, 120.0))
+            retry_after = None
             request = urllib.request.Request(
                 self.url, data=self._body(prompt, seed), headers=headers, method="POST"
             )
@@ -90,9 +94,15 @@ class OpenAIChatGenerator:
                 problem = f"HTTP {e.code} ({detail.strip()})"
                 if e.code not in RETRYABLE:
                     break
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                retry_after = _seconds(e.headers.get("Retry-After") if e.headers else None)
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                ConnectionError,
+                http.client.HTTPException,  # IncompleteRead, RemoteDisconnected, ...
+            ) as e:
                 problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except (KeyError, IndexError, json.JSONDecodeError) as e:
+            except (KeyError, IndexError, TypeError, UnicodeDecodeError, ValueError) as e:
                 raise GenerationError(
                     f"{self.url}: the response is not a chat completion ({e})."
                 ) from None
@@ -105,5 +115,19 @@ class OpenAIChatGenerator:
 
     def generate(self, prompts, documents, seeds) -> list[str]:
         del documents  # the prompt already holds the document
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._request, prompts, seeds))
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            futures = [pool.submit(self._request, p, s) for p, s in zip(prompts, seeds)]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            return [f.result() for f in futures]  # raises the first failure
+        finally:
+            # On a failure, queued requests are dropped instead of each retrying a dead server.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _seconds(value) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is ignored), or None."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -57,6 +57,25 @@ def _scan_top_k(queries, shard, k, block, offset, n_total):
     return vals, idx
 
 
+@functools.partial(jax.jit, static_argnames=("mesh", "k", "block", "per_shard", "n"))
+def _sharded_top_k(queries, matrix, *, mesh, k, block, per_shard, n):
+    """Top-k over `matrix` (an argument, never a constant baked into the program)."""
+    local_k = min(k, per_shard)
+
+    def local(q, shard):
+        offset = jax.lax.axis_index(AXIS) * per_shard
+        return _scan_top_k(q, shard, local_k, block, offset, n)
+
+    vals, idx = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS, None)),
+        out_specs=(P(None, AXIS), P(None, AXIS)),
+    )(queries, matrix)
+    top_v, pos = jax.lax.top_k(vals, k)  # shard order = index order: ties stay by lower index
+    return top_v, jnp.take_along_axis(idx, pos, axis=1)
+
+
 class ShardedCorpus:
     """A corpus embedding matrix placed across the devices of `mesh` for exact top-k search."""
 
@@ -69,29 +88,24 @@ class ShardedCorpus:
         self.mesh = Mesh(np.array(devices), (AXIS,))
         self.n, self.dim = embeddings.shape
         shards = len(devices)
-        self.block = min(block, -(-self.n // shards))
+        # The block depends on N alone, so every device count runs the same [Q, block] dots.
+        self.block = min(block, self.n)
         per_shard = -(-self.n // (shards * self.block)) * self.block
         padded = np.zeros((per_shard * shards, self.dim), embeddings.dtype)
         padded[: self.n] = embeddings
         self.per_shard = per_shard
         self.matrix = jax.device_put(padded, NamedSharding(self.mesh, P(AXIS, None)))
 
-    @functools.partial(jax.jit, static_argnums=(0, 2))
     def _search(self, queries, k):
-        local_k = min(k, self.per_shard)
-
-        def local(q, shard):
-            offset = jax.lax.axis_index(AXIS) * self.per_shard
-            return _scan_top_k(q, shard, local_k, self.block, offset, self.n)
-
-        vals, idx = jax.shard_map(
-            local,
+        return _sharded_top_k(
+            queries,
+            self.matrix,
             mesh=self.mesh,
-            in_specs=(P(), P(AXIS, None)),
-            out_specs=(P(None, AXIS), P(None, AXIS)),
-        )(queries, self.matrix)
-        top_v, pos = jax.lax.top_k(vals, k)  # shard order = index order: ties stay by lower index
-        return top_v, jnp.take_along_axis(idx, pos, axis=1)
+            k=k,
+            block=self.block,
+            per_shard=self.per_shard,
+            n=self.n,
+        )
 
     def search(
         self, queries: np.ndarray, k: int, batch: int = 256

@@ -99,6 +99,22 @@ class ModelSpec:
                     f"head.{name}={tid} is outside the vocabulary of {self.backbone.vocab_size} tokens."
                 )
 
+    def longest_input(self) -> int | None:
+        """The most tokens one input may have (learned position table), or None (RoPE: no limit)."""
+        table = getattr(self.backbone, "max_position_embeddings", None)
+        if table is None or self.family.startswith("qwen3"):
+            return None
+        return table - getattr(self.backbone, "position_offset", 0)
+
+    def check_length(self, max_length: int, field: str = "max_length") -> None:
+        """Raises ValueError when `max_length` tokens run past the position table (NaN otherwise)."""
+        limit = self.longest_input()
+        if limit is not None and max_length > limit:
+            raise ValueError(
+                f"{field}={max_length} is longer than this {self.family} model's {limit} positions "
+                f"(max_position_embeddings={self.backbone.max_position_embeddings}); use at most {limit}."
+            )
+
     def build(self, seed: int = 0) -> nnx.Module:
         family = FAMILIES[self.family]
         module = family.embedder if self.head.kind == "embed" else family.reranker
@@ -385,6 +401,12 @@ def load_model(
             spec = spec.replace(**spec_fields)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: {e}") from None
+    if getattr(spec.backbone, "moe_impl", "") == "ep" and not isinstance(
+        dict(logical_rules).get(sharding.axes.EXPERT), str
+    ):
+        # How experts run is a runtime choice: expert parallelism needs an expert mesh axis, and
+        # the grouped path computes the same function on any mesh.
+        spec = spec.replace(moe_impl="grouped")
     graphdef, abstract = abstract_params(spec, mesh, logical_rules)
     params = place_params(params, abstract, path)
     return LoadedModel(spec, graphdef, params, tokenizer, path, meta, mesh, logical_rules)

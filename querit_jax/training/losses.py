@@ -78,8 +78,9 @@ def _masked(x: jax.Array, mask: jax.Array | None, fill: float) -> jax.Array:
 
 
 def listwise_kl(scores, teacher, temperature: float = 1.0, mask=None) -> jax.Array:
-    """KL(softmax(teacher / T) || softmax(student / T)) per group, averaged over groups (x T^2, the
-    usual distillation scaling, so gradients keep their size across temperatures)."""
+    """KL(softmax(teacher / T) || softmax(student / T)) per group, averaged over groups, times T^2
+    (Hinton et al.'s scaling, so gradients keep their size across T). `combined_loss` calls it with
+    T = 1 on scores it has already divided by the student and teacher temperatures."""
     s = _masked(scores.astype(jnp.float32) / temperature, mask, -1e9)
     t = _masked(teacher.astype(jnp.float32) / temperature, mask, -1e9)
     p = jax.nn.softmax(t, axis=-1)

@@ -44,6 +44,7 @@ def make_train_step(
         coefficients, and logs them and the per-layer expert load), or None.
     """
     loss_weights = loss_weights or {"listwise_ce": 1.0}
+    sparse_layers = [i for i in range(moe.num_layers) if moe.is_sparse(i)] if moe else []
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
@@ -69,7 +70,10 @@ def make_train_step(
                 )
                 load = losses.expert_load(logits, mask, moe.num_experts_per_tok)
                 extra.update(
-                    {f"expert_load_max/layer_{i}": jnp.max(row) for i, row in enumerate(load)}
+                    {  # named by model layer (dense layers have no router)
+                        f"expert_load_max/layer_{layer}": jnp.max(row)
+                        for layer, row in zip(sparse_layers, load)
+                    }
                 )
             return loss, (scores, extra)
 

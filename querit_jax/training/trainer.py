@@ -151,8 +151,21 @@ def _input_pipeline(cfg, spec, tokenizer, workdir, log):
 
         bm25_tokenizer = AutoTokenizer.from_pretrained(cfg.data.bm25_tokenizer)
     groups_path, manifest = sources.prepare_train_groups(cfg.data, bm25_tokenizer, data_dir, log)
+    distill = sorted(set(config_lib.parse_losses(cfg.train.loss)) - {"listwise_ce"})
+    unscored = {
+        spec: src["groups"] - src.get("with_teacher_scores", 0)
+        for spec, src in manifest["sources"].items()
+        if src["groups"] - src.get("with_teacher_scores", 0)
+    }
+    if distill and unscored:
+        raise config_lib.ConfigError(
+            f"train.loss uses {', '.join(distill)}, which learns from teacher scores, but these "
+            f"data.train sources have groups without them: {unscored}. Mine them with a teacher "
+            "(querit_jax.mine) or use train.loss=listwise_ce."
+        )
     builder = tfds_groups.prepare_groups({"train": groups_path}, os.path.join(data_dir, "tfds"))
     try:
+        spec.check_length(cfg.data.max_length, "data.max_length")
         encoder = PairEncoder(
             tokenizer,
             spec.template,
@@ -344,7 +357,9 @@ def run(
     if end < cfg.train.num_steps:
         s.log(f"Stopped after step {end} as asked; run again with the same workdir to continue.")
     else:
-        spec = s.spec.replace(remat=False)
+        spec = s.spec.replace(remat=False)  # runtime choices are not part of the saved model
+        if getattr(spec.backbone, "moe_impl", "") == "ep":
+            spec = spec.replace(moe_impl="grouped")
         extra = {
             "training": {
                 "workdir": s.workdir,
