@@ -36,6 +36,10 @@ setuptools.setup(
         "bm25s>=0.3.16,<0.4",
         "absl-py>=2.1",
         "tqdm>=4.66",
+        # Release (model card metadata, --push_to_hub) and evaluation reports (report.png).
+        "huggingface_hub>=1.0,<3",
+        "pyyaml>=6",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
@@ -44,6 +48,10 @@ setuptools.setup(
             "torch==2.13.0",
             "sentence-transformers>=6.2,<7",
             "ruff>=0.17,<0.18",
+            "mteb>=2.26.24,<3",
         ],
+        # MTEB reranking evaluation through querit_jax.eval.mteb_adapter (mteb needs torch: pinned
+        # to the CPU-tested version, as in `test`).
+        "mteb": ["mteb>=2.26.24,<3", "torch==2.13.0"],
     },
 )

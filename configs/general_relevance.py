@@ -48,8 +48,10 @@ def get_config(arg=None):
     # Compute dtype; parameters are kept in param_dtype, softmax and norm statistics in float32.
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
-    # Rematerialise each layer in the backward pass (less activation memory).
+    # Rematerialise each layer in the backward pass (less activation memory), with a policy: full
+    # (recompute everything), dots_saveable or dots_with_no_batch_dims_saveable (keep matmul outputs).
     c.model.remat = True
+    c.model.remat_policy = "full"
     # Initialisation seed (random init and new heads).
     c.model.seed = 0
 
@@ -74,6 +76,12 @@ def get_config(arg=None):
     # grain reader threads.
     c.data.num_threads = 8
     c.data.seed = 0
+    # Packing: several pairs per row of max_length tokens (segment ids keep them apart; scores are
+    # identical to unpacked ones); rows per step (0 = estimated from the first batches, + 15%) and
+    # pairs per row at most. Also packs the evaluation's scoring.
+    c.data.pack = False
+    c.data.pack_rows = 0
+    c.data.pack_max_pairs = 8
 
     c.optim = ml_collections.ConfigDict()
     # Peak learning rate, linear warmup, then cosine/linear/constant decay to end_lr_ratio * peak.
@@ -104,6 +112,9 @@ def get_config(arg=None):
     c.train.save_every = 1000
     c.train.keep_checkpoints = 3
     c.train.async_checkpoints = True
+    # A step with a non-finite loss or gradients leaves the state unchanged and is counted; this many in
+    # a row stop the run with an error.
+    c.train.max_nonfinite_steps = 5
     c.train.seed = 0
 
     c.eval = ml_collections.ConfigDict()
@@ -118,8 +129,11 @@ def get_config(arg=None):
     c.sharding = ml_collections.ConfigDict()
     # dp, fsdp or fsdp+tp (sharding/rules.py).
     c.sharding.preset = "fsdp"
-    # Mesh axis sizes; -1 = all remaining devices.
-    c.sharding.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+    # Mesh axis sizes; -1 = all remaining devices. dcn_data = slices of a multislice job that the data
+    # axis spans (launch/tpu.py --num_slices=N; 1 = one slice).
+    c.sharding.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1, expert=1, dcn_data=1)
+    )
     # Logical axis -> mesh axis overrides of the preset, e.g. {"vocab": "tensor"}.
     c.sharding.rule_overrides = ml_collections.ConfigDict()
 
@@ -128,8 +142,15 @@ def get_config(arg=None):
         c.model.init_from = ""
         c.model.tokenizer = "data/tokenizers/xquad_r_bpe"
         c.model.overrides = ml_collections.ConfigDict(
-            dict(vocab_size=16384, hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4,
-                 num_kv_heads=2, head_dim=16)
+            dict(
+                vocab_size=16384,
+                hidden_size=64,
+                intermediate_size=192,
+                num_layers=2,
+                num_heads=4,
+                num_kv_heads=2,
+                head_dim=16,
+            )
         )
         c.model.dtype = "float32"
         c.model.remat = False

@@ -5,11 +5,13 @@ import sys
 from absl import app
 
 from querit_jax.config_lib import ConfigError
+from querit_jax.convert.publish import PublishError
 from querit_jax.convert.safetensors_io import SafetensorsError
 from querit_jax.data.io import DataFormatError
 from querit_jax.mining.miner import MiningError
 from querit_jax.mining.openai_client import GenerationError
 from querit_jax.models.api import CheckpointError
+from querit_jax.training.guards import NonFiniteError
 
 USER_ERRORS = (
     ConfigError,
@@ -19,6 +21,8 @@ USER_ERRORS = (
     FileNotFoundError,
     MiningError,
     GenerationError,
+    PublishError,
+    NonFiniteError,
 )
 
 

@@ -18,8 +18,10 @@ from querit_jax.data.templates import TEMPLATES, make_template
 from querit_jax.models.config import DECODER_PRESETS, DecoderConfig, dtype_of
 from querit_jax.models.encoder_config import ENCODER_PRESETS, EncoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.layers import remat_name
 from querit_jax.sharding import axes, axis_size
 from querit_jax.sharding import rules as rules_lib
+from querit_jax.sharding.hybrid import ici_shape
 from querit_jax.sharding.mesh import resolve_mesh_shape
 
 FAMILY_NAMES = ("qwen3", "qwen3_moe", "bert", "xlm_roberta")
@@ -35,6 +37,8 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     expert: int = 1
+    # Multislice: the data axis spans this many TPU slices (over DCN); the rest stays in a slice.
+    dcn_data: int = 1
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -66,7 +70,14 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    # With remat: full | dots_saveable | dots_with_no_batch_dims_saveable.
+    remat_policy: str = "full"
     seed: int = 0
+
+    @property
+    def remat_mode(self) -> bool | str:
+        """The backbone's `remat` value: False, or the policy name."""
+        return self.remat and self.remat_policy
 
     def backbone_config(self, **extra):
         """The preset's DecoderConfig (qwen3) or EncoderConfig (bert, xlm_roberta) with overrides."""
@@ -74,7 +85,7 @@ class ModelConfig:
             **dict(self.overrides),
             "dtype": self.dtype,
             "param_dtype": self.param_dtype,
-            "remat": self.remat,
+            "remat": self.remat_mode,
             **extra,
         }
         if self.family in ("qwen3", "qwen3_moe"):
@@ -96,6 +107,10 @@ class DataConfig:
     strict: bool = True  # False: skip malformed rows, count them in the data manifest
     num_threads: int = 2
     seed: int = 0
+    # Packing (data/packing.py): several pairs per row of max_length tokens, told apart by segment ids.
+    pack: bool = False
+    pack_rows: int = 0  # rows per step over all processes; 0 = estimated from the first batches
+    pack_max_pairs: int = 8  # pairs per row at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +143,8 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     async_checkpoints: bool = True
+    # Steps with a non-finite loss or gradients are skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = 5
     seed: int = 0
 
 
@@ -296,6 +313,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             dtype_of(getattr(m, field))
         except ValueError as err:
             raise ConfigError(f"model.{field}: {err}") from None
+    try:
+        remat_name(m.remat_policy)
+    except ValueError as err:
+        raise ConfigError(f"model.remat_policy: {err}") from None
     if not m.init_from:
         try:
             m.backbone_config()
@@ -320,6 +341,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(d.num_negatives >= 1, "data.num_negatives", "must be >= 1.")
     _require(d.batch_size >= 1, "data.batch_size", "must be >= 1.")
     _require(d.max_length >= 8, "data.max_length", "must be >= 8.")
+    _require(
+        d.pack_rows >= 0 and d.pack_max_pairs >= 1,
+        "data.pack_rows/pack_max_pairs",
+        "pack_rows must be >= 0 (0 = estimate) and pack_max_pairs >= 1.",
+    )
     _require(
         0 < d.max_query_tokens < d.max_length,
         "data.max_query_tokens",
@@ -347,6 +373,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         t.save_every >= 0 and t.eval_every >= 0, "train.save_every/eval_every", "must be >= 0."
     )
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1.")
+    _require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1.")
     _require(e.top_k >= 1 and e.batch_size >= 1, "eval.top_k/batch_size", "must be >= 1.")
     _require(e.first_stage == "bm25", "eval.first_stage", "only 'bm25' is available.")
     try:
@@ -395,6 +422,7 @@ def validate_for_devices(
     """Device-dependent checks; returns the resolved mesh shape."""
     try:
         shape = resolve_mesh_shape(cfg.sharding.mesh.shape, num_devices)
+        ici_shape(shape, cfg.sharding.mesh.dcn_data)
     except ValueError as err:
         raise ConfigError(f"sharding.mesh: {err}") from None
     batch_axes = dict(cfg.sharding.rules())[axes.BATCH]
@@ -428,8 +456,11 @@ def config_drift(saved: dict, current: dict) -> list[str]:
         json.loads(json.dumps(c)) for c in (saved, current)
     )  # tuples -> lists, as saved
     out = []
-    for section in ("model", "data"):
-        a, b = saved.get(section, {}), current.get(section, {})
+    for section, cls in (("model", ModelConfig), ("data", DataConfig)):
+        # A field the saved run predates counts as its default (old checkpoints stay resumable).
+        defaults = json.loads(json.dumps(dataclasses.asdict(cls())))
+        a = {**defaults, **saved.get(section, {})}
+        b = current.get(section, {})
         for key in sorted(set(a) | set(b)):
             name = f"{section}.{key}"
             if name not in RESUMABLE_CHANGES and a.get(key) != b.get(key):

@@ -5,11 +5,12 @@ interrupted run continues where it stopped when started again.
 """
 
 import json
+import os
 
 from absl import flags
 from ml_collections import config_flags
 
-from querit_jax import cli, config_lib
+from querit_jax import cli, config_lib, distributed
 from querit_jax.mining import miner
 from querit_jax.training.writers import get_logger
 
@@ -20,9 +21,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 def main(argv):
     del argv
+    distributed.maybe_initialize()
     log = get_logger().info
     cfg = config_lib.mining_from_config_dict(_CONFIG.value)
-    manifest = miner.mine(cfg, log)
+    # With several processes, process 0 mines and the others wait for it (one copy of the shards).
+    miner.ensure_mined(cfg, log)
+    with open(os.path.join(cfg.output, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
     log(json.dumps({"output": cfg.output, **manifest["totals"]}, indent=2))
 
 

@@ -2,13 +2,19 @@
 
 import os
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
 from querit_jax import cli, config_lib, distributed
-from querit_jax.mining import miner
-from querit_jax.training import trainer
-from querit_jax.training.writers import get_logger
+
+# Before the imports below: bm25s runs a JAX op when imported, and jax.distributed must come first.
+distributed.maybe_initialize()
+
+from querit_jax.eval import report  # noqa: E402
+from querit_jax.mining import miner  # noqa: E402
+from querit_jax.training import trainer  # noqa: E402
+from querit_jax.training.writers import get_logger  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (path[:variant]).", lock_config=True
@@ -38,7 +44,11 @@ def main(argv):
         # Adaptation configs mine their training data first (resuming an interrupted run; a finished
         # run with other settings is refused rather than silently reused).
         miner.ensure_mined(cfg.mining, get_logger().info)
-    trainer.run(cfg, workdir, stop_at_step=_STOP_AT.value)
+    results = trainer.run(cfg, workdir, stop_at_step=_STOP_AT.value)
+    if "final" in results and jax.process_index() == 0:
+        paths = report.write_training_report(workdir)  # report.{json,md,png}: first stage vs models
+        if paths:
+            get_logger().info(f"Evaluation report: {', '.join(paths.values())}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import os
 import ml_collections
 import pytest
 
-from querit_jax import config_lib
+from querit_jax import config_lib, merging
 from tests.helpers import ROOT, config_module, load_config
 
 CONFIG_FILES = sorted(
@@ -30,6 +30,9 @@ def test_every_config_and_variant_validates(path):
         assert isinstance(cfg, ml_collections.ConfigDict)
         if set(cfg.keys()) == {"mining"}:  # a mining-only config (python -m querit_jax.mine)
             assert config_lib.mining_from_config_dict(cfg).output
+            continue
+        if set(cfg.keys()) == {"merge"}:  # a merge config (python -m querit_jax.merge)
+            assert merging.merge_from_config_dict(cfg).output
             continue
         exp = config_lib.from_config_dict(cfg)
         assert exp.train.num_steps >= 1

@@ -6,7 +6,8 @@ models on request, BertForSequenceClassification, XLMRobertaForSequenceClassific
 messages), and the sentence-transformers CrossEncoder files with an identity activation, so
 `CrossEncoder(dir).predict` returns the raw scores this project computes. Embedders: the bare model
 (Qwen3Model, BertModel, XLMRobertaModel) with sentence-transformers' Pooling (and Normalize) modules
-and the query/document prompts.
+and the query/document prompts. Every export also gets a model card (README.md, `model_card`); the
+export tool then checks it is safe to publish (`publish`).
 
 Pooling contract: the score is read at the last real token. transformers' Qwen3ForSequenceClassification
 reads the rightmost token whose id != pad_token_id, which is the same token only if the pad id never
@@ -21,7 +22,7 @@ import shutil
 
 import numpy as np
 
-from querit_jax.convert import encoder_table
+from querit_jax.convert import encoder_table, model_card
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import write_file
 from querit_jax.data.io import write_json
@@ -132,12 +133,19 @@ def architecture_name(spec, head_format: str) -> str:
 
 
 def export_hf(
-    model: LoadedModel, out_dir: str, head_format: str | None = None, max_length: int | None = None
+    model: LoadedModel,
+    out_dir: str,
+    head_format: str | None = None,
+    max_length: int | None = None,
+    eval_report: str | None = None,
+    **card,
 ) -> str:
-    """Writes a Hugging Face directory for `model`. Returns out_dir.
+    """Writes a Hugging Face directory for `model`, model card included. Returns out_dir.
 
     Args:
       head_format: rerankers: "seq_cls" (default) or "causal_lm" (yes/no models); embedders: "embed".
+      eval_report: report.json for the card's evaluation table (default: the one beside the model).
+      card: model card fields (license, language, base_model, title), see model_card.render.
     """
     spec, tokenizer = model.spec, copy.deepcopy(model.tokenizer)
     embed = spec.head.kind == "embed"
@@ -158,6 +166,9 @@ def export_hf(
     tokenizer.model_max_length = max_length
     if not embed and spec.template.kind == "text":
         tokenizer.chat_template = chat_template(spec.template)
+    card["title"] = card.get("title") or os.path.basename(os.path.normpath(out_dir))
+    readme = model_card.card_text(model, head_format, eval_report, **card)  # fails before writing
+    _check_replaceable(out_dir, model.path)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -189,7 +200,21 @@ def export_hf(
         _write_sentence_transformer(out_dir, spec, max_length)
     else:
         _write_cross_encoder(out_dir, spec, causal)
+    model_card.write_model_card(out_dir, readme)
     return out_dir
+
+
+def _check_replaceable(out_dir: str, model_path: str) -> None:
+    """The export replaces out_dir: refuse when that would delete a model or unrelated files."""
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    if os.path.realpath(out_dir) == os.path.realpath(model_path) or not os.path.isfile(
+        os.path.join(out_dir, "config.json")
+    ):
+        raise CheckpointError(
+            f"{out_dir} exists and is not a previous export (no config.json, or it is the model "
+            "being exported); choose an empty or new --out directory."
+        )
 
 
 def _version(package: str) -> str:

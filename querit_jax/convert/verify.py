@@ -50,11 +50,14 @@ def hf_scores(hf_dir: str, sequences, types=None) -> np.ndarray:
         inputs["token_type_ids"] = torch.tensor(tt, dtype=torch.long)
     with torch.no_grad():
         if not causal:
+            # use_safetensors: never a pickle .bin, even if one sits next to the export.
             model = AutoModelForSequenceClassification.from_pretrained(
-                hf_dir, dtype=torch.float32
+                hf_dir, dtype=torch.float32, use_safetensors=True
             ).eval()
             return model(**inputs).logits[:, 0].float().numpy()
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.float32, use_safetensors=True
+        ).eval()
         head = config["querit_jax"]["head"]
         logits = model(**inputs).logits[:, -1].float()
         return (logits[:, head["yes_token_id"]] - logits[:, head["no_token_id"]]).numpy()
@@ -63,7 +66,8 @@ def hf_scores(hf_dir: str, sequences, types=None) -> np.ndarray:
 def cross_encoder_scores(hf_dir: str, pairs) -> np.ndarray:
     from sentence_transformers import CrossEncoder
 
-    return np.asarray(CrossEncoder(hf_dir).predict(list(pairs), batch_size=8), np.float32)
+    model = CrossEncoder(hf_dir, model_kwargs={"use_safetensors": True})  # never a pickle .bin
+    return np.asarray(model.predict(list(pairs), batch_size=8), np.float32)
 
 
 def verify(

@@ -1,10 +1,10 @@
 """Grain input pipeline for listwise training: one element = one query group, batched and tokenised.
 
     source (ArrayRecord via TFDS data source)
-      -> per-process slice [process_index::process_count]
-      -> shuffle of this process's slice (seeded, reshuffled every epoch) -> repeat
+      -> shuffle (seeded, reshuffled every epoch, the same on every process) -> repeat
       -> sample 1 positive + (group_size - 1) negatives (seeded per element)
-      -> batch of `batch_size` groups -> tokenise with the template, pad to a fixed length
+      -> global batch of `batch_size * process_count` groups -> this process's `batch_size` rows
+      -> tokenise with the template, pad to a fixed length
 
 Every stage is a `grain.MapDataset` (random access), so the iterator state is one index and a
 restored iterator continues exactly where the saved one stopped.
@@ -84,15 +84,30 @@ def train_dataset(
     Raises:
       ValueError: when this process's slice holds fewer groups than one batch.
     """
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    if len(ds) < batch_size:
+    ds = grain.MapDataset.source(source)
+    if len(ds) < batch_size * process_count:
         raise ValueError(
-            f"Process {process_index} has {len(ds)} training groups, fewer than one batch of {batch_size}."
+            f"{len(ds)} training groups are fewer than one batch of {batch_size * process_count}."
         )
     ds = ds.shuffle(seed=seed).repeat(None)
     ds = ds.random_map(SampleGroup(group_size), seed=seed + 1)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
+    # Every process draws the same global batch and keeps its own rows (only those are tokenised), so
+    # N processes train on exactly the batches one process would.
+    ds = ds.batch(batch_size * process_count, drop_remainder=True, batch_fn=list)
+    if process_count > 1:
+        ds = ds.map(ProcessRows(process_index * batch_size, batch_size))
     return ds.map(TokenizeGroups(encoder, pad_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessRows:
+    """One process's rows of a global batch."""
+
+    start: int
+    size: int
+
+    def __call__(self, groups: list) -> list:
+        return groups[self.start : self.start + self.size]
 
 
 def make_iterator(dataset: grain.MapDataset, num_threads: int = 2, prefetch: int = 4):

@@ -5,6 +5,7 @@ import os
 
 from querit_jax.data import beir
 from querit_jax.data.io import DataFormatError, iter_jsonl, write_jsonl
+from querit_jax.data.sources import dataset_name
 from querit_jax.eval.rerank import evaluate_rerank
 from querit_jax.eval.runs import read_run
 from querit_jax.eval.scoring import scorer_for
@@ -47,6 +48,87 @@ def rerank_file(
     return [float(s) for s in scores]
 
 
+def model_labels(model_paths: list[str]) -> list[str]:
+    """Short distinct column names: the directory name (a workdir's for `<workdir>/model`)."""
+    labels = []
+    for path in model_paths:
+        norm = os.path.normpath(os.path.abspath(path))
+        name = os.path.basename(norm)
+        if name == "model":
+            name = os.path.basename(os.path.dirname(norm))
+        labels.append(name if name not in labels else f"{name}#{len(labels) + 1}")
+    return labels
+
+
+def evaluate_models(
+    model_paths: list[str],
+    data_paths: list[str],
+    runs: list[str] | str = "bm25",
+    split: str = "test",
+    top_k: int = 100,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    max_queries: int = 0,
+    labels: list[str] | None = None,
+) -> tuple[list[dict], dict]:
+    """Reranks each dataset's first stage with each model, all models on the same candidates.
+
+    Args:
+      runs: "bm25", a run file, or one of those per dataset. BM25 is computed once per dataset with
+        the first model's tokenizer, so every model reranks the same candidates.
+      labels: column names (default: `model_labels`).
+    Returns:
+      (summaries, reranked runs). One summary per (model, dataset), model-major, carrying "label",
+      "dataset", "model", "data", "split" and "first_stage_run"; reranked runs keyed by (label, dataset).
+    """
+    runs = [runs] * len(data_paths) if isinstance(runs, str) else list(runs)
+    if len(runs) == 1 and len(data_paths) > 1:
+        runs = runs * len(data_paths)
+    if len(runs) != len(data_paths):
+        raise DataFormatError(
+            f"Got {len(runs)} first-stage runs for {len(data_paths)} datasets; give one run, or one per dataset."
+        )
+    labels = list(labels) if labels else model_labels(model_paths)
+    if len(labels) != len(model_paths) or len(set(labels)) != len(labels):
+        raise DataFormatError(
+            f"Need {len(model_paths)} distinct model labels, got {labels}; fix --labels."
+        )
+    datasets = [beir.load_beir(d, split) for d in data_paths]
+    names = [dataset_name(d, split) for d in data_paths]
+    firsts: list = []
+    summaries, reranked = [], {}
+    for path, label in zip(model_paths, labels):
+        model = api.load_model(path)
+        if not firsts:
+            depth = max(top_k, 100)
+            firsts = [
+                bm25_run(ds, model.tokenizer, depth) if run == "bm25" else read_run(run)
+                for ds, run in zip(datasets, runs)
+            ]
+        scorer = scorer_for(model, batch_size=batch_size, max_length=max_length)
+        for data, name, ds, run, first in zip(data_paths, names, datasets, runs, firsts):
+            summary, reranked[label, name] = evaluate_rerank(
+                functools.partial(scorer.score, model.params),
+                ds,
+                first,
+                top_k,
+                max_queries=max_queries,
+            )
+            summaries.append(
+                {
+                    "label": label,
+                    "dataset": name,
+                    "model": os.path.abspath(path),
+                    "data": os.path.abspath(data),
+                    "split": split,
+                    "first_stage_run": run,
+                    **summary,
+                }
+            )
+        del model, scorer
+    return summaries, reranked
+
+
 def evaluate_model(
     model_path: str,
     data: str,
@@ -58,22 +140,7 @@ def evaluate_model(
     max_queries: int = 0,
 ) -> tuple[dict, dict]:
     """Reranks a first stage (a run file, or "bm25") on a BEIR dataset. Returns (summary, reranked run)."""
-    dataset = beir.load_beir(data, split)
-    model = api.load_model(model_path)
-    first = bm25_run(dataset, model.tokenizer, max(top_k, 100)) if run == "bm25" else read_run(run)
-    scorer = scorer_for(model, batch_size=batch_size, max_length=max_length)
-    summary, reranked = evaluate_rerank(
-        functools.partial(scorer.score, model.params),
-        dataset,
-        first,
-        top_k,
-        max_queries=max_queries,
+    summaries, reranked = evaluate_models(
+        [model_path], [data], [run], split, top_k, batch_size, max_length, max_queries
     )
-    summary = {
-        "model": os.path.abspath(model_path),
-        "data": os.path.abspath(data),
-        "split": split,
-        "first_stage_run": run,
-        **summary,
-    }
-    return summary, reranked
+    return summaries[0], next(iter(reranked.values()))

@@ -3,6 +3,8 @@
 Token sequences are sorted by length and cut into fixed-size batches padded to a small set of length
 buckets, so the forward pass compiles once per bucket; results come back in input order. Batches are
 sharded over the mesh's batch axes. Token budgets default to the ones stored with the model.
+With `pack=True` several sequences share a row instead (`data.packing`: segment ids, per-pair pooling),
+which computes the same outputs with far less padding.
 """
 
 from collections.abc import Sequence
@@ -14,6 +16,7 @@ from jax.sharding import NamedSharding
 
 from querit_jax import sharding
 from querit_jax.config_lib import ConfigError
+from querit_jax.data import packing
 from querit_jax.data.io import DataFormatError
 from querit_jax.data.tokenize import PairEncoder, TextEncoder, pad_batch
 from querit_jax.sharding import axes
@@ -40,8 +43,11 @@ class BatchedRunner:
         logical_rules,
         batch_size: int,
         max_length: int | None,
+        pack: bool = False,
+        max_pairs: int = 16,
     ):
         self.spec, self.tokenizer, self.mesh, self.rules = spec, tokenizer, mesh, logical_rules
+        self.pack, self.max_pairs = pack, max_pairs
         self.max_length = max_length or spec.max_length
         try:
             spec.check_length(self.max_length)
@@ -50,6 +56,9 @@ class BatchedRunner:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
         self.batch_size = -(-batch_size // split) * split
+        # Packed mode: rows per call, a quarter of the pairs per call (each row holds several pairs).
+        self.pack_rows = -(-max(1, batch_size // 4) // split) * split
+        self._split = split
         self.buckets = length_buckets(self.max_length)
         self._sharding = NamedSharding(
             mesh, sharding.logical_to_spec((axes.BATCH, axes.LENGTH), logical_rules)
@@ -60,10 +69,18 @@ class BatchedRunner:
 
         self._forward = jax.jit(forward)
 
+        def forward_packed(params, ids, seg, types, num_segments):
+            model = nnx.merge(graphdef, params)
+            return model(ids, seg, num_segments=num_segments, token_type_ids=types)
+
+        self._forward_packed = jax.jit(forward_packed, static_argnums=(4,))
+
     def run(
         self, params, sequences: Sequence[Sequence[int]], types=None, progress=None
     ) -> np.ndarray:
         """Model outputs (float32) for each sequence, in input order: [n] scores or [n, H] embeddings."""
+        if self.pack and len(sequences):
+            return self._run_packed(params, sequences, types, progress)
         n = len(sequences)
         order = np.argsort([len(s) for s in sequences], kind="stable")
         out = None
@@ -87,6 +104,35 @@ class BatchedRunner:
                     progress.update(len(idx))
         return out if out is not None else np.zeros((0,), np.float32)
 
+    def _run_packed(self, params, sequences, types, progress) -> np.ndarray:
+        """`run` with several sequences per row (`data.packing`); rows as long as the smallest bucket
+        that holds the longest sequence, `pack_rows` rows per call (fewer, a power of two, for the
+        last call), so the forward compiles once per (bucket, row count)."""
+        length = next(b for b in self.buckets if b >= max(len(s) for s in sequences))
+        packed = packing.pack_sequences(sequences, length, self.max_pairs, self.pad_id, types)
+        outputs = []
+        with sharding.use_rules(self.mesh, self.rules):
+            for start in range(0, packed.placement.num_rows, self.pack_rows):
+                rows = slice(start, start + self.pack_rows)
+                k = len(packed.input_ids[rows])
+                size = min(
+                    self.pack_rows, -(-(1 << (k - 1).bit_length()) // self._split) * self._split
+                )
+                arrays = []
+                for a, fill in ((packed.input_ids, self.pad_id), (packed.segment_ids, 0)):
+                    filled = np.full((size, length), fill, np.int32)  # extra rows: all padding
+                    filled[:k] = a[rows]
+                    arrays.append(jax.device_put(filled, self._sharding))
+                types_ = np.zeros((size, length), np.int32)
+                types_[:k] = packed.token_type_ids[rows]
+                arrays.append(jax.device_put(types_, self._sharding))
+                values = self._forward_packed(params, *arrays, self.max_pairs)
+                outputs.append(np.asarray(jax.device_get(values), np.float32)[:k])
+                if progress is not None:
+                    row = packed.placement.row
+                    progress.update(int(((row >= start) & (row < start + k)).sum()))
+        return packing.unpack(np.concatenate(outputs), packed.placement)
+
 
 class Scorer(BatchedRunner):
     """Scores (query, document) pairs with a reranker."""
@@ -101,8 +147,12 @@ class Scorer(BatchedRunner):
         batch_size: int = 64,
         max_length: int | None = None,
         max_query_tokens: int | None = None,
+        pack: bool = False,
+        max_pairs: int = 16,
     ):
-        super().__init__(spec, graphdef, tokenizer, mesh, logical_rules, batch_size, max_length)
+        super().__init__(
+            spec, graphdef, tokenizer, mesh, logical_rules, batch_size, max_length, pack, max_pairs
+        )
         self.encoder = PairEncoder(
             tokenizer,
             spec.template,
@@ -131,8 +181,12 @@ class Embedder(BatchedRunner):
         logical_rules,
         batch_size: int = 128,
         max_length: int | None = None,
+        pack: bool = False,
+        max_pairs: int = 16,
     ):
-        super().__init__(spec, graphdef, tokenizer, mesh, logical_rules, batch_size, max_length)
+        super().__init__(
+            spec, graphdef, tokenizer, mesh, logical_rules, batch_size, max_length, pack, max_pairs
+        )
         self.encoder = TextEncoder(
             tokenizer, spec.template, self.max_length, spec.backbone.vocab_size
         )

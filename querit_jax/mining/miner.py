@@ -355,8 +355,11 @@ def shard_files(output: str) -> list[str]:
         raise DataFormatError(
             f"{output}: no complete mining run (manifest.json missing or unfinished)."
         )
-    shards = read_json(os.path.join(output, "manifest.json"))["shards"]
-    return [os.path.join(output, shards[k]["file"]) for k in sorted(shards, key=int)]
+    from querit_jax.pathsafe import contained
+
+    manifest = os.path.join(output, "manifest.json")
+    shards = read_json(manifest)["shards"]
+    return [contained(output, shards[k]["file"], manifest) for k in sorted(shards, key=int)]
 
 
 def mine(cfg, log=print) -> dict:

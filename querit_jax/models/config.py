@@ -10,6 +10,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from querit_jax.models.layers import remat_name
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -44,8 +46,9 @@ class DecoderConfig:
     # statistics are always float32.
     dtype: str = "float32"
     param_dtype: str = "float32"
-    # Rematerialise each decoder layer in the backward pass (saves activation memory).
-    remat: bool = False
+    # Rematerialise each decoder layer in the backward pass (saves activation memory): False/"none",
+    # True/"full", or a policy of layers.REMAT_POLICIES ("dots_saveable", ...).
+    remat: bool | str = False
     # Sparse MoE (Qwen3-MoE): layer i is sparse iff num_experts > 0, i not in mlp_only_layers and
     # (i + 1) % decoder_sparse_step == 0; dense layers keep the SwiGLU of `intermediate_size`.
     num_experts: int = 0
@@ -94,6 +97,7 @@ class DecoderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         dtype_of(self.dtype)
         dtype_of(self.param_dtype)
+        remat_name(self.remat)
 
     # ----- presets -------------------------------------------------------------------------------
     @classmethod

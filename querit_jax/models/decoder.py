@@ -12,7 +12,7 @@ from flax import nnx
 
 from querit_jax.models.attention import Attention, attention_mask
 from querit_jax.models.config import DecoderConfig, dtype_of
-from querit_jax.models.layers import Embed, RMSNorm, SwiGLU
+from querit_jax.models.layers import Embed, RMSNorm, SwiGLU, maybe_remat
 from querit_jax.models.moe import MoeBlock
 from querit_jax.sharding import axes, shard
 
@@ -94,11 +94,9 @@ class Qwen3Decoder(nnx.Module):
         x = shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
         mask = attention_mask(segment_ids, causal=True)
         router_logits = []
+        run = maybe_remat(lambda lyr, h: lyr(h, positions, mask), self.cfg.remat)
         for layer in self.layers:
-            if self.cfg.remat:
-                x, logits = nnx.remat(lambda lyr, h: lyr(h, positions, mask))(layer, x)
-            else:
-                x, logits = layer(x, positions, mask)
+            x, logits = run(layer, x)
             if logits is not None:
                 router_logits.append(logits)
         x = self.norm(x)

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 from querit_jax.models.config import dtype_of
+from querit_jax.models.layers import remat_name
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu")
 ENCODER_FAMILIES = ("bert", "xlm_roberta")
@@ -34,7 +35,7 @@ class EncoderConfig:
     eos_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False  # False/"none", True/"full" or a layers.REMAT_POLICIES name
 
     def __post_init__(self):
         if self.family not in ENCODER_FAMILIES:
@@ -51,6 +52,7 @@ class EncoderConfig:
             )
         dtype_of(self.dtype)
         dtype_of(self.param_dtype)
+        remat_name(self.remat)
 
     @property
     def head_dim(self) -> int:

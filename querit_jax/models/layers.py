@@ -11,6 +11,32 @@ from flax import nnx
 
 from querit_jax.sharding import axes, shard
 
+# Rematerialisation of one layer in the backward pass (`remat` in the model configs): "full" saves
+# only the layer's input and recomputes everything; the dots policies also keep matmul outputs, which
+# trades some of the memory saving for less recomputation (jax.checkpoint_policies).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_name(remat: bool | str) -> str | None:
+    """Normalises a `remat` config value (False/"none", True/"full", or a policy name) to a policy
+    name or None. Raises ValueError for an unknown name."""
+    if remat in (False, None, "none", ""):
+        return None
+    name = "full" if remat is True else remat
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}; choose none, {', '.join(REMAT_POLICIES)}.")
+    return name
+
+
+def maybe_remat(fn, remat: bool | str):
+    """`fn` (a function of a layer and its inputs) rematerialised with the configured policy."""
+    name = remat_name(remat)
+    return fn if name is None else nnx.remat(fn, policy=REMAT_POLICIES[name])
+
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     """y = scale * (x / sqrt(mean(x^2) + eps)), statistics in float32."""

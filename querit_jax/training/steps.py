@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from querit_jax.training import losses
+from querit_jax.training import guards, losses
 from querit_jax.training.state import TrainState
 
 
@@ -14,6 +14,8 @@ def group_scores(graphdef, params, batch, return_aux: bool = False):
 
     With `return_aux`, also the model's auxiliary outputs (MoE router logits, [Q*G, T, E] per layer).
     """
+    if "pair_row" in batch:  # packed rows (data.pack)
+        return packed_group_scores(graphdef, params, batch, return_aux)
     ids, seg = batch["input_ids"], batch["segment_ids"]
     q, g, t = ids.shape
     types = batch.get("token_type_ids")
@@ -23,6 +25,24 @@ def group_scores(graphdef, params, batch, return_aux: bool = False):
     out = model(ids.reshape(q * g, t), seg.reshape(q * g, t), token_type_ids=types, **kwargs)
     scores, aux = out if return_aux else (out, {})
     scores = scores[:, 0].reshape(q, g)
+    return (scores, aux) if return_aux else scores
+
+
+def packed_group_scores(graphdef, params, batch, return_aux: bool = False):
+    """Scores of packed groups (`data.packing.PackGroups`): the model scores every slot of the
+    [R, L] rows ([R, S], S = slot_valid.shape[1]) and pair_row/pair_slot [Q, G] gather them back."""
+    num_slots = batch["slot_valid"].shape[1]
+    model = nnx.merge(graphdef, params)
+    kwargs = {"return_aux": True} if return_aux else {}
+    out = model(
+        batch["input_ids"],
+        batch["segment_ids"],
+        num_segments=num_slots,
+        token_type_ids=batch.get("token_type_ids"),
+        **kwargs,
+    )
+    slot_scores, aux = out if return_aux else (out, {})
+    scores = slot_scores[batch["pair_row"], batch["pair_slot"]]  # [Q, G]
     return (scores, aux) if return_aux else scores
 
 
@@ -78,7 +98,8 @@ def make_train_step(
             return loss, (scores, extra)
 
         (loss, (scores, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # Non-finite loss/gradients: zero updates, optimiser state kept (training/guards.py).
+        updates, opt_state = guards.update(tx, grads, state.opt_state, state.params, loss)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,

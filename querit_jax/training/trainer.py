@@ -17,15 +17,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from querit_jax import config_lib, sharding
-from querit_jax.data import pipeline, sources, tfds_groups
+from querit_jax.data import packing, pipeline, sources, tfds_groups
 from querit_jax.data.io import read_json, write_json
 from querit_jax.data.templates import make_template
 from querit_jax.data.tokenize import PairEncoder
 from querit_jax.eval.scoring import Scorer
 from querit_jax.eval.suite import EvalSuite, format_table
 from querit_jax.models import api
-from querit_jax.sharding import axes
-from querit_jax.training import optim, steps
+from querit_jax.sharding import axes, hybrid
+from querit_jax.training import guards, optim, preemption, steps
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
 from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
@@ -43,7 +43,7 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
     m, d = cfg.model, cfg.data
     template = make_template(m.template, instruction=m.instruction or None)
     budgets = dict(template=template, max_length=d.max_length, max_query_tokens=d.max_query_tokens)
-    compute = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    compute = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat_mode)
     if m.init_from:
         if m.overrides:
             log(
@@ -185,6 +185,16 @@ def _input_pipeline(cfg, spec, tokenizer, workdir, log):
         jax.process_index(),
         jax.process_count(),
     )
+    if cfg.data.pack:
+        dataset, rows = packing.pack_train_dataset(
+            dataset,
+            cfg.data,
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            jax.device_count(),
+            jax.process_index(),
+            jax.process_count(),
+        )
+        log(f"Packing each step's pairs into {rows} rows of {cfg.data.max_length} tokens.")
     return (
         pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads),
         manifest,
@@ -194,12 +204,14 @@ def _input_pipeline(cfg, spec, tokenizer, workdir, log):
 
 def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Session:
     """Builds the mesh, model, data, optimiser state (restored if a checkpoint exists) and eval suite."""
-    log = get_logger().info if jax.process_index() == 0 else (lambda *a, **k: None)
+    logger = get_logger()  # on every process: it also turns down Orbax/absl chatter
+    log = logger.info if jax.process_index() == 0 else (lambda *a, **k: None)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     devices = list(devices) if devices is not None else jax.devices()
     mesh_shape = config_lib.validate_for_devices(cfg, len(devices), jax.process_count())
-    mesh, rules = sharding.make_mesh(mesh_shape, devices), cfg.sharding.rules()
+    mesh = hybrid.make_hybrid_mesh(mesh_shape, cfg.sharding.mesh.dcn_data, devices)
+    rules = cfg.sharding.rules()
     log(
         f"Mesh {dict(zip(axes.MESH_AXES, mesh_shape))} over {len(devices)} {devices[0].platform} "
         f"devices, preset {cfg.sharding.preset}."
@@ -208,6 +220,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log)
     data_iter, manifest, bm25_tokenizer = _input_pipeline(cfg, spec, tokenizer, workdir, log)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+    tx = guards.skip_nonfinite(tx, cfg.train.max_nonfinite_steps)
     _, abstract = api.abstract_params(spec, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh)
     state = init_state(params, tx, shardings)
@@ -217,15 +230,22 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         cfg.train.keep_checkpoints,
         cfg.train.async_checkpoints,
     )
-    start = ckpt.latest_step() or 0
-    if start:
-        drift = config_lib.config_drift(ckpt.restore_config(start), cfg.to_dict())
+
+    def check_config(saved: dict) -> None:
+        drift = config_lib.config_drift(saved, cfg.to_dict())
         if drift:
             raise config_lib.ConfigError(
                 f"{workdir} holds a run with a different config ({'; '.join(drift)}); use a new --workdir "
                 "or the original config."
             )
-        state = ckpt.restore(start, abstract_like(state, shardings), data_iter)
+
+    # The newest checkpoint that restores (older ones if it is unreadable, with a warning), onto this
+    # run's shardings; never a silent fresh start while checkpoints exist.
+    start, restored = ckpt.restore_latest(
+        abstract_like(state, shardings), data_iter, check_config, get_logger().warning
+    )
+    if start:
+        state = restored
         log(f"Resumed from step {start} ({ckpt.directory}).")
     batch_sharding = NamedSharding(
         mesh, sharding.logical_to_spec((axes.BATCH,), rules)
@@ -255,6 +275,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
             cfg.eval.batch_size,
             cfg.data.max_length,
             cfg.data.max_query_tokens,
+            pack=cfg.data.pack,
         )
         if suite
         else None
@@ -280,19 +301,23 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     )
 
 
-def _train(s: Session, end: int) -> None:
-    """Steps `s.start + 1 .. end`: logging, checkpoints and periodic evaluation."""
+def _train(s: Session, end: int) -> int:
+    """Steps `s.start + 1 .. end`: logging, checkpoints and periodic evaluation.
+
+    Returns the last step run: `end`, or an earlier step after a preemption notice (saved, then exit).
+    """
     cfg = s.cfg
     writer = MetricWriter(s.workdir)
     config_json = cfg.to_dict()
     progress = Progress(cfg.train.num_steps, s.start)
     pending, pairs, tokens, collection = None, 0, 0, None
+    stopper = preemption.StopRequest(s.log)  # SIGTERM/SIGINT/maintenance -> save and stop
+    monitor = guards.Monitor(cfg.train.max_nonfinite_steps, s.log)
+    saved = None
     with sharding.use_rules(s.mesh, s.rules):
         for step in range(s.start + 1, end + 1):
             local = next(s.data_iter)
-            pairs += (
-                local["segment_ids"].shape[0] * local["segment_ids"].shape[1] * jax.process_count()
-            )
+            pairs += local["teacher"].size * jax.process_count()  # [Q, G], packed or not
             tokens += int((local["segment_ids"] > 0).sum()) * jax.process_count()
             batch = {
                 k: jax.make_array_from_process_local_data(s.batch_sharding, v)
@@ -304,11 +329,14 @@ def _train(s: Session, end: int) -> None:
             pending = update if pending is None else pending.merge(update)
             if step % cfg.train.log_every == 0 or step == end:
                 summary = {k: float(v) for k, v in pending.compute().items()}
+                summary.update(monitor.check(s.state.opt_state, step))
                 writer.write(step, summary)
                 s.log(progress.line(step, summary, pairs, tokens))
                 pending, pairs, tokens, collection = None, 0, 0, None
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step != end:
+                monitor.check(s.state.opt_state, step)
                 s.checkpointer.save(step, s.state, s.data_iter, config_json)
+                saved = step
             if (
                 cfg.train.eval_every
                 and step % cfg.train.eval_every == 0
@@ -323,10 +351,17 @@ def _train(s: Session, end: int) -> None:
                             for k, v in res["datasets"].items()
                         },
                     )
-    if end > s.start:
+            preemption.inject_fault("step", step)
+            if stopper.should_stop(step):
+                end = step
+                break
+    if end > s.start and saved != end:
+        monitor.check(s.state.opt_state, end)
         s.checkpointer.save(end, s.state, s.data_iter, config_json)
-    s.checkpointer.close()
+    s.checkpointer.close()  # waits for the save to finish
+    stopper.close()
     writer.close()
+    return end
 
 
 def run(
@@ -345,7 +380,7 @@ def run(
         for path in cfg.eval.reference_models:
             s.evaluate_reference(path)
     end = cfg.train.num_steps if stop_at_step is None else min(stop_at_step, cfg.train.num_steps)
-    _train(s, end)
+    end = _train(s, end)
     # The step compiles once per run (fixed shapes, one jit site); more would mean silent retracing.
     diagnostics = {
         "train_step_compilations": s.train_step._cache_size(),

@@ -1,11 +1,20 @@
 """querit_jax model (checkpoint, training workdir or HF dir) -> Hugging Face directory.
 
   python tools/convert_hf/export_hf.py --checkpoint=CKPT --out=DIR [--head_format=seq_cls|causal_lm] [--verify]
+      [--eval_report=report.json] [--license=apache-2.0] [--language=en,de] [--base_model=ORG/NAME]
+      [--push_to_hub --repo_id=ORG/NAME [--private]]
 
 Writes config.json (pad_token_id set to a token that never occurs in inputs, so transformers pools the
 same last token), model.safetensors, the tokenizer with a chat template rendering the pair template, and
 the sentence-transformers CrossEncoder files (identity activation: raw scores). `--verify` reloads the
 directory in transformers and sentence-transformers and compares scores (needs torch).
+
+The directory also gets a model card (README.md: Hub metadata, intended use, loading snippets, the
+evaluation table of the training workdir's report.json or `--eval_report`, the merge recipe of a merged
+checkpoint) and is checked to hold no pickle files and no tokens. `--push_to_hub` uploads it with the
+token huggingface_hub finds (HF_TOKEN or `hf auth login`). Without a token, or with HF_HUB_OFFLINE set,
+it prints one "not pushed: ..." line and exits 0 (the export itself succeeded); a push that fails with
+a token configured is an error (exit 2).
 """
 
 import json
@@ -17,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from absl import flags
 
 from querit_jax import cli
-from querit_jax.convert import hf_export
+from querit_jax.convert import hf_export, publish
 from querit_jax.models import api
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -37,15 +46,63 @@ _VERIFY = flags.DEFINE_bool(
     "verify", False, "Reload with transformers/sentence-transformers and compare scores."
 )
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "Largest score difference --verify accepts.")
+_EVAL_REPORT = flags.DEFINE_string(
+    "eval_report",
+    None,
+    "report.json for the model card's evaluation table (default: the training workdir's, if any).",
+)
+_LICENSE = flags.DEFINE_string(
+    "license", None, "Model card license (default: the checkpoint's, else apache-2.0)."
+)
+_LANGUAGE = flags.DEFINE_list(
+    "language", None, "Model card languages, ISO 639-1 (default: from the evaluation datasets)."
+)
+_BASE_MODEL = flags.DEFINE_string("base_model", None, "Hub id of the model it was trained from.")
+_PUSH = flags.DEFINE_bool(
+    "push_to_hub",
+    False,
+    "Upload the export to the Hugging Face Hub (token: HF_TOKEN or hf auth login).",
+)
+_REPO_ID = flags.DEFINE_string("repo_id", None, "Hub repository, e.g. org/querit-reranker.")
+_PRIVATE = flags.DEFINE_bool("private", False, "Create the Hub repository as private.")
+
+
+def push(out: str) -> None:
+    """Uploads `out` when a token is configured; otherwise says why not and returns (exit 0)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        print("not pushed: HF_HUB_OFFLINE is set; unset it and rerun with --push_to_hub.")
+        return
+    if not publish.hub_token():
+        print(
+            "not pushed: no Hugging Face token configured; set HF_TOKEN (or run `hf auth login`) "
+            "and rerun with --push_to_hub."
+        )
+        return
+    url = publish.push_to_hub(out, _REPO_ID.value, private=_PRIVATE.value)
+    print(f"Pushed {out} to {url}")
 
 
 def main(argv):
     del argv
+    if _PUSH.value and not _REPO_ID.value:
+        raise publish.PublishError("--push_to_hub needs --repo_id=ORG/NAME.")
     model = api.load_model(_CHECKPOINT.value)
     out = hf_export.export_hf(
-        model, _OUT.value, head_format=_FORMAT.value, max_length=_MAX_LENGTH.value
+        model,
+        _OUT.value,
+        head_format=_FORMAT.value,
+        max_length=_MAX_LENGTH.value,
+        eval_report=_EVAL_REPORT.value,
+        license=_LICENSE.value,
+        language=_LANGUAGE.value,
+        base_model=_BASE_MODEL.value,
+        title=_REPO_ID.value or os.path.basename(os.path.normpath(_OUT.value)),
+        model_id=_REPO_ID.value,
     )
-    print(f"Wrote {out}")
+    files = publish.check_publishable(out)
+    print(f"Wrote {out} ({len(files)} files; no pickle files, no tokens or secrets)")
     if _VERIFY.value:
         from querit_jax.convert.verify import verify
 
@@ -54,6 +111,8 @@ def main(argv):
         worst = max(v for k, v in report.items() if k.startswith("max_abs_diff"))
         if worst > _TOLERANCE.value:
             sys.exit(f"Score parity check failed: max |diff| {worst:.2e} > {_TOLERANCE.value:.0e}.")
+    if _PUSH.value:
+        push(out)
 
 
 if __name__ == "__main__":

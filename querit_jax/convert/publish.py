@@ -1,0 +1,105 @@
+"""Publishing an exported directory: checks that it is safe to upload, then the Hugging Face Hub push.
+
+`check_publishable` refuses pickled files (torch `.bin`/`.pt`, `.pkl`: loading them runs code) and
+anything holding a secret (a Hub or OpenAI token pattern, or the value of any environment variable
+whose name says TOKEN/SECRET/KEY/PASSWORD). `push_to_hub` uploads exactly the files that passed, using
+the token huggingface_hub finds itself (HF_TOKEN, or `hf auth login`): the token is never passed
+around, written or printed by this module.
+"""
+
+import os
+import re
+
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
+_TOKEN_PATTERNS = (re.compile(rb"hf_[A-Za-z0-9]{30,}"), re.compile(rb"sk-[A-Za-z0-9_\-]{20,}"))
+_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY", re.IGNORECASE)
+
+
+class PublishError(Exception):
+    """The export cannot be published (unsafe content, or the Hub refused the upload)."""
+
+
+def export_files(out_dir: str) -> list[str]:
+    """Every file under out_dir, as sorted relative POSIX paths."""
+    files = []
+    for root, _, names in os.walk(out_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), out_dir)
+            files.append(rel.replace(os.sep, "/"))
+    return sorted(files)
+
+
+def _env_secrets() -> list[bytes]:
+    return [
+        v.encode()
+        for k, v in os.environ.items()
+        if _SECRET_ENV.search(k) and len(v) >= 8 and v.lower() not in ("true", "false")
+    ]
+
+
+def _is_pickle(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # Protocol 2+ pickles start with PROTO (0x80) and the protocol number; torch.save is a zip of pickles.
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    if head == b"PK":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith(".pkl") for n in z.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
+
+
+def check_publishable(out_dir: str) -> list[str]:
+    """The files to upload. Raises PublishError naming the first unsafe file."""
+    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+        raise PublishError(f"{out_dir} is not an exported model directory (no config.json).")
+    secrets = _env_secrets()
+    files = export_files(out_dir)
+    for rel in files:
+        path = os.path.join(out_dir, rel)
+        if rel.lower().endswith(PICKLE_SUFFIXES) or _is_pickle(path):
+            raise PublishError(
+                f"{path}: a pickle file (executes code when loaded); export safetensors only."
+            )
+        with open(path, "rb") as f:
+            data = f.read()
+        if any(p.search(data) for p in _TOKEN_PATTERNS) or any(s in data for s in secrets):
+            raise PublishError(f"{path} contains an access token or secret; remove it first.")
+    return files
+
+
+def hub_token() -> str | None:
+    """The token huggingface_hub would use (HF_TOKEN, or the one saved by `hf auth login`)."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def push_to_hub(out_dir: str, repo_id: str, private: bool = False) -> str:
+    """Creates (if needed) the model repo and uploads the checked export files. Returns the URL.
+
+    Only call with a token configured (see `hub_token`). Raises PublishError when the Hub refuses.
+    """
+    from huggingface_hub import HfApi
+
+    files = check_publishable(out_dir)
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=out_dir,
+            repo_type="model",
+            allow_patterns=files,
+            commit_message="Upload reranker exported with querit_jax",
+        )
+    except Exception as e:  # huggingface_hub raises HTTP, network and validation errors
+        raise PublishError(
+            f"pushing {out_dir} to {repo_id} failed: {type(e).__name__}: {e}"
+        ) from None
+    return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"

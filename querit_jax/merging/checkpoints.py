@@ -1,0 +1,281 @@
+"""Reading merge inputs one tensor at a time and writing the merged model checkpoint incrementally.
+
+Inputs are querit_jax model checkpoints (`models/api.py`: model.json + params/ + tokenizer/) or training
+workdirs (their exported `model/`), resolved by `api.resolve_model_path`. Each tensor is restored on its
+own with Orbax's partial restore (`PyTreeRestore(item=<one leaf>, partial_restore=True)`), straight onto
+its sharding, so host memory never holds a whole input model.
+
+The output is written with Orbax's partial save (`orbax.checkpoint.v1.partial`): merged tensors are
+appended to one pending checkpoint every `flush_bytes`, and finalised at the end. Everything goes into
+`<output>.tmp`, which is renamed to `<output>` only when model.json, the tokenizer and the manifest are
+in place: a killed merge leaves no directory that looks complete, and a rerun starts from scratch.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+from orbax.checkpoint import v1 as ocp_v1
+
+from querit_jax.models import api
+from querit_jax.models.api import CheckpointError, ModelSpec
+
+# Backbone fields that do not change what a parameter means: numerics and runtime choices, token ids,
+# training-only loss weights, and the vocabulary (checked through the embedding shapes instead).
+_NON_ARCHITECTURE = {
+    "dtype",
+    "param_dtype",
+    "remat",
+    "moe_impl",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "vocab_size",
+    "router_aux_loss_coef",
+    "router_z_loss_coef",
+    "max_position_embeddings",
+}
+
+
+@dataclasses.dataclass
+class ModelInput:
+    """One checkpoint taking part in a merge: its spec and the shapes/dtypes of its stored tensors."""
+
+    path: str  # as configured
+    resolved: str  # the model checkpoint directory
+    spec: ModelSpec
+    meta: dict
+    shapes: dict[str, tuple[int, ...]]  # flat name -> stored shape
+    dtypes: dict[str, str]  # flat name -> stored dtype name
+    stored_keys: dict[str, tuple]  # flat name -> key path in the stored tree
+
+    @property
+    def params_dir(self) -> str:
+        return os.path.join(self.resolved, "params")
+
+    def read(self, name: str, sharding) -> jax.Array:
+        """Restores the single tensor `name` from disk onto `sharding`, in its stored dtype."""
+        keys = self.stored_keys[name]
+        leaf = jax.ShapeDtypeStruct(self.shapes[name], self.dtypes[name], sharding=sharding)
+        item = leaf
+        for key in reversed(keys):
+            item = {key: item}
+        args = ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        )
+        try:
+            restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+                self.params_dir, args=args
+            )
+        except Exception as e:  # Orbax raises many types for unreadable data
+            raise CheckpointError(
+                f"{self.params_dir}: reading {name} failed ({type(e).__name__}: {e})."
+            ) from None
+        for key in keys:
+            restored = restored[key]
+        return restored
+
+
+def open_input(path: str) -> ModelInput:
+    """Resolves and inspects one merge input without reading any tensor data.
+
+    Raises:
+      CheckpointError: a missing path, a Hugging Face directory, or an unreadable checkpoint.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"{path}: no such checkpoint (merge inputs are model checkpoint dirs)."
+        )
+    resolved = api.resolve_model_path(path)
+    if not api.is_model_checkpoint(resolved):
+        raise CheckpointError(
+            f"{path} is a Hugging Face model directory; import it first with "
+            "tools/convert_hf/import_hf.py --hf_dir=... --out=CKPT and merge the checkpoint."
+        )
+    spec, meta = api.read_spec(resolved)
+    params_dir = os.path.join(resolved, "params")
+    try:
+        tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
+    except Exception as e:
+        raise CheckpointError(
+            f"{params_dir}: not a readable Orbax checkpoint ({type(e).__name__}: {e})."
+        ) from None
+    shapes, dtypes, keys = {}, {}, {}
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        stored = tuple(k.key for k in keypath)
+        name = ".".join(str(k) for k in stored)
+        shapes[name], dtypes[name], keys[name] = tuple(leaf.shape), str(leaf.dtype), stored
+    return ModelInput(path, resolved, spec, meta, shapes, dtypes, keys)
+
+
+def logical_axes(spec: ModelSpec) -> dict[str, tuple]:
+    """Flat name -> logical axis names of every parameter (which dims are vocab rows, experts...)."""
+    with nnx.use_eager_sharding(False):
+        abstract = nnx.eval_shape(lambda: spec.build())
+    _, state = nnx.split(abstract)
+    return {
+        ".".join(str(p) for p in path): tuple(v.get_metadata("out_sharding", None) or ())
+        for path, v in nnx.to_flat_state(state)
+    }
+
+
+def canonical_order(names) -> list[str]:
+    """Embeddings first, then layers in numeric order, then the rest: depth order, as mergekit plans."""
+
+    def key(name):
+        m = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+        if m:
+            return (1, int(m.group(1)), name)
+        return (0 if "embed" in name else 2, 0, name)
+
+    return sorted(names, key=key)
+
+
+def check_compatible(
+    base: ModelInput, other: ModelInput, axes: dict[str, tuple], vocab_policy: str
+) -> None:
+    """Refuses inputs that are not the same architecture as the base, naming the first difference.
+
+    Family and head kind first, then parameter names and shapes in depth order (a difference only in
+    vocabulary rows is allowed when `vocab_policy` is "rectify"), then the architecture fields.
+
+    Raises:
+      CheckpointError: naming the first mismatching parameter (or config field) and both paths.
+    """
+    where = f"{other.path} cannot be merged with the base {base.path}"
+    if other.spec.family != base.spec.family or other.spec.head.kind != base.spec.head.kind:
+        raise CheckpointError(
+            f"{where}: it is a {other.spec.family} model with a {other.spec.head.kind} head, the base "
+            f"a {base.spec.family} model with a {base.spec.head.kind} head."
+        )
+    for name in canonical_order(set(base.shapes) | set(other.shapes)):
+        if name not in other.shapes:
+            raise CheckpointError(
+                f"{where}: parameter {name} {base.shapes[name]} of the base is missing there; the "
+                "checkpoints must have the same architecture."
+            )
+        if name not in base.shapes:
+            raise CheckpointError(
+                f"{where}: it has parameter {name} {other.shapes[name]} that the base does not; the "
+                "checkpoints must have the same architecture."
+            )
+        have, want = other.shapes[name], base.shapes[name]
+        if have == want:
+            continue
+        vocab_dims = [i for i, a in enumerate(axes.get(name, ())) if a == "vocab"]
+        only_vocab = len(have) == len(want) and all(
+            h == w or i in vocab_dims for i, (h, w) in enumerate(zip(have, want))
+        )
+        if not only_vocab:
+            raise CheckpointError(
+                f"{where}: parameter {name} has shape {have} there but {want} in the base; the "
+                "checkpoints must have the same architecture."
+            )
+        if vocab_policy != "rectify":
+            raise CheckpointError(
+                f"{where}: vocabulary sizes differ (parameter {name} has shape {have} there, {want} "
+                "in the base); set merge.vocab_policy='rectify' to cut or pad its embedding rows to "
+                "the base's vocabulary, or merge models that share a tokenizer."
+            )
+    mine, theirs = base.spec.backbone.to_dict(), other.spec.backbone.to_dict()
+    for field in sorted(set(mine) | set(theirs)):
+        if field not in _NON_ARCHITECTURE and mine.get(field) != theirs.get(field):
+            raise CheckpointError(
+                f"{where}: backbone field {field} is {theirs.get(field)!r} there but "
+                f"{mine.get(field)!r} in the base; the checkpoints must have the same architecture."
+            )
+
+
+def content_hash(directory: str) -> dict:
+    """sha256 over every file of a checkpoint directory (relative path and bytes, in sorted order)."""
+    digest, files, total = hashlib.sha256(), 0, 0
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for fname in sorted(names):
+            full = os.path.join(root, fname)
+            digest.update(os.path.relpath(full, directory).encode() + b"\0")
+            with open(full, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+                    total += len(chunk)
+            files += 1
+    return {"sha256": digest.hexdigest(), "files": files, "bytes": total}
+
+
+class OutputWriter:
+    """Writes the merged model checkpoint tensor by tensor into `<output>.tmp`, renamed at the end."""
+
+    def __init__(self, output: str, keys: dict[str, tuple], flush_bytes: int):
+        self.path = os.path.abspath(output)
+        self.tmp = f"{self.path}.tmp"
+        self._partial = os.path.join(self.tmp, "params.partial")
+        self._keys = keys  # flat name -> key path of the model's own (pure dict) tree
+        self._flush_bytes = flush_bytes
+        self._pending, self._pending_bytes = {}, 0
+        if jax.process_index() == 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            os.makedirs(self.tmp)
+        multihost_utils.sync_global_devices(f"querit_jax merge start {self.path}")
+
+    def add(self, name: str, array: jax.Array) -> None:
+        node = self._pending
+        *parents, last = self._keys[name]
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = array
+        self._pending_bytes += array.nbytes
+        if self._pending_bytes >= self._flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Appends the pending tensors to the checkpoint on disk and drops them from memory."""
+        if self._pending:
+            ocp_v1.partial.save(self._partial, self._pending)
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(self, model_json: dict, tokenizer_dir: str, manifest: dict, manifest_name: str):
+        """Finalises params/, writes model.json, the tokenizer and the manifest, renames into place."""
+        self.flush()
+        ocp_v1.partial.finalize(self._partial)
+        if jax.process_index() == 0:
+            # The finalised checkpoint keeps the tree under `state/`: that directory is a complete
+            # Orbax PyTree checkpoint, the same layout `api.save_model` writes to params/.
+            params = os.path.join(self.tmp, "params")
+            os.replace(os.path.join(self._partial, "state"), params)
+            shutil.rmtree(self._partial)
+            _write_checkpoint_metadata(params)
+            shutil.copytree(tokenizer_dir, os.path.join(self.tmp, "tokenizer"))
+            with open(os.path.join(self.tmp, "model.json"), "w", encoding="utf-8") as f:
+                json.dump(model_json, f, indent=2, ensure_ascii=False)
+            with open(os.path.join(self.tmp, manifest_name), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2, ensure_ascii=False)
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.replace(self.tmp, self.path)
+        multihost_utils.sync_global_devices(f"querit_jax merge done {self.path}")
+
+
+def _write_checkpoint_metadata(params_dir: str) -> None:
+    """The `_CHECKPOINT_METADATA` a StandardCheckpointer save leaves (the partial-save layout keeps it
+    one level up); without it every load of the merged model logs a missing-metadata warning."""
+    handler = ocp.StandardCheckpointHandler
+    now = time.time_ns()
+    meta = {
+        "item_handlers": f"{handler.__module__}.{handler.__qualname__}",
+        "metrics": {},
+        "performance_metrics": {},
+        "init_timestamp_nsecs": now,
+        "commit_timestamp_nsecs": now,
+        "custom_metadata": {"written_by": "querit_jax.merging"},
+    }
+    with open(os.path.join(params_dir, "_CHECKPOINT_METADATA"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)

@@ -1,0 +1,236 @@
+"""Sequence packing: the packer's invariants, packed scores == unpacked scores (dense Qwen3, Qwen3-MoE
+incl. expert parallelism on 8 devices, BERT, XLM-R), and a packed train step == the unpacked one."""
+
+import dataclasses
+import types
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+
+from querit_jax import sharding
+from querit_jax.data import packing
+from querit_jax.data.templates import encoder_pair, qwen3_pair
+from querit_jax.eval.scoring import BatchedRunner
+from querit_jax.models import api
+from querit_jax.models.config import DecoderConfig
+from querit_jax.models.encoder_config import EncoderConfig
+from querit_jax.models.heads import HeadConfig
+from querit_jax.sharding import axes
+from querit_jax.training import steps
+from querit_jax.training.state import init_state, state_shardings
+
+PAD = 0
+
+
+def _spec(family, backbone, template=None):
+    return api.ModelSpec(family, backbone, HeadConfig(), template or qwen3_pair(), 64)
+
+
+SPECS = {
+    "qwen3": _spec("qwen3", DecoderConfig.tiny(vocab_size=256, num_layers=2)),
+    "qwen3_moe": _spec(
+        "qwen3_moe",
+        DecoderConfig.tiny_moe(vocab_size=256, num_experts_per_tok=2, norm_topk_prob=False),
+    ),
+    "bert": _spec("bert", EncoderConfig.tiny_bert(vocab_size=256), encoder_pair()),
+    "xlm_roberta": _spec(
+        "xlm_roberta", EncoderConfig.tiny_xlm_roberta(vocab_size=256), encoder_pair()
+    ),
+}
+
+
+def _sequences(n, seed=0, lo=3, hi=64, typed=False):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(lo, hi + 1, size=n)
+    seqs = [rng.integers(3, 256, size=k).tolist() for k in lengths]
+    # Token types as in BERT pairs: 0 for the query part, 1 for the document part.
+    kinds = [[0] * (k // 3) + [1] * (k - k // 3) for k in lengths] if typed else None
+    return seqs, kinds
+
+
+# ----- the packer --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("row_length,max_pairs", [(64, 16), (128, 3), (64, 1)])
+def test_packer_loses_nothing_and_restores_order(row_length, max_pairs):
+    seqs, kinds = _sequences(300, seed=row_length + max_pairs, typed=True)
+    packed = packing.pack_sequences(seqs, row_length, max_pairs, PAD, kinds)
+    place = packed.placement
+    seg, ids = packed.segment_ids, packed.input_ids
+    assert seg.shape == (place.num_rows, row_length)
+    assert ((seg > 0).sum(-1) <= row_length).all() and (seg.max(-1) <= max_pairs).all()
+    assert (seg > 0).sum() == sum(map(len, seqs))  # every token placed once
+    for i, s in enumerate(seqs):  # each pair is one contiguous segment, read back in input order
+        got = ids[place.row[i]][seg[place.row[i]] == place.slot[i] + 1]
+        assert got.tolist() == s
+        assert (
+            packed.token_type_ids[place.row[i], place.offset[i] : place.offset[i] + len(s)].tolist()
+            == kinds[i]
+        )
+    slot_values = np.full((place.num_rows, max_pairs), -1)
+    slot_values[place.row, place.slot] = np.arange(len(seqs))
+    np.testing.assert_array_equal(packing.unpack(slot_values, place), np.arange(len(seqs)))
+    # best-fit decreasing is near the lower bound on rows
+    lower = max(-(-sum(map(len, seqs)) // row_length), -(-len(seqs) // max_pairs))
+    assert place.num_rows <= lower * 1.1 + 1
+
+
+def test_packer_errors_are_clear():
+    with pytest.raises(packing.PackingError, match="Pair 1 has 70 tokens"):
+        packing.best_fit_decreasing([5, 70], 64, 4)
+    with pytest.raises(packing.PackingError, match="data.pack_rows"):
+        packing.best_fit_decreasing([40, 40, 40], 64, 4, num_rows=2)
+
+
+# ----- packed scoring == unpacked scoring ---------------------------------------------------------
+
+
+def _runner(spec, mesh, rules, pack, max_pairs=16):
+    graphdef, _ = api.abstract_params(spec, mesh, rules)
+    tok = types.SimpleNamespace(pad_token_id=PAD)
+    return BatchedRunner(spec, graphdef, tok, mesh, rules, 16, 64, pack=pack, max_pairs=max_pairs)
+
+
+def _params(spec, seed=0):
+    mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
+    return jax.tree.map(np.asarray, api.init_params(spec, mesh, rules, seed=seed)[1])
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "bert", "xlm_roberta"])
+def test_packed_scores_equal_unpacked(family):
+    spec = SPECS[family]
+    if family == "qwen3_moe":
+        spec = spec.replace(moe_impl="grouped")
+    mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
+    _, abstract = api.abstract_params(spec, mesh, rules)
+    params = api.place_params(_params(spec), abstract)
+    seqs, kinds = _sequences(40, seed=1, typed=family == "bert")
+    ref = _runner(spec, mesh, rules, pack=False).run(params, seqs, kinds)
+    packed = _runner(spec, mesh, rules, pack=True, max_pairs=8).run(params, seqs, kinds)
+    assert packed.shape == (40,)
+    np.testing.assert_allclose(packed, ref, atol=1e-5, rtol=0)
+    assert np.std(ref) > 1e-3  # scores differ between pairs, so a mix-up would show
+
+
+def test_packed_moe_scores_equal_unpacked_with_expert_parallelism_on_8_devices():
+    rules = sharding.rules.resolve_rules("fsdp+ep")
+    host = _params(SPECS["qwen3_moe"], seed=2)
+    seqs, _ = _sequences(24, seed=3)
+    dense = SPECS["qwen3_moe"].replace(moe_impl="dense")
+    mesh1 = sharding.single_device_mesh()
+    ref = _runner(dense, mesh1, rules, pack=False).run(
+        api.place_params(host, api.abstract_params(dense, mesh1, rules)[1]), seqs
+    )
+    ep = SPECS["qwen3_moe"].replace(moe_impl="ep")
+    mesh = sharding.make_mesh((2, 1, 1, 4))
+    params = api.place_params(host, api.abstract_params(ep, mesh, rules)[1])
+    got = _runner(ep, mesh, rules, pack=True, max_pairs=8).run(params, seqs)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+# ----- packed train step == unpacked train step ----------------------------------------------------
+
+
+def _group_batch(q=4, g=4, t=48, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, t + 1, size=(q, g))
+    seg = (np.arange(t)[None, None, :] < lengths[..., None]).astype(np.int32)
+    return {
+        "input_ids": (rng.integers(3, 256, size=(q, g, t)) * seg).astype(np.int32),
+        "segment_ids": seg,
+        "token_type_ids": np.zeros_like(seg),
+        "teacher": rng.normal(size=(q, g)).astype(np.float32),
+        "has_teacher": np.ones(q, bool),
+    }
+
+
+def _train_step(spec, batch, mesh, rules):
+    """One train step with plain SGD at learning rate 1, so new params = old params - gradients."""
+    tx = optax.sgd(1.0)
+    graphdef, abstract = api.abstract_params(spec, mesh, rules)
+    state = init_state(
+        api.place_params(_params(spec, seed=4), abstract), tx, state_shardings(abstract, tx, mesh)
+    )
+    moe = spec.backbone if spec.family == "qwen3_moe" else None
+    step = jax.jit(
+        steps.make_train_step(
+            graphdef, tx, lambda s: 1.0, 1.0, moe, {"listwise_ce": 1.0, "kl": 0.5}
+        )
+    )
+    batch_sharding = NamedSharding(mesh, sharding.logical_to_spec((axes.BATCH,), rules))
+    with sharding.use_rules(mesh, rules):
+        b = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+        state, metrics = step(state, b)
+    return {k: float(v) for k, v in metrics.items()}, jax.tree.map(np.asarray, state.params)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_packed_train_step_equals_unpacked(family):
+    spec = SPECS[family]
+    if family == "qwen3_moe":
+        spec = spec.replace(moe_impl="grouped")
+    mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
+    batch = _group_batch()
+    rows = packing.estimate_rows([batch], 96, 6)
+    packed = packing.PackGroups(rows, 96, 6, PAD)(batch)
+    assert packed["input_ids"].shape == (rows, 96) and packed["pair_row"].shape == (4, 4)
+    assert packed["segment_ids"].astype(bool).mean() > 0.7  # denser than the padded batch
+    ref_metrics, ref = _train_step(spec, batch, mesh, rules)
+    metrics, got = _train_step(spec, packed, mesh, rules)
+    for key in ("loss", "accuracy", "grad_norm", "loss/kl"):
+        np.testing.assert_allclose(metrics[key], ref_metrics[key], atol=1e-5, rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+def test_pack_groups_has_fixed_shapes_and_process_offsets():
+    batches = [_group_batch(seed=s) for s in range(3)]
+    rows = packing.estimate_rows(batches, 96, 6)
+    pack = dataclasses.replace(packing.PackGroups(rows, 96, 6, PAD), process_index=1)
+    outs = [pack(b) for b in batches]
+    assert len({tuple(o["input_ids"].shape) for o in outs}) == 1
+    for o in outs:
+        assert o["pair_row"].min() >= rows and o["pair_row"].max() < 2 * rows
+        assert o["slot_valid"].sum() == 16
+
+
+def test_packed_grain_pipeline_has_fixed_shapes_and_resumes_exactly(tokenizer):
+    from querit_jax.data import pipeline
+    from querit_jax.data.tokenize import PairEncoder
+
+    rng = np.random.default_rng(0)
+    words = "the a packed row holds several pairs of very unequal length".split()
+    text = lambda n: " ".join(rng.choice(words, size=n))  # noqa: E731
+    records = [
+        {
+            "query": text(4),
+            "pos": [text(int(rng.integers(2, 40)))],
+            "neg": [text(int(rng.integers(2, 40))) for _ in range(5)],
+            "pos_scores": [1.0],
+            "neg_scores": [0.0] * 5,
+            "has_scores": True,
+        }
+        for _ in range(12)
+    ]
+    encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16)
+    ds = pipeline.train_dataset(records, encoder, PAD, 2, 4, seed=0)
+    cfg = types.SimpleNamespace(pack_rows=0, max_length=64, pack_max_pairs=8)
+    packed, rows = packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)
+    assert rows % 2 == 0
+    it = pipeline.make_iterator(packed, num_threads=1)
+    first = [next(it) for _ in range(3)]
+    assert {b["input_ids"].shape for b in first} == {(rows, 64)}
+    state = it.get_state()
+    want = next(it)
+    it2 = pipeline.make_iterator(packed, num_threads=1)
+    it2.set_state(state)
+    got = next(it2)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    for i, b in enumerate(first):  # every pair of every group is in the rows, once
+        assert b["slot_valid"].sum() == 8
+        unpacked = ds[i]["segment_ids"]
+        assert (b["segment_ids"] > 0).sum() == unpacked.sum()

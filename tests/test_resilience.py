@@ -1,0 +1,336 @@
+"""Faults a long preemptible run meets: NaN steps, SIGTERM, kill -9 (also mid-save), bad checkpoints.
+
+The subprocess tests share one uninterrupted reference run (tiny config, 12 steps, a checkpoint every 3)
+and compare a run interrupted in every way against it: losses and final parameters bitwise equal.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from querit_jax import config_lib, sharding
+from querit_jax.config_lib import OptimConfig
+from querit_jax.data.templates import qwen3_pair
+from querit_jax.models import api
+from querit_jax.models.config import DecoderConfig
+from querit_jax.models.heads import HeadConfig
+from querit_jax.training import guards, optim, steps
+from querit_jax.training.state import init_state, state_shardings
+from tests.helpers import ROOT, load_config
+
+STEPS = 12
+ARGS = [
+    "--config=configs/general_relevance.py:tiny",
+    f"--config.train.num_steps={STEPS}",
+    "--config.train.save_every=3",
+    "--config.train.keep_checkpoints=2",
+    "--config.train.log_every=1",
+    "--config.eval.datasets=",
+]
+
+
+def _launch(workdir, *extra, **env):
+    """The training CLI in a new process (1 CPU device), output merged into a line-buffered pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "querit_jax.train", *ARGS, *extra, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+
+
+def _finish(proc, timeout=240):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _losses(workdir):
+    """{step: loss}; a step run again after a kill overwrites its earlier row."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def _assert_same_model(a, b):
+    pa, pb = api.load_model(a).params, api.load_model(b).params
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run (started in the background; the fixture's user waits for it)."""
+    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+    return workdir, _launch(workdir)
+
+
+def _wait_reference(reference):
+    workdir, proc = reference
+    if proc.returncode is None:
+        rc, out = _finish(proc)
+        assert rc == 0, out[-3000:]
+    return workdir
+
+
+def test_sigterm_and_kill_9_at_any_point_resume_to_the_uninterrupted_result(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    # Keep a single checkpoint: the old one must survive until the new one is complete (step 3).
+    keep1 = "--config.train.keep_checkpoints=1"
+    # 1. SIGTERM mid-run (steps slowed down so that it lands mid-run): the step in flight finishes,
+    #    a checkpoint of that step is saved and waited for, exit code 0.
+    proc = _launch(workdir, keep1, QUERIT_TEST_STEP_DELAY="0.5")
+    for line in proc.stdout:
+        if f"step 2/{STEPS}" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    rc, out = _finish(proc)
+    elapsed = time.time() - sent
+    assert rc == 0, out[-3000:]
+    got = re.search(r"SIGTERM received during step (\d+): saving a checkpoint at step (\d+)", out)
+    assert got, out[-3000:]
+    during, saved = map(int, got.groups())
+    assert 2 <= during <= saved <= during + 1 < STEPS, (during, saved)
+    assert elapsed < 30, f"SIGTERM -> exit took {elapsed:.1f} s"
+    assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+
+    # 2. Resume from exactly that step; kill -9 after step 7 (last checkpoint: 6; the delay lets its
+    #    async save finish first).
+    rc, out = _finish(
+        _launch(workdir, keep1, QUERIT_TEST_FAULT="kill@7", QUERIT_TEST_STEP_DELAY="0.3")
+    )
+    assert rc == -signal.SIGKILL and f"Resumed from step {saved} " in out, out[-3000:]
+
+    # 3. kill -9 while the async save of step 9 is being written: a temporary directory is left, and
+    #    step 6 (the only one kept) was not deleted before step 9 was complete.
+    rc, out = _finish(_launch(workdir, keep1, QUERIT_TEST_FAULT="kill_in_save@9"))
+    assert rc == -signal.SIGKILL and "Resumed from step 6 " in out, out[-3000:]
+    ckpts = os.path.join(workdir, "checkpoints")
+    assert any("tmp" in d for d in os.listdir(ckpts)), os.listdir(ckpts)
+
+    # 4. The half-written step 9 is ignored and cleaned up; kill -9 again after step 11.
+    rc, out = _finish(
+        _launch(workdir, keep1, QUERIT_TEST_FAULT="kill@11", QUERIT_TEST_STEP_DELAY="0.3")
+    )
+    assert rc == -signal.SIGKILL and "Resumed from step 6 " in out, out[-3000:]
+    assert not any("tmp" in d for d in os.listdir(ckpts)), os.listdir(ckpts)
+
+    # 5. The last launch completes; everything equals the run that was never interrupted.
+    rc, out = _finish(_launch(workdir, keep1))
+    assert rc == 0 and "Resumed from step 9 " in out, out[-3000:]
+    # Only finished checkpoints, keep_checkpoints of them, the newest being the last step.
+    assert os.listdir(ckpts) == ["12"]
+
+    straight = _wait_reference(reference)
+    want, got = _losses(straight), _losses(workdir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert [got[s] for s in sorted(got)] == [want[s] for s in sorted(want)]
+    _assert_same_model(os.path.join(straight, "model"), os.path.join(workdir, "model"))
+
+
+def _tiny_cfg(**train):
+    c = load_config("configs/general_relevance.py", "tiny")
+    c.train.num_steps, c.train.save_every, c.train.keep_checkpoints = STEPS, 3, 2
+    c.train.log_every, c.eval.datasets = 1, ""
+    return config_lib.from_config_dict(c)
+
+
+def _truncate_arrays(step_dir):
+    """Cuts the largest array file of a checkpoint step in half (a torn write / lost object)."""
+    files = [
+        os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs
+    ]
+    path = max(files, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, caplog):
+    from querit_jax.training import trainer
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(_wait_reference(reference), workdir)
+    ckpts = os.path.join(workdir, "checkpoints")
+    _truncate_arrays(os.path.join(ckpts, "12"))
+    warnings = []
+    logger = trainer.get_logger()
+    logger.warning, orig = warnings.append, logger.warning
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        s = trainer.setup(_tiny_cfg(), workdir, devices=jax.devices()[:1])
+        assert s.start == 9
+        s.checkpointer.close()
+        assert re.search(r"checkpoint step 12 in .* cannot be restored \(\w+", warnings[0])
+        assert "Fell back to checkpoint step 9" in warnings[1]
+        assert os.listdir(ckpts) == ["9"] and os.listdir(ckpts + ".rejected")[0].startswith("12.")
+        # Checkpoints exist but none restores: a clear error, never a silent fresh start.
+        _truncate_arrays(os.path.join(ckpts, "9"))
+        with pytest.raises(api.CheckpointError, match=r"no checkpoint restores \(step 9 \("):
+            trainer.setup(_tiny_cfg(), workdir, devices=jax.devices()[:1])
+    finally:
+        os.chdir(cwd)
+        logger.warning = orig
+
+
+SPEC = api.ModelSpec("qwen3", DecoderConfig.tiny(vocab_size=512), HeadConfig(), qwen3_pair(), 32)
+
+
+def _kd_batch(seed, teacher_nan=False, q=4, g=2, t=32):
+    rng = np.random.default_rng(seed)
+    seg = np.ones((q, g, t), np.int32)
+    ids = rng.integers(1, 512, size=(q, g, t)).astype(np.int32)
+    teacher = rng.normal(size=(q, g)).astype(np.float32)
+    if teacher_nan:
+        teacher[1, 0] = np.nan  # one corrupted teacher score in the mined data
+    return {"input_ids": ids, "segment_ids": seg, "teacher": teacher}
+
+
+def test_nonfinite_step_changes_nothing_and_repeated_ones_abort():
+    mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("dp")
+    tx, schedule = optim.make_optimizer(OptimConfig(learning_rate=1e-3, warmup_steps=0), 10)
+    tx = guards.skip_nonfinite(tx, max_consecutive=3)
+    graphdef, abstract = api.abstract_params(SPEC, mesh, rules)
+    _, params = api.init_params(SPEC, mesh, rules, seed=0)
+    state0 = init_state(params, tx, state_shardings(abstract, tx, mesh))
+    step = jax.jit(
+        steps.make_train_step(graphdef, tx, schedule, 1.0, loss_weights={"margin_mse": 1.0})
+    )
+    host = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
+
+    def run(batches):
+        state, losses = state0, []
+        with sharding.use_rules(mesh, rules):
+            for b in batches:
+                state, metrics = step(state, b)
+                losses.append(float(metrics["loss"]))
+        return state, losses
+
+    good, bad = _kd_batch(0), _kd_batch(1, teacher_nan=True)
+    after_good, _ = run([good])
+    after_bad, losses = run([good, bad])
+    assert np.isnan(losses[1])
+    jax.tree.map(np.testing.assert_array_equal, host(after_bad.params), host(after_good.params))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        host(after_bad.opt_state.inner),
+        host(after_good.opt_state.inner),
+    )
+    assert int(after_bad.step) == 2  # the batch was consumed: steps count batches
+    assert guards.counts(after_bad.opt_state) == (1, 1, False)
+    # Skipping the bad batch is the same as never having seen it.
+    skipped, _ = run([good, bad, _kd_batch(2)])
+    without, _ = run([good, _kd_batch(2)])
+    jax.tree.map(np.testing.assert_array_equal, host(skipped.params), host(without.params))
+    assert guards.counts(skipped.opt_state) == (0, 1, False)
+
+    logs = []
+    monitor = guards.Monitor(3, logs.append)
+    assert monitor.check(after_good.opt_state, 1) == {"nonfinite_skipped": 0.0}
+    monitor.check(after_bad.opt_state, 2)
+    assert "Skipped 1 update(s) with a non-finite loss or gradients by step 2" in logs[0]
+    # Three in a row trip the guard: no update ever gets through, and the host stops the run.
+    tripped, _ = run([good, bad, bad, bad, _kd_batch(3)])
+    assert guards.counts(tripped.opt_state) == (0, 3, True)
+    jax.tree.map(np.testing.assert_array_equal, host(tripped.params), host(after_good.params))
+    with pytest.raises(guards.NonFiniteError, match="train.max_nonfinite_steps: 3 consecutive"):
+        monitor.check(tripped.opt_state, 5)
+
+
+def _mesh_cfg(preset, **mesh):
+    c = load_config("configs/general_relevance.py", "tiny")
+    c.data.batch_size, c.eval.datasets, c.train.num_steps = 8, "", STEPS
+    c.sharding.preset = preset
+    c.sharding.mesh.update(mesh)
+    return config_lib.from_config_dict(c)
+
+
+def _next_step_loss(s) -> float:
+    local = next(s.data_iter)
+    with sharding.use_rules(s.mesh, s.rules):
+        batch = {
+            k: jax.make_array_from_process_local_data(s.batch_sharding, v) for k, v in local.items()
+        }
+        _, metrics = s.train_step(s.state, batch)
+    return float(metrics["loss"])
+
+
+def test_checkpoint_restores_onto_another_mesh_and_rule_preset(tmp_path):
+    """Saved with fsdp over 8 devices; restored on 1 device and on fsdp=4 x tensor=2 (fsdp+tp rules)."""
+    from querit_jax.training import trainer
+
+    workdir = str(tmp_path / "run")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        s8 = trainer.setup(_mesh_cfg("fsdp", data=1, fsdp=-1), workdir)
+        assert trainer._train(s8, 2) == 2
+        saved = jax.tree.map(np.asarray, s8.state.params)
+        want = _next_step_loss(s8)
+        for cfg, devices in [
+            (_mesh_cfg("fsdp", data=-1), jax.devices()[:1]),
+            (_mesh_cfg("fsdp+tp", data=1, fsdp=4, tensor=2), jax.devices()),
+        ]:
+            s = trainer.setup(cfg, workdir, devices=devices)
+            s.checkpointer.close()
+            assert s.start == 2
+            for (path, x), y in zip(
+                jax.tree_util.tree_leaves_with_path(s.state.params), jax.tree.leaves(saved)
+            ):
+                np.testing.assert_array_equal(np.asarray(x), y, jax.tree_util.keystr(path))
+            q = s.state.params["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
+            assert q.sharding.mesh.devices.size == len(devices)
+            if len(devices) == 8:  # the new run's own shardings, not the saved ones
+                assert tuple(q.sharding.spec) == ("fsdp", "tensor", None)
+            np.testing.assert_allclose(_next_step_loss(s), want, rtol=1e-6)
+    finally:
+        os.chdir(cwd)
+
+
+def test_host_maintenance_event_is_a_preemption_notice(monkeypatch):
+    """A TPU VM maintenance event (GCE metadata) becomes SIGTERM, then a stop at the step boundary."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from querit_jax.training import preemption
+
+    class Metadata(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            assert self.headers["Metadata-Flavor"] == "Google"
+            body = b"TERMINATE_ON_HOST_MAINTENANCE"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("QUERIT_WATCH_MAINTENANCE", "1")
+    monkeypatch.setenv("QUERIT_METADATA_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    logs = []
+    stop = preemption.StopRequest(logs.append)
+    try:
+        assert not stop.should_stop(4)
+        deadline = time.time() + 20
+        while stop.signal_name is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert stop.should_stop(5)
+    finally:
+        stop.close()
+        server.shutdown()
+    assert "Maintenance event TERMINATE_ON_HOST_MAINTENANCE" in logs[0]
+    assert "SIGTERM received during step 5: saving a checkpoint at step 5" in logs[1]
