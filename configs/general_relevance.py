@@ -52,6 +52,10 @@ def get_config(arg=None):
     # (recompute everything), dots_saveable or dots_with_no_batch_dims_saveable (keep matmul outputs).
     c.model.remat = True
     c.model.remat_policy = "full"
+    # Run the layers with jax.lax.scan instead of a Python loop: one layer is compiled instead of N
+    # (compile time flat in depth), for one extra stacked copy of the layer weights in memory during
+    # the step. Same numbers, same checkpoint/parameter layout (model.layers.0, .1, ...).
+    c.model.scan_layers = False
     # Initialisation seed (random init and new heads).
     c.model.seed = 0
 

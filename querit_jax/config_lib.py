@@ -72,6 +72,9 @@ class ModelConfig:
     remat: bool = False
     # With remat: full | dots_saveable | dots_with_no_batch_dims_saveable.
     remat_policy: str = "full"
+    # Run the layers with jax.lax.scan: compile one layer instead of N, for one extra stacked copy of
+    # the layer weights during the step. The parameter layout is unchanged.
+    scan_layers: bool = False
     seed: int = 0
 
     @property
@@ -86,6 +89,7 @@ class ModelConfig:
             "dtype": self.dtype,
             "param_dtype": self.param_dtype,
             "remat": self.remat_mode,
+            "scan_layers": self.scan_layers,
             **extra,
         }
         if self.family in ("qwen3", "qwen3_moe"):
@@ -447,7 +451,9 @@ def validate_for_devices(
 
 
 # Fields a resumed run may change without invalidating the saved state.
-RESUMABLE_CHANGES = ("data.num_threads", "data.strict")
+# Fields a resume may change: they do not change which examples are read, in what order, or the model.
+# (The packed row count can be raised after a packing overflow: packed and unpacked scores are equal.)
+RESUMABLE_CHANGES = ("data.num_threads", "data.strict", "data.pack_rows", "data.pack_max_pairs")
 
 
 def config_drift(saved: dict, current: dict) -> list[str]:

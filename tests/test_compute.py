@@ -1,5 +1,8 @@
 """Compute choices: remat policies change memory, never numbers; bf16 compute with float32 master
-weights stays close to float32; a train step makes no host transfers once its inputs are placed."""
+weights stays close to float32; a train step makes no host transfers once its inputs are placed;
+scanning over the layers gives the loop's numbers while compiling one layer instead of N."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +99,97 @@ def test_train_step_makes_no_host_transfers():
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
     assert int(state.step) == 2 and jnp.isfinite(metrics["loss"])
+
+
+# ----- scan over layers: same numbers and parameter layout as the loop, one layer compiled -----------
+
+
+def _scores_and_grads(spec, host, batch):
+    graphdef, abstract = api.abstract_params(spec, MESH, RULES)
+    params = api.place_params(host, abstract)
+
+    def loss_fn(p):
+        scores = steps.group_scores(graphdef, p, batch)
+        return losses.listwise_ce(scores), scores
+
+    (_, scores), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    return jax.tree.map(np.asarray, (scores, grads))
+
+
+def _assert_trees_close(a, b, atol=1e-6):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("family,remats", [("qwen3", (False, "full")), ("bert", (False,))])
+def test_scan_layers_gives_the_loop_scores_gradients_and_parameter_layout(family, remats):
+    loop, scan = _spec(family, num_layers=3), _spec(family, num_layers=3, scan_layers=True)
+    host = jax.tree.map(np.asarray, api.init_params(loop, MESH, RULES, seed=4)[1])
+    # the layout checkpoints, HF conversion and merge plans read does not change
+    scan_layout = api.abstract_params(scan, MESH, RULES)[1]
+    assert jax.tree.structure(scan_layout) == jax.tree.structure(host)
+    batch = _batch(g=2, t=16, seed=5)
+    ref = _scores_and_grads(loop, host, batch)
+    for remat in remats:  # remat applies to the scanned layer body too
+        _assert_trees_close(_scores_and_grads(scan.replace(remat=remat), host, batch), ref)
+
+
+def test_scan_layers_is_wired_from_the_experiment_config():
+    from tests.helpers import load_config
+
+    config = load_config("configs/general_relevance.py", "tiny")
+    assert config_lib.from_config_dict(config).model.backbone_config().scan_layers is False
+    config.model.scan_layers = True
+    assert config_lib.from_config_dict(config).model.backbone_config().scan_layers is True
+
+
+def test_scan_layers_on_a_moe_with_dense_layers_keeps_scores_aux_losses_and_updates():
+    # layers 0-1 dense, 2-3 sparse: two scanned runs; the router logits of the sparse layers, the
+    # load-balancing and z losses, the per-layer expert load and the updated parameters all match.
+    def spec(scan):
+        backbone = DecoderConfig.tiny_moe(
+            vocab_size=256,
+            num_layers=4,
+            mlp_only_layers=(0, 1),
+            router_z_loss_coef=1e-3,
+            scan_layers=scan,
+        )
+        return api.ModelSpec("qwen3_moe", backbone, HeadConfig(), qwen3_pair(), 32)
+
+    tx = optax.adamw(1e-3)
+    batch = jax.device_put(_batch(g=2, t=16, seed=6))
+    host = jax.tree.map(np.asarray, api.init_params(spec(False), MESH, RULES, seed=7)[1])
+    results = []
+    for scan in (False, True):
+        s = spec(scan)
+        graphdef, abstract = api.abstract_params(s, MESH, RULES)
+        params = api.place_params(host, abstract)
+        forward = functools.partial(steps.group_scores, graphdef, batch=batch, return_aux=True)
+        scores, aux = jax.jit(forward)(params)
+        state = init_state(params, tx, state_shardings(abstract, tx, MESH))
+        step = steps.make_train_step(graphdef, tx, optax.constant_schedule(1e-3), 1.0, s.backbone)
+        state, metrics = jax.jit(step)(state, batch)
+        results.append((scores, aux["router_logits"], metrics, state.params))
+    (scores, logits, metrics, params), ref = results[1], results[0]
+    assert len(logits) == len(ref[1]) == 2
+    assert {"aux_loss", "z_loss", "expert_load_max/layer_3"} <= set(metrics)
+    _assert_trees_close((scores, logits, metrics), ref[:3])
+    # Adam divides by sqrt(v): float noise in a near-zero gradient moves an update by ~1e-6
+    _assert_trees_close(params, ref[3], atol=1e-5)
+
+
+def _dot_count(num_layers: int, scan: bool) -> tuple[int, str]:
+    spec = _spec(num_layers=num_layers, scan_layers=scan)
+    graphdef, abstract = api.abstract_params(spec, MESH, RULES)
+    batch = _batch()
+    text = jax.jit(lambda p: steps.group_scores(graphdef, p, batch)).lower(abstract).as_text()
+    return text.count("dot_general"), text
+
+
+def test_scanned_forward_is_a_while_loop_whose_program_does_not_grow_with_depth():
+    loop_dots, loop_text = _dot_count(6, scan=False)
+    scan_dots, scan_text = _dot_count(6, scan=True)
+    assert "stablehlo.while" in scan_text and "stablehlo.while" not in loop_text
+    assert _dot_count(2, scan=True)[0] == scan_dots  # one traced layer whatever the depth
+    assert loop_dots >= 5 * scan_dots - 10  # the loop unrolls all 6 layers

@@ -138,6 +138,8 @@ def test_t_specs_positions_and_gradients():
     assert plan.tensor_position("model.norm.scale", 4) == 1.0
     assert plan.tensor_position("score.kernel", 4) == 1.0
     assert plan.tensor_position("encoder.embeddings.LayerNorm.scale", 12) == 0.0
+    # A single layer sits at 1, as in mergekit's plan_slice (t = 1 when num_layers == 1).
+    assert plan.tensor_position("model.layers.0.mlp.up_proj.kernel", 1) == 1.0
     assert plan.interpolate([0.0, 1.0, 0.5], 0.75) == pytest.approx(0.75)
     rules = plan.parse_t([{"filter": "self_attn", "value": [0, 1]}, {"value": 0.25}])
     assert plan.resolve(rules, "model.layers.1.self_attn.q_proj.kernel", 0.5) == (0.5, "self_attn")
@@ -378,6 +380,88 @@ def test_bad_inputs_fail_before_writing_with_clear_errors(ckpts):
         v["merge"].update(fields)
         with pytest.raises(error, match=message):
             merging.merge(merging.merge_from_config_dict(v), mesh=ONE)
+
+
+def test_head_fields_and_templates_must_match_the_base(ckpts):
+    base = checkpoints.open_input(ckpts["a"])
+    other = checkpoints.open_input(ckpts["b"])
+    axes = checkpoints.logical_axes(base.spec)
+
+    def with_spec(x, **fields):
+        return dataclasses.replace(x, spec=dataclasses.replace(x.spec, **fields))
+
+    def yes_no(no_token_id):
+        return HeadConfig(kind="yes_no", yes_token_id=9, no_token_id=no_token_id)
+
+    checkpoints.check_compatible(base, other, axes, "refuse")  # same head and template
+    with pytest.raises(CheckpointError, match=r"head field no_token_id is 11 there but 10 in the"):
+        checkpoints.check_compatible(
+            with_spec(base, head=yes_no(10)), with_spec(other, head=yes_no(11)), axes, "refuse"
+        )
+    instructed = with_spec(other, template=qwen3_pair(instruction="Judge the document."))
+    with pytest.raises(
+        CheckpointError,
+        match=r"its template 'qwen3_pair' differs from the base's 'qwen3_pair' in prefix .*"
+        r"Merge checkpoints trained with the same template",
+    ):
+        checkpoints.check_compatible(base, instructed, axes, "refuse")
+    renamed = with_spec(other, template=dataclasses.replace(base.spec.template, name="copy"))
+    checkpoints.check_compatible(base, renamed, axes, "refuse")  # the name alone is no difference
+
+
+def test_failed_merge_leaves_no_tmp_and_outputs_next_to_inputs_are_refused(ckpts, tokenizer):
+    a = api.load_model(ckpts["a"])
+    neg = api.save_model(
+        os.path.join(ckpts["root"], "neg_a"),
+        a.spec,
+        jax.tree.map(jnp.negative, a.params),
+        tokenizer,
+    )
+    # a, -a, a weighted 1, 2, 1: the mean direction cancels on the first tensor, mid-merge.
+    cfg = _cfg({**ckpts, "n": neg}, "ana", "cancelled", method="multislerp", weights=[1, 2, 1])
+    with pytest.raises(ConfigError, match=r"weighted mean direction .* is zero"):
+        merging.merge(cfg, mesh=ONE)
+    assert not os.path.exists(cfg.output + ".tmp") and not os.path.exists(cfg.output)
+    # Inputs the writer would delete (<output>.tmp) or replace (<output>.old) are refused up front.
+    for suffix in (".tmp", ".old"):
+        victim = os.path.join(ckpts["root"], f"victim{suffix}")
+        if not os.path.lexists(victim):
+            os.symlink(ckpts["b"], victim)
+        cfg = _cfg({**ckpts, "v": victim}, "av", "victim")
+        with pytest.raises(ConfigError, match=rf"overlaps the input .*victim\{suffix}"):
+            merging.merge(cfg, mesh=ONE)
+        assert api.is_model_checkpoint(victim)
+
+
+def test_existing_output_is_replaced_by_renames_and_leftovers_recovered(ckpts, monkeypatch):
+    out = os.path.join(ckpts["root"], "replaced")
+    merging.merge(_cfg(ckpts, "ab", "replaced", t=0.0), mesh=ONE)
+    rmtree = checkpoints.shutil.rmtree
+
+    def killed_while_deleting_old(path, *args, **kwargs):
+        if path == out + ".old" and not os.path.exists(out + ".tmp"):  # after the new output landed
+            raise KeyboardInterrupt
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_while_deleting_old)
+    with pytest.raises(KeyboardInterrupt):
+        merging.merge(_cfg(ckpts, "ab", "replaced", t=1.0), mesh=ONE)
+    monkeypatch.undo()
+
+    def t_of(path):
+        return _manifest(path)["parameters"]["t"]
+
+    assert t_of(out) == [{"value": 1.0}] and t_of(out + ".old") == [{"value": 0.0}]
+    assert not os.path.exists(out + ".tmp")
+    # The next merge into the same place deletes an .old that sits beside a complete output...
+    checkpoints.OutputWriter(out, {}, 1 << 20).abort()
+    assert not os.path.exists(out + ".old") and t_of(out) == [{"value": 1.0}]
+    # ...and moves back an .old left alone (killed between the two renames): the previous output.
+    os.replace(out, out + ".old")
+    checkpoints.OutputWriter(out, {}, 1 << 20).abort()
+    assert not os.path.exists(out + ".old") and not os.path.exists(out + ".tmp")
+    assert t_of(out) == [{"value": 1.0}]
+    assert api.load_model(out).spec == api.load_model(ckpts["a"]).spec
 
 
 def _cli(*flags):

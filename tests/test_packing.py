@@ -234,3 +234,20 @@ def test_packed_grain_pipeline_has_fixed_shapes_and_resumes_exactly(tokenizer):
         assert b["slot_valid"].sum() == 8
         unpacked = ds[i]["segment_ids"]
         assert (b["segment_ids"] > 0).sum() == unpacked.sum()
+
+
+def test_packing_refuses_a_mesh_where_a_process_rows_are_not_one_block(monkeypatch):
+    """pair_row numbers process i's rows from i * rows_per_process; a batch sharding that does not give
+    each process that block would gather scores from the wrong rows, so setup refuses it."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from querit_jax.config_lib import ConfigError
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    batch = NamedSharding(mesh, P("data"))
+    packing.check_process_rows(batch, 4 * jax.device_count())  # one process: its rows are all rows
+    # Pretend to be process 0 of 2 while this process addresses every row: not the block [0, G/2).
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"data.pack with 2 processes.*data.pack=False"):
+        packing.check_process_rows(batch, 4 * jax.device_count())

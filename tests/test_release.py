@@ -4,6 +4,7 @@ and merged models with their Hugging Face exports (DESIGN §4, issue 6)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import typing
@@ -120,7 +121,7 @@ def test_export_is_publishable_and_scores_like_jax(release):
     assert report["max_abs_diff_sentence_transformers"] < 1e-4
 
 
-def test_merged_checkpoint_exports_with_recipe_and_parity(tiny_workdir, tmp_path):
+def test_merged_checkpoint_exports_with_recipe_and_parity(tiny_workdir, eval_report, tmp_path):
     merging = pytest.importorskip("querit_jax.merging")
     from querit_jax import sharding
 
@@ -142,6 +143,8 @@ def test_merged_checkpoint_exports_with_recipe_and_parity(tiny_workdir, tmp_path
         }
     )
     merging.merge(cfg, mesh=sharding.single_device_mesh(), log=lambda *_: None)
+    # A report.json next to the merge output evaluates other models: the card must not show it.
+    shutil.copy(eval_report, tmp_path / "report.json")
     merged = api.load_model(str(tmp_path / "merged"))
     out = hf_export.export_hf(merged, str(tmp_path / "export"))
     report = verify(merged, out)
@@ -152,16 +155,22 @@ def test_merged_checkpoint_exports_with_recipe_and_parity(tiny_workdir, tmp_path
     assert np.abs(jax_scores - base).max() > 1e-4  # the export is the merged model, not the base
     with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
         meta, body = _front_matter(f.read())
+    assert "## Evaluation" not in body
     recipe = body.split("## Merge recipe", 1)[1]
     assert "- method: `slerp`" in recipe and '- t: `[{"value": 0.3}]`' in recipe
+    summary = _manifest_summary(os.path.join(tmp_path, "merged", merging.MANIFEST_NAME))
+    assert summary.endswith("(base, t=0) and other (t=1) with t = 0.3.") and summary in recipe
     assert "`other`" in recipe and "`model`" in recipe and str(tmp_path) not in body
     assert "slerp" in meta["tags"]
     publish.check_publishable(out)
 
 
-def test_publish_check_refuses_pickles_and_tokens(release, tmp_path, monkeypatch):
-    import shutil
+def _manifest_summary(manifest_path: str) -> str:
+    with open(manifest_path, encoding="utf-8") as f:
+        return json.load(f)["summary"]
 
+
+def test_publish_check_refuses_pickles_and_tokens(release, tmp_path, monkeypatch):
     import torch
 
     _, out = release

@@ -113,6 +113,41 @@ def test_training_report_from_the_trainer_results(tiny_workdir, tmp_path):
     _assert_png(paths["png"])
 
 
+def test_find_report_uses_only_the_trainer_report_of_the_workdir_holding_the_model(tmp_path):
+    """A model card must never show another model's evaluation (e.g. a comparison report written
+    next to several merge outputs); only workdir/model picks up workdir/report.json."""
+    first = {"de/test": {"ndcg@10": 0.5}}
+    training = report_lib.build_report(
+        first,
+        {"untrained": {"de/test": {"ndcg@10": 0.4}}, "trained": {"de/test": {"ndcg@10": 0.7}}},
+    )
+    comparison = report_lib.build_report(first, {"slerp": {"de/test": {"ndcg@10": 0.6}}})
+
+    def put(directory, report):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "report.json"), "w", encoding="utf-8") as f:
+            json.dump(report, f) if isinstance(report, dict) else f.write(report)
+        return os.path.join(directory, "report.json")
+
+    run = tmp_path / "run"
+    os.makedirs(run / "model")
+    path = put(run, training)
+    assert report_lib.find_report(str(run / "model")) == path
+    assert report_lib.find_report(str(run / "model") + os.sep) == path
+    # The default merge output workdirs/merged/slerp beside a comparison (or any) report: nothing.
+    os.makedirs(tmp_path / "merged" / "slerp")
+    put(tmp_path / "merged", training)
+    assert report_lib.find_report(str(tmp_path / "merged" / "slerp")) is None
+    # A model/ directory whose parent holds a report that is not the trainer's, or no JSON at all.
+    for name, report in (("compared", comparison), ("broken", "{not json")):
+        os.makedirs(tmp_path / name / "model")
+        put(tmp_path / name, report)
+        assert report_lib.find_report(str(tmp_path / name / "model")) is None, name
+    # A report inside the model's own directory is its own.
+    own = put(tmp_path / "merged" / "slerp", comparison)
+    assert report_lib.find_report(str(tmp_path / "merged" / "slerp")) == own
+
+
 def test_train_cli_writes_the_report_into_the_workdir(tmp_path):
     """`python -m querit_jax.train` (as the README demo runs it) ends with report.{json,md,png}."""
     workdir = tmp_path / "run"

@@ -162,6 +162,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
     workdir = str(tmp_path / "run")
     shutil.copytree(_wait_reference(reference), workdir)
     ckpts = os.path.join(workdir, "checkpoints")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        # A state of another structure (no clipping: one optimiser transform fewer) is a config error,
+        # not a corrupt checkpoint: nothing is moved aside and no older step is tried.
+        c = load_config("configs/general_relevance.py", "tiny")
+        c.train.num_steps, c.optim.clip_norm, c.eval.datasets = STEPS, 0.0, ""
+        with pytest.raises(config_lib.ConfigError, match="another structure"):
+            trainer.setup(config_lib.from_config_dict(c), workdir, devices=jax.devices()[:1])
+        assert sorted(os.listdir(ckpts)) == ["12", "9"] and not os.path.exists(ckpts + ".rejected")
+    finally:
+        os.chdir(cwd)
     _truncate_arrays(os.path.join(ckpts, "12"))
     warnings = []
     logger = trainer.get_logger()
@@ -179,6 +191,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
         _truncate_arrays(os.path.join(ckpts, "9"))
         with pytest.raises(api.CheckpointError, match=r"no checkpoint restores \(step 9 \("):
             trainer.setup(_tiny_cfg(), workdir, devices=jax.devices()[:1])
+        assert os.listdir(ckpts) == ["9"]  # nothing is moved when no step restores
     finally:
         os.chdir(cwd)
         logger.warning = orig

@@ -3,9 +3,11 @@
 Hub metadata (YAML front matter written by huggingface_hub's ModelCardData), what the model is for,
 how to load it with sentence-transformers and with plain transformers (the snippets use the exported
 prompt template and are executed by the tests), the evaluation table of a report written by
-`querit_jax.eval.report` (the trainer's `<workdir>/report.json` or `--eval_report`), and the merge
-recipe when the checkpoint was produced by `querit_jax.merge` (its manifest, read defensively: the
-card lists the method, the inputs and `t`, whatever else the manifest holds stays in the manifest).
+`querit_jax.eval.report` (`--eval_report`, or the trainer's `<workdir>/report.json` when the model is
+that workdir's `model/`; a report.json elsewhere in a parent directory describes other models and is
+never used), and the merge recipe when the checkpoint was produced by `querit_jax.merge` (its manifest,
+read defensively: the card quotes its one-sentence summary and lists the method, the inputs and `t`;
+whatever else the manifest holds stays in the manifest).
 """
 
 import json
@@ -249,7 +251,10 @@ def _input_line(item) -> str:
 
 
 def merge_section(manifest: dict) -> str:
-    """Method, inputs, t (and filters, weights) of a merge manifest; per-tensor details stay there."""
+    """The manifest's one-sentence summary, then method, inputs, t (and filters, weights); the
+    per-tensor details stay in the manifest."""
+    summary = manifest.get("summary")
+    summary = summary.strip() if isinstance(summary, str) else ""
     lines = []
     if "method" in manifest:
         lines.append(f"- method: `{manifest['method']}`")
@@ -267,7 +272,10 @@ def merge_section(manifest: dict) -> str:
     return "\n".join(
         [
             "Consolidated by spherical linear interpolation of checkpoints (`python -m "
-            "querit_jax.merge`); t is per tensor, 0 = the first (base) input:",
+            "querit_jax.merge`).",
+            *(["", summary] if summary else []),
+            "",
+            "Recipe (t is per tensor, 0 = the first (base) input):",
             "",
             *lines,
         ]
@@ -326,8 +334,9 @@ def render(
 def card_text(
     model, head_format: str, eval_report_path: str | None = None, title: str = "", **kwargs
 ) -> str:
-    """The card for `model`; the report defaults to the one beside the checkpoint (training
-    workdir), the merge recipe comes from the checkpoint's merge manifest if it has one.
+    """The card for `model`; the report defaults to the trainer's report of the training workdir
+    holding the checkpoint (`report_lib.find_report`), the merge recipe comes from the checkpoint's
+    merge manifest if it has one.
 
     Raises:
       FileNotFoundError, DataFormatError: when the report is missing or is not a report.

@@ -19,8 +19,10 @@ one shape and traces once.
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
+from querit_jax.config_lib import ConfigError
 from querit_jax.data.io import DataFormatError
 
 
@@ -204,6 +206,34 @@ def estimate_rows(batches, row_length: int, max_pairs: int, margin: float = 0.15
         lengths = (seg.reshape(-1, seg.shape[-1]) > 0).sum(-1)
         most = max(most, rows_needed(lengths, row_length, max_pairs))
     return max(1, int(np.ceil(most * (1.0 + margin))))
+
+
+def check_process_rows(batch_sharding, global_rows: int) -> None:
+    """Packed steps number rows of process i from i * rows_per_process (`PackGroups.pair_row`): true
+    only when the batch sharding gives each process one contiguous block of rows, in process order.
+    Checked once at setup, so a device order that breaks it (possible on some pod topologies) is a
+    clear error rather than scores gathered from the wrong rows."""
+    index_map = batch_sharding.addressable_devices_indices_map((global_rows,))
+    spans = sorted(
+        {
+            (ix[0].start or 0, global_rows if ix[0].stop is None else ix[0].stop)
+            for ix in index_map.values()
+        }
+    )
+    per_process = global_rows // jax.process_count()
+    start = jax.process_index() * per_process
+    merged = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    if merged != [(start, start + per_process)]:
+        raise ConfigError(
+            f"data.pack with {jax.process_count()} processes: process {jax.process_index()} holds "
+            f"batch rows {merged} of {global_rows}, not the block [{start}, {start + per_process}) "
+            "that packing assumes on this mesh. Train this mesh with data.pack=False."
+        )
 
 
 def pack_train_dataset(

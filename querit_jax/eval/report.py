@@ -23,6 +23,7 @@ from querit_jax.data.io import DataFormatError, read_json, write_json
 
 MAIN_METRIC = "ndcg@10"
 REPORT_NAMES = ("report.json", "report.md", "report.png")
+TRAINED_LABEL = "trained"  # the final model's column in the trainer's report
 
 
 def _mean(rows: list[dict]) -> dict:
@@ -90,7 +91,7 @@ def training_label(key: str) -> str | None:
     """Column label for a `results.json` entry: references, the untrained and the final model."""
     if key.startswith("reference: "):
         return f"{key[len('reference: ') :]} (reference)"
-    return {"untrained": "untrained", "final": "trained"}.get(key)
+    return {"untrained": "untrained", "final": TRAINED_LABEL}.get(key)
 
 
 def from_training_results(results: dict) -> dict | None:
@@ -233,10 +234,26 @@ def load_report(path: str) -> dict:
     return report
 
 
+def is_training_report(report) -> bool:
+    """Whether a report is the one the trainer writes (it has the final model's "trained" column)."""
+    return isinstance(report, dict) and TRAINED_LABEL in (report.get("models") or [])
+
+
 def find_report(model_path: str) -> str | None:
-    """The report.json of a model: in its directory or in the training workdir holding it."""
-    for d in (model_path, os.path.dirname(os.path.normpath(model_path))):
-        path = os.path.join(d, "report.json")
-        if os.path.exists(path):
-            return path
-    return None
+    """The report.json of a model: in its own directory, or the trainer's report of the training
+    workdir when the model is that workdir's `model/` (workdir/model + workdir/report.json).
+
+    Any other report.json in the parent directory describes other models (e.g. a comparison written
+    next to several merge outputs), so it is never picked up; pass it explicitly instead.
+    """
+    own = os.path.join(model_path, "report.json")
+    if os.path.exists(own):
+        return own
+    model_path = os.path.normpath(model_path)
+    if os.path.basename(model_path) != "model":
+        return None
+    path = os.path.join(os.path.dirname(model_path), "report.json")
+    try:
+        return path if is_training_report(read_json(path)) else None
+    except (OSError, ValueError, DataFormatError):  # missing or unreadable: not the trainer's
+        return None

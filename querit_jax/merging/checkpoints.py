@@ -9,6 +9,13 @@ The output is written with Orbax's partial save (`orbax.checkpoint.v1.partial`):
 appended to one pending checkpoint every `flush_bytes`, and finalised at the end. Everything goes into
 `<output>.tmp`, which is renamed to `<output>` only when model.json, the tokenizer and the manifest are
 in place: a killed merge leaves no directory that looks complete, and a rerun starts from scratch.
+
+An existing `<output>` is replaced by renames only: it is moved to `<output>.old`, `<output>.tmp` is
+moved to `<output>`, and only then is `<output>.old` deleted. A kill at any point leaves either the
+previous or the new complete output under `<output>`, or (between the two renames) the previous one
+under `<output>.old` with no `<output>`; the next merge into the same place first moves such an
+`<output>.old` back to `<output>` (the new merge did not land, so the previous result is the one to
+keep) and deletes an `<output>.old` left beside an `<output>` (a kill while deleting it).
 """
 
 import dataclasses
@@ -34,6 +41,7 @@ _NON_ARCHITECTURE = {
     "dtype",
     "param_dtype",
     "remat",
+    "scan_layers",
     "moe_impl",
     "bos_token_id",
     "eos_token_id",
@@ -146,8 +154,11 @@ def check_compatible(
 ) -> None:
     """Refuses inputs that are not the same architecture as the base, naming the first difference.
 
-    Family and head kind first, then parameter names and shapes in depth order (a difference only in
-    vocabulary rows is allowed when `vocab_policy` is "rectify"), then the architecture fields.
+    Family and head kind first, then the other head fields (the yes/no token ids...) and the pair
+    template, then parameter names and shapes in depth order (a difference only in vocabulary rows is
+    allowed when `vocab_policy` is "rectify"), then the architecture fields. The output takes the
+    base's head and template, so a model trained to read other token ids or another prompt format
+    would be merged into weights that score its half of the recipe wrongly: such inputs are refused.
 
     Raises:
       CheckpointError: naming the first mismatching parameter (or config field) and both paths.
@@ -158,6 +169,7 @@ def check_compatible(
             f"{where}: it is a {other.spec.family} model with a {other.spec.head.kind} head, the base "
             f"a {base.spec.family} model with a {base.spec.head.kind} head."
         )
+    _check_head_and_template(base, other, where)
     for name in canonical_order(set(base.shapes) | set(other.shapes)):
         if name not in other.shapes:
             raise CheckpointError(
@@ -196,6 +208,33 @@ def check_compatible(
             )
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _check_head_and_template(base: ModelInput, other: ModelInput, where: str) -> None:
+    """Refuses a head field or a template field (the name aside) that differs from the base's."""
+    mine, theirs = base.spec.head.to_dict(), other.spec.head.to_dict()
+    for field in sorted(set(mine) | set(theirs)):
+        if mine.get(field) != theirs.get(field):
+            raise CheckpointError(
+                f"{where}: head field {field} is {theirs.get(field)!r} there but "
+                f"{mine.get(field)!r} in the base; the merged model keeps the base's head, so merge "
+                "checkpoints whose heads read the same tokens."
+            )
+    mine, theirs = base.spec.template.to_dict(), other.spec.template.to_dict()
+    for field in sorted((set(mine) | set(theirs)) - {"name"}):
+        if mine.get(field) != theirs.get(field):
+            raise CheckpointError(
+                f"{where}: its template {other.spec.template.name!r} differs from the base's "
+                f"{base.spec.template.name!r} in {field} ({_short(theirs.get(field))} there, "
+                f"{_short(mine.get(field))} in the base); the merged model scores with the base's "
+                "prompt format, which the other model was not trained on. Merge checkpoints trained "
+                "with the same template."
+            )
+
+
 def content_hash(directory: str) -> dict:
     """sha256 over every file of a checkpoint directory (relative path and bytes, in sorted order)."""
     digest, files, total = hashlib.sha256(), 0, 0
@@ -222,7 +261,9 @@ class OutputWriter:
         self._keys = keys  # flat name -> key path of the model's own (pure dict) tree
         self._flush_bytes = flush_bytes
         self._pending, self._pending_bytes = {}, 0
+        self.old = f"{self.path}.old"
         if jax.process_index() == 0:
+            _recover_previous(self.path, self.old)
             shutil.rmtree(self.tmp, ignore_errors=True)
             os.makedirs(self.tmp)
         multihost_utils.sync_global_devices(f"querit_jax merge start {self.path}")
@@ -259,9 +300,29 @@ class OutputWriter:
                 json.dump(model_json, f, indent=2, ensure_ascii=False)
             with open(os.path.join(self.tmp, manifest_name), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2, ensure_ascii=False)
-            shutil.rmtree(self.path, ignore_errors=True)
+            # Renames only until the new output is in place (see the module docstring).
+            if os.path.lexists(self.path):
+                shutil.rmtree(self.old, ignore_errors=True)
+                os.replace(self.path, self.old)
             os.replace(self.tmp, self.path)
+            shutil.rmtree(self.old, ignore_errors=True)
         multihost_utils.sync_global_devices(f"querit_jax merge done {self.path}")
+
+    def abort(self) -> None:
+        """Removes `<output>.tmp` after a failed merge; an existing `<output>` is left as it was."""
+        if jax.process_index() == 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _recover_previous(path: str, old: str) -> None:
+    """Undoes a replacement killed half-way: an `<output>.old` without `<output>` is the previous
+    complete output (moved back); one beside `<output>` was being deleted (deleted)."""
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(path):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, path)
 
 
 def _write_checkpoint_metadata(params_dir: str) -> None:

@@ -18,6 +18,7 @@ tensor, as mergekit sees the Hugging Face layout).
 
 import dataclasses
 import functools
+import itertools
 import os
 import time
 
@@ -171,7 +172,10 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
     Returns:
       The merge manifest (also written to `<output>/merge_manifest.json`).
     Raises:
-      CheckpointError / ConfigError: naming the input or field, before any output is written.
+      CheckpointError / ConfigError: naming the input or field. Bad fields and incompatible inputs
+        are refused before anything is written; an error during the merge itself (Multi-SLERP
+        weights that cancel on some tensor, unreadable tensor data) or an interrupt removes
+        `<output>.tmp` and leaves an existing `<output>` as it was.
     """
     start = time.time()
     mesh = mesh or _mesh(cfg)
@@ -179,15 +183,8 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
     inputs = [checkpoints.open_input(p) for p in cfg.models]
     origin = checkpoints.open_input(cfg.base_model) if cfg.base_model else None
     base = origin or inputs[0]
-    out = os.path.abspath(cfg.output)
     for x in inputs + ([origin] if origin else []):
-        if os.path.commonpath([out, os.path.abspath(x.resolved)]) in (
-            out,
-            os.path.abspath(x.resolved),
-        ):
-            raise ConfigError(
-                f"merge.output={cfg.output} overlaps the input {x.path}; write the merge elsewhere."
-            )
+        _check_no_overlap(cfg.output, x)
     axes = checkpoints.logical_axes(base.spec)
     for other in inputs + ([origin] if origin else []):
         if other is not base:
@@ -218,6 +215,35 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
     origin_hash = checkpoints.content_hash(origin.resolved) if origin else None
 
     writer = checkpoints.OutputWriter(cfg.output, own_keys, cfg.flush_mb << 20)
+    try:
+        manifest = _write(cfg, inputs, hashes, origin, origin_hash, base, tensors, writer)
+    except BaseException:  # errors and interrupts alike: no half-written <output>.tmp stays behind
+        writer.abort()
+        raise
+    log(
+        f"Merged {len(manifest['tensors'])} tensors ({manifest['totals']['parameters']:,} "
+        f"parameters) with {cfg.method} in {time.time() - start:.1f}s into {writer.path}."
+    )
+    return manifest
+
+
+def _check_no_overlap(output: str, x) -> None:
+    """Refuses an input that is, contains or lies inside the output or its `.tmp` / `.old` siblings,
+    which the writer deletes or replaces."""
+    outs = {os.path.abspath(output), os.path.realpath(output)}
+    inps = {os.path.abspath(x.resolved), os.path.realpath(x.resolved)}
+    for target, inp in itertools.product(
+        [t for out in sorted(outs) for t in (out, f"{out}.tmp", f"{out}.old")], sorted(inps)
+    ):
+        if os.path.commonpath([target, inp]) in (target, inp):
+            raise ConfigError(
+                f"merge.output={output} overlaps the input {x.path} (the merge writes {target}); "
+                "write the merge elsewhere."
+            )
+
+
+def _write(cfg, inputs, hashes, origin, origin_hash, base, tensors, writer) -> dict:
+    """Merges every tensor into `writer` and finalises the output; returns the manifest."""
     entries, params, lerps = {}, 0, 0
     bar = tqdm(tensors, desc="merging", unit="tensor", disable=not cfg.progress)
     for info in bar:
@@ -252,10 +278,6 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
     }
     tokenizer_dir = os.path.join(base.resolved, base.meta.get("tokenizer", "tokenizer"))
     writer.finish(model_json, tokenizer_dir, manifest, MANIFEST_NAME)
-    log(
-        f"Merged {len(entries)} tensors ({params:,} parameters) with {cfg.method} in "
-        f"{time.time() - start:.1f}s into {writer.path}."
-    )
     return manifest
 
 
@@ -301,7 +323,7 @@ def _manifest(cfg, inputs, hashes, origin, origin_hash, base, entries, params, l
         },
         "filters": sorted({r.filter for s in cfg.step_specs() for r in s if r.filter}),
         "position_rule": (
-            "layer i of n -> i/(n-1); names containing 'embed' -> 0; everything else (final "
+            "layer i of n -> i/(n-1) (1 when n = 1); names containing 'embed' -> 0; everything else (final "
             "norm, heads) -> 1; a gradient list is read piecewise-linearly at that position"
         ),
         "sharding": {"preset": cfg.sharding_preset, "mesh": dataclasses.asdict(cfg.mesh)},
@@ -333,7 +355,7 @@ def _t_text(rules) -> str:
 
 
 def _summary(cfg: MergeConfig) -> str:
-    """One sentence describing the recipe (model cards quote it)."""
+    """One sentence describing the recipe (the model card quotes it in its merge section)."""
     names = [_short_name(p) for p in cfg.models]
     if cfg.method == "slerp":
         return f"SLERP of {names[0]} (base, t=0) and {names[1]} (t=1) with t = {_t_text(cfg.t)}."

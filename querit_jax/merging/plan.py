@@ -8,9 +8,9 @@ A `t` is given the way mergekit's YAML gives it:
          {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
          {"value": 0.5}]                      # per-name rules, first match wins
 
-A gradient is read at the tensor's relative depth: layer i of n sits at i / (n - 1), everything before
-the layers (embeddings) at 0 and everything after them (final norm, scoring or LM head) at 1, as in
-mergekit's plan. Filters are substrings of our parameter names, which mirror Hugging Face's
+A gradient is read at the tensor's relative depth: layer i of n sits at i / (n - 1) (a single layer at
+1), everything before the layers (embeddings) at 0 and everything after them (final norm, scoring or LM
+head) at 1, exactly as mergekit's `MergePlanner.plan_slice` computes it. Filters are substrings of our parameter names, which mirror Hugging Face's
 (`model.layers.3.self_attn.q_proj.kernel`, `model.layers.3.mlp.gate_proj`), so mergekit recipes keep
 their meaning.
 """
@@ -100,10 +100,14 @@ def layer_index(name: str) -> int | None:
 
 
 def tensor_position(name: str, num_layers: int) -> float:
-    """Relative depth in [0, 1]: i / (n - 1) for layer i, 0 for embeddings, 1 for the rest."""
+    """Relative depth in [0, 1]: i / (n - 1) for layer i, 0 for embeddings, 1 for the rest.
+
+    A model with a single layer puts it at 1, as mergekit's plan_slice does (`t = 1` when there is
+    one layer), so a gradient recipe gives the same t here as there.
+    """
     layer = layer_index(name)
     if layer is not None:
-        return layer / (num_layers - 1) if num_layers > 1 else 0.0
+        return layer / (num_layers - 1) if num_layers > 1 else 1.0
     return 0.0 if "embed" in name else 1.0
 
 

@@ -49,6 +49,10 @@ class DecoderConfig:
     # Rematerialise each decoder layer in the backward pass (saves activation memory): False/"none",
     # True/"full", or a policy of layers.REMAT_POLICIES ("dots_saveable", ...).
     remat: bool | str = False
+    # Run the layers with jax.lax.scan (each run of identical consecutive layers is compiled once;
+    # compile time flat in depth) instead of a Python loop; costs one stacked copy of the layer
+    # weights during the step. The parameter layout (layers.0, layers.1, ...) does not change.
+    scan_layers: bool = False
     # Sparse MoE (Qwen3-MoE): layer i is sparse iff num_experts > 0, i not in mlp_only_layers and
     # (i + 1) % decoder_sparse_step == 0; dense layers keep the SwiGLU of `intermediate_size`.
     num_experts: int = 0

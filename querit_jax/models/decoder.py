@@ -12,7 +12,7 @@ from flax import nnx
 
 from querit_jax.models.attention import Attention, attention_mask
 from querit_jax.models.config import DecoderConfig, dtype_of
-from querit_jax.models.layers import Embed, RMSNorm, SwiGLU, maybe_remat
+from querit_jax.models.layers import Embed, RMSNorm, SwiGLU, run_layers
 from querit_jax.models.moe import MoeBlock
 from querit_jax.sharding import axes, shard
 
@@ -93,12 +93,14 @@ class Qwen3Decoder(nnx.Module):
         x = self.embed_tokens(input_ids, dtype_of(self.cfg.dtype))
         x = shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
         mask = attention_mask(segment_ids, causal=True)
-        router_logits = []
-        run = maybe_remat(lambda lyr, h: lyr(h, positions, mask), self.cfg.remat)
-        for layer in self.layers:
-            x, logits = run(layer, x)
-            if logits is not None:
-                router_logits.append(logits)
+        x, logits = run_layers(
+            self.layers,
+            lambda lyr, h: lyr(h, positions, mask),
+            x,
+            remat=self.cfg.remat,
+            scan=self.cfg.scan_layers,
+        )
+        router_logits = [lg for lg in logits if lg is not None]
         x = self.norm(x)
         return (x, tuple(router_logits)) if return_router_logits else x
 

@@ -21,7 +21,7 @@ from querit_jax.models.config import dtype_of
 from querit_jax.models.decoder import positions_from_segments
 from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig, first_token_index, gather_tokens, pool
-from querit_jax.models.layers import DenseGeneral, Embed, maybe_remat
+from querit_jax.models.layers import DenseGeneral, Embed, run_layers
 from querit_jax.sharding import axes, shard
 
 _ACT = {
@@ -148,9 +148,13 @@ class Encoder(nnx.Module):
             (axes.BATCH, axes.LENGTH, axes.ACT_EMBED),
         )
         mask = attention_mask(segment_ids, causal=False)
-        run = maybe_remat(lambda lyr, h: lyr(h, mask), self.cfg.remat)
-        for layer in self.layers:
-            x = run(layer, x)
+        x, _ = run_layers(
+            self.layers,
+            lambda lyr, h: (lyr(h, mask), None),
+            x,
+            remat=self.cfg.remat,
+            scan=self.cfg.scan_layers,
+        )
         return x
 
 

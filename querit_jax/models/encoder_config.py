@@ -36,6 +36,7 @@ class EncoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool | str = False  # False/"none", True/"full" or a layers.REMAT_POLICIES name
+    scan_layers: bool = False  # jax.lax.scan over the layers (see DecoderConfig.scan_layers)
 
     def __post_init__(self):
         if self.family not in ENCODER_FAMILIES:

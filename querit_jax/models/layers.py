@@ -152,3 +152,62 @@ class SwiGLU(nnx.Module):
         h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)  # [B, T, I]
         h = shard(h, (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
         return self.down_proj(h)
+
+
+def maybe_checkpoint(fn, remat: bool | str):
+    """`fn` (a pure function of arrays) rematerialised with the configured policy; the scanned layer
+    body's counterpart of `maybe_remat` (same policies, so the same numbers)."""
+    name = remat_name(remat)
+    return (
+        fn if name is None else jax.checkpoint(fn, policy=REMAT_POLICIES[name], prevent_cse=False)
+    )
+
+
+def _identical_runs(layers) -> list[tuple[object, list]]:
+    """Maximal runs of consecutive layers with one structure, as (graphdef, [layers]). A dense model
+    is one run; a Qwen3-MoE with dense layers (mlp_only_layers, decoder_sparse_step) has several."""
+    runs = []
+    for layer in layers:
+        graphdef = nnx.graphdef(layer)
+        if runs and runs[-1][0] == graphdef:
+            runs[-1][1].append(layer)
+        else:
+            runs.append((graphdef, [layer]))
+    return runs
+
+
+def _scan_run(graphdef, run: list, call, x, remat):
+    """One run of identical layers through `jax.lax.scan`: their states stacked on a new leading axis
+    at trace time (the per-layer parameters keep their paths; gradients flow back through the stack)."""
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(lyr) for lyr in run])
+
+    def body(h, state):
+        return call(nnx.merge(graphdef, state), h)
+
+    x, outs = jax.lax.scan(maybe_checkpoint(body, remat), x, stacked)
+    return x, [jax.tree.map(lambda a, i=i: a[i], outs) for i in range(len(run))]
+
+
+def run_layers(layers, call, x: jax.Array, *, remat: bool | str, scan: bool):
+    """Applies `call(layer, x) -> (x, out)` layer after layer; returns (x, [out of each layer]).
+
+    With `scan`, each maximal run of identical consecutive layers is traced and compiled once and run
+    with `jax.lax.scan` (compile time flat in depth), at the cost of one stacked copy of that run's
+    weights during the step; a run of one layer is called directly. Numbers equal the loop's.
+    """
+    if not scan:
+        call_layer = maybe_remat(call, remat)
+        outs = []
+        for layer in layers:
+            x, out = call_layer(layer, x)
+            outs.append(out)
+        return x, outs
+    outs = []
+    for graphdef, run in _identical_runs(layers):
+        if len(run) == 1:
+            x, out = maybe_remat(call, remat)(run[0], x)
+            run_outs = [out]
+        else:
+            x, run_outs = _scan_run(graphdef, run, call, x, remat)
+        outs.extend(run_outs)
+    return x, outs

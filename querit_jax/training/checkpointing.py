@@ -8,17 +8,20 @@ only after the new one is finalised, so a complete checkpoint always exists. Res
 target with the new run's shardings, so a checkpoint restores onto any mesh or rule preset.
 
 A finished step can still be unreadable (a truncated file, a lost object on a bucket): `restore_latest`
-then falls back to the previous step with a warning naming the bad one, and moves the bad step aside to
-`<directory>.rejected/` so that training can save that step number again. It never starts fresh while
-checkpoints exist.
+then falls back to the previous step with a warning naming the bad one and, once that older step has
+restored, moves the bad step aside to `<directory>.rejected/` so that training can save that step number
+again. It never starts fresh while checkpoints exist (or were rejected), and a state of another structure
+(another optimiser or model setting) is a ConfigError, not a reason to fall back.
 """
 
 import os
+import re
 import shutil
 import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from querit_jax.config_lib import ConfigError
@@ -92,35 +95,85 @@ class Checkpointer:
         """(step, state) of the newest step that restores, or (0, None) when there is no checkpoint.
 
         `check_config(saved_config_dict)` raises ConfigError for a run that must not be resumed (that
-        error is never a reason to fall back). Unreadable steps are reported with `warn`, moved aside,
-        and the next older one is tried; if none restores, CheckpointError lists why.
+        error is never a reason to fall back), and so does a state whose structure or shapes differ
+        from this run's (another optimiser or model config: falling back would not help). Unreadable
+        steps are reported with `warn` and the next older one is tried; only once an older step has
+        restored are the bad ones moved aside (so a failure that is not the checkpoint's fault never
+        costs the run its checkpoints). If none restores, CheckpointError lists why and nothing moves.
         """
-        failures = []
+        if not self.all_steps() and _nonempty(self.directory + ".rejected"):
+            raise CheckpointError(
+                f"{self.directory} has no checkpoint left but {self.directory}.rejected holds steps "
+                "that could not be restored earlier. Not starting from scratch silently: inspect "
+                "them, or remove that directory (or use a new --workdir) to train from the start."
+            )
+        failures, bad_steps = [], []
         for step in reversed(self.all_steps()):
             try:
                 check_config(self.restore_config(step))
+                self._check_structure(step, abstract_state)
                 state = self.restore(step, abstract_state, data_iter)
+                ok, reason = True, ""
             except ConfigError:
                 raise
             except Exception as err:
-                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+                ok, reason = (
+                    False,
+                    f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
+                )
+            if not _all_processes(ok, step):
+                reason = reason or "another process could not restore it"
                 failures.append(f"step {step} ({reason})")
+                bad_steps.append(step)
                 warn(
                     f"WARNING: checkpoint step {step} in {self.directory} cannot be restored "
-                    f"({reason}); moving it to {self.directory}.rejected and trying an older step."
+                    f"({reason}); trying an older step."
                 )
-                self._reject(step)
                 continue
+            for bad in bad_steps:
+                self._reject(bad)
             if failures:
-                warn(f"Fell back to checkpoint step {step} (newer ones were unreadable).")
+                warn(
+                    f"Fell back to checkpoint step {step}; the unreadable newer steps were moved to "
+                    f"{self.directory}.rejected."
+                )
             return step, state
         if failures:
             raise CheckpointError(
-                f"{self.directory}: no checkpoint restores ({'; '.join(failures)}); they were moved "
-                f"to {self.directory}.rejected. Not starting from scratch silently: inspect them, or "
-                "use a new --workdir to train from the start."
+                f"{self.directory}: no checkpoint restores ({'; '.join(failures)}). Not starting from "
+                "scratch silently: inspect them, or use a new --workdir to train from the start."
             )
         return 0, None
+
+    def _check_structure(self, step: int, abstract_state) -> None:
+        """ConfigError when the saved state's tree or shapes differ from this run's state."""
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+        except Exception:  # no readable metadata: the restore itself will say what is wrong
+            return
+        if saved is None:
+            return
+        have = {_key(p): getattr(x, "shape", None) for p, x in _leaves(saved)}
+        want = {_key(p): x.shape for p, x in _leaves(abstract_state)}
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        shapes = [
+            k for k in want if k in have and have[k] is not None and tuple(have[k]) != want[k]
+        ]
+        if missing or extra or shapes:
+            detail = (
+                f"missing {missing[:3]}"
+                if missing
+                else f"unexpected {extra[:3]}"
+                if extra
+                else f"{shapes[0]} has shape {tuple(have[shapes[0]])} there, {want[shapes[0]]} here"
+            )
+            raise ConfigError(
+                f"checkpoint step {step} in {self.directory} holds a train state of another structure "
+                f"({detail}): it was written with another optimiser or model setting (e.g. "
+                "optim.clip_norm, optim.freeze) or by an older version. Use the original config, or a "
+                "new --workdir."
+            )
 
     def _reject(self, step: int) -> None:
         """Moves a bad step out of the manager's directory (process 0), then re-lists the steps."""
@@ -137,6 +190,28 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _leaves(tree):
+    return jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+
+
+def _key(path) -> str:
+    """A leaf's path as 'a/b/0/c', whatever containers (dicts, attributes, sequences) hold it."""
+    return "/".join(re.findall(r"[A-Za-z0-9_]+", jax.tree_util.keystr(path)))
+
+
+def _nonempty(directory: str) -> bool:
+    return os.path.isdir(directory) and bool(os.listdir(directory))
+
+
+def _all_processes(ok: bool, step: int) -> bool:
+    """Whether every process restored `step` (all must agree before falling back or going on)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def abstract_like(tree, shardings):

@@ -2,6 +2,7 @@
 
 Triggers:
   * SIGTERM (what TPU/GCE preemption and `kill` send) and SIGINT (Ctrl-C). A second SIGINT stops at once.
+    With several processes a Ctrl-C is passed on as SIGTERM to JAX's preemption sync manager.
   * A TPU VM host-maintenance event: with QUERIT_WATCH_MAINTENANCE=1 (the launch scripts set it) a thread
     long-polls the GCE metadata server's `instance/maintenance-event` and turns any value other than
     NONE into a SIGTERM to this process, so both go through the same path.
@@ -62,6 +63,11 @@ class StopRequest:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.signal_name = signal.Signals(signum).name
         self.during_step = self.last_step + 1
+        if self.multihost:
+            # A flag on this host alone would make it stop (and enter a collective save) while the
+            # others keep stepping: hand the notice to JAX's preemption sync manager as a SIGTERM, so
+            # every process stops at the same step.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def should_stop(self, step: int) -> bool:
         """Called once per step by every process, after `step` was dispatched."""
@@ -72,6 +78,7 @@ class StopRequest:
             if multihost_utils.reached_preemption_sync_point(step):
                 self.log(f"Preemption notice: all processes stop and save at step {step}.")
                 return True
+            return False  # a local signal counts only once every process has agreed on a step
         if self.signal_name is not None:
             self.log(
                 f"{self.signal_name} received during step {self.during_step}: saving a checkpoint "

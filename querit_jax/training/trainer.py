@@ -43,7 +43,9 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
     m, d = cfg.model, cfg.data
     template = make_template(m.template, instruction=m.instruction or None)
     budgets = dict(template=template, max_length=d.max_length, max_query_tokens=d.max_query_tokens)
-    compute = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat_mode)
+    compute = dict(
+        dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat_mode, scan_layers=m.scan_layers
+    )
     if m.init_from:
         if m.overrides:
             log(
@@ -250,6 +252,8 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     batch_sharding = NamedSharding(
         mesh, sharding.logical_to_spec((axes.BATCH,), rules)
     )  # dim 0 of all
+    if cfg.data.pack and jax.process_count() > 1:
+        packing.check_process_rows(batch_sharding, jax.device_count())
     train_step = jax.jit(
         steps.make_train_step(
             graphdef,
@@ -313,54 +317,64 @@ def _train(s: Session, end: int) -> int:
     pending, pairs, tokens, collection = None, 0, 0, None
     stopper = preemption.StopRequest(s.log)  # SIGTERM/SIGINT/maintenance -> save and stop
     monitor = guards.Monitor(cfg.train.max_nonfinite_steps, s.log)
-    saved = None
-    with sharding.use_rules(s.mesh, s.rules):
-        for step in range(s.start + 1, end + 1):
-            local = next(s.data_iter)
-            pairs += local["teacher"].size * jax.process_count()  # [Q, G], packed or not
-            tokens += int((local["segment_ids"] > 0).sum()) * jax.process_count()
-            batch = {
-                k: jax.make_array_from_process_local_data(s.batch_sharding, v)
-                for k, v in local.items()
-            }
-            s.state, metrics = s.train_step(s.state, batch)
-            collection = collection or metrics_collection(metrics)
-            update = collection.single_from_model_output(**metrics)
-            pending = update if pending is None else pending.merge(update)
-            if step % cfg.train.log_every == 0 or step == end:
-                summary = {k: float(v) for k, v in pending.compute().items()}
-                summary.update(monitor.check(s.state.opt_state, step))
-                writer.write(step, summary)
-                s.log(progress.line(step, summary, pairs, tokens))
-                pending, pairs, tokens, collection = None, 0, 0, None
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step != end:
-                monitor.check(s.state.opt_state, step)
-                s.checkpointer.save(step, s.state, s.data_iter, config_json)
-                saved = step
-            if (
-                cfg.train.eval_every
-                and step % cfg.train.eval_every == 0
-                and step != cfg.train.num_steps
-            ):
-                res = s.evaluate(f"step_{step}")
-                if res:
-                    writer.write(
-                        step,
-                        {
-                            f"eval/ndcg@10/{k}": v["reranked"]["ndcg@10"]
-                            for k, v in res["datasets"].items()
-                        },
-                    )
-            preemption.inject_fault("step", step)
-            if stopper.should_stop(step):
-                end = step
-                break
-    if end > s.start and saved != end:
-        monitor.check(s.state.opt_state, end)
-        s.checkpointer.save(end, s.state, s.data_iter, config_json)
-    s.checkpointer.close()  # waits for the save to finish
-    stopper.close()
-    writer.close()
+    try:
+        saved = None
+        with sharding.use_rules(s.mesh, s.rules):
+            for step in range(s.start + 1, end + 1):
+                local = next(s.data_iter)
+                pairs += local["teacher"].size * jax.process_count()  # [Q, G], packed or not
+                tokens += int((local["segment_ids"] > 0).sum()) * jax.process_count()
+                batch = {
+                    k: jax.make_array_from_process_local_data(s.batch_sharding, v)
+                    for k, v in local.items()
+                }
+                s.state, metrics = s.train_step(s.state, batch)
+                collection = collection or metrics_collection(metrics)
+                update = collection.single_from_model_output(**metrics)
+                pending = update if pending is None else pending.merge(update)
+                if step % cfg.train.log_every == 0 or step == end:
+                    summary = {k: float(v) for k, v in pending.compute().items()}
+                    summary.update(monitor.check(s.state.opt_state, step))
+                    writer.write(step, summary)
+                    s.log(progress.line(step, summary, pairs, tokens))
+                    pending, pairs, tokens, collection = None, 0, 0, None
+                if cfg.train.save_every and step % cfg.train.save_every == 0 and step != end:
+                    monitor.check(s.state.opt_state, step)
+                    s.checkpointer.save(step, s.state, s.data_iter, config_json)
+                    saved = step
+                if (
+                    cfg.train.eval_every
+                    and step % cfg.train.eval_every == 0
+                    and step != cfg.train.num_steps
+                ):
+                    res = s.evaluate(f"step_{step}")
+                    if res:
+                        writer.write(
+                            step,
+                            {
+                                f"eval/ndcg@10/{k}": v["reranked"]["ndcg@10"]
+                                for k, v in res["datasets"].items()
+                            },
+                        )
+                preemption.inject_fault("step", step)
+                if stopper.should_stop(step):
+                    end = step
+                    break
+        if end > s.start and saved != end:
+            monitor.check(s.state.opt_state, end)
+            s.checkpointer.save(end, s.state, s.data_iter, config_json)
+        s.checkpointer.close()  # waits for the save to finish
+    except BaseException:
+        # A non-finite abort, a data error or a second Ctrl-C: let a save in flight (a good checkpoint
+        # from before) finish rather than abandoning it, then re-raise the original error.
+        try:
+            s.checkpointer.wait()
+        except Exception as err:  # the original error is the one to report
+            s.log(f"WARNING: a checkpoint save in flight failed too: {err}")
+        raise
+    finally:
+        stopper.close()  # restores the previous signal handlers
+        writer.close()
     return end
 
 
@@ -392,7 +406,8 @@ def run(
     if end < cfg.train.num_steps:
         s.log(f"Stopped after step {end} as asked; run again with the same workdir to continue.")
     else:
-        spec = s.spec.replace(remat=False)  # runtime choices are not part of the saved model
+        # Runtime choices are not part of the saved model.
+        spec = s.spec.replace(remat=False, scan_layers=False)
         if getattr(spec.backbone, "moe_impl", "") == "ep":
             spec = spec.replace(moe_impl="grouped")
         extra = {
