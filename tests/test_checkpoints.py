@@ -27,6 +27,15 @@ def test_directory_that_is_not_a_checkpoint(tmp_path):
         api.load_model(str(tmp_path / "missing"))
 
 
+def test_a_checkpoint_loads_from_a_relative_path(tmp_path, hf_dir, monkeypatch):
+    """Users pass paths like workdirs/run (the README does); Orbax itself misreads relative ones."""
+    hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
+    monkeypatch.chdir(tmp_path)
+    model = api.load_model("ckpt")
+    assert api.resolve_model_path("ckpt") == str(tmp_path / "ckpt")
+    assert model.params
+
+
 def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):
     ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
     meta_path = os.path.join(ckpt, "model.json")

@@ -308,9 +308,10 @@ def read_spec(path: str) -> tuple[ModelSpec, dict]:
 
 
 def resolve_model_path(path: str) -> str:
-    """A model checkpoint, a Hugging Face dir, or a training workdir (-> its `model/`)."""
+    """A model checkpoint, a Hugging Face dir, or a training workdir (-> its `model/`), absolute."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such directory.")
+    path = os.path.abspath(path)
     if is_model_checkpoint(path) or is_hf_dir(path):
         return path
     if is_model_checkpoint(os.path.join(path, "model")):
@@ -323,7 +324,7 @@ def resolve_model_path(path: str) -> str:
 
 
 def _restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:
-    params_dir = os.path.join(path, "params")
+    params_dir = os.path.join(os.path.abspath(path), "params")  # Orbax misreads relative paths
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{path}: model.json present but the params/ directory is missing.")
     ckptr = ocp.StandardCheckpointer()
