@@ -48,7 +48,7 @@ def make_models(out_dir: str, seed: int = 0):
     import torch
     import transformers
 
-    from querit_jax.models import api
+    from querit_jax.loading import load_model
 
     tok = transformers.AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
     tok.pad_token = "<|fim_pad|>"
@@ -62,7 +62,7 @@ def make_models(out_dir: str, seed: int = 0):
             p.normal_(0.0, 0.02)
     hf.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return hf, api.load_model(out_dir, max_length=512)
+    return hf, load_model(out_dir, max_length=512)
 
 
 def count_params(hf) -> tuple[int, int]:

@@ -34,7 +34,7 @@ def token_shares(lengths, max_length, batch, max_pairs):
     import numpy as np
 
     from querit_jax.data import packing
-    from querit_jax.eval.scoring import length_buckets
+    from querit_jax.inference.runners import length_buckets
 
     lengths = np.asarray(lengths)
     real = lengths.sum()
@@ -65,7 +65,7 @@ def main(argv):
     import torch
 
     from querit_jax.data.tokenize import PairEncoder
-    from querit_jax.eval.scoring import Scorer
+    from querit_jax.inference.runners import Scorer
 
     torch.set_num_threads(os.cpu_count())
     bc.header("B3/B5: XQuAD-R length mix, packing")

@@ -1,7 +1,7 @@
 """Peak host memory of `python -m querit_jax.merge` against the size of one input checkpoint.
 
 Writes two randomly initialised checkpoints of a Qwen3 preset (default: the full Qwen3-0.6B, 596M
-parameters, float32 — 2.4 GB each) with `api.save_model`, merges them with SLERP in a subprocess, and
+parameters, float32 — 2.4 GB each) with `save_model`, merges them with SLERP in a subprocess, and
 prints wall time, the merge process's peak RSS (its own `ru_maxrss`, reported at exit), the peak RSS
 of a process that only imports the merge code and starts JAX (the floor any run pays), the checkpoint
 size and the ratio peak / checkpoint size (target < 2: the merge streams tensor by tensor instead of
@@ -25,10 +25,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from querit_jax.data.templates import qwen3_pair  # noqa: E402
-from querit_jax.models import api  # noqa: E402
-from querit_jax.models.config import DECODER_PRESETS, DecoderConfig  # noqa: E402
+from querit_jax.models.checkpoint import is_model_checkpoint, save_model
+from querit_jax.models.decoder_config import DECODER_PRESETS, DecoderConfig  # noqa: E402
 from querit_jax.models.heads import HeadConfig  # noqa: E402
+from querit_jax.models.spec import ModelSpec, abstract_params
+from querit_jax.models.templates import qwen3_pair  # noqa: E402
 
 TOKENIZER = os.path.join(ROOT, "data", "tokenizers", "xquad_r_bpe")
 # Runs a module as __main__ and prints the process's own peak RSS when it exits (absl exits via
@@ -52,7 +53,7 @@ _PEAK = (
 def write_random_checkpoint(path: str, spec, seed: int, tokenizer) -> int:
     """A checkpoint of random N(0, 0.02) weights (norm scales 1); returns its size in bytes."""
     rng = np.random.default_rng(seed)
-    _, abstract = api.abstract_params(spec)
+    _, abstract = abstract_params(spec)
 
     def draw(path_, leaf):
         if jax.tree_util.keystr(path_).endswith("['scale']"):
@@ -60,7 +61,7 @@ def write_random_checkpoint(path: str, spec, seed: int, tokenizer) -> int:
         return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) * 0.02, leaf.dtype)
 
     params = jax.tree_util.tree_map_with_path(draw, abstract)
-    api.save_model(path, spec, params, tokenizer)
+    save_model(path, spec, params, tokenizer)
     del params
     return dir_size(os.path.join(path, "params"))
 
@@ -101,8 +102,8 @@ def main():
     if args.preset not in DECODER_PRESETS:
         raise SystemExit(f"--preset: choose one of {DECODER_PRESETS}")
     backbone = getattr(DecoderConfig, args.preset)(**overrides)
-    spec = api.ModelSpec(backbone.family, backbone, HeadConfig(), qwen3_pair(), 512)
-    _, abstract = api.abstract_params(spec)
+    spec = ModelSpec(backbone.family, backbone, HeadConfig(), qwen3_pair(), 512)
+    _, abstract = abstract_params(spec)
     leaves = jax.tree.leaves(abstract)
     n_params = sum(int(np.prod(x.shape)) for x in leaves)
     largest = max(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves)
@@ -112,7 +113,7 @@ def main():
         t0 = time.time()
         sizes = [
             dir_size(os.path.join(work, name, "params"))
-            if api.is_model_checkpoint(os.path.join(work, name))  # --workdir of an earlier run
+            if is_model_checkpoint(os.path.join(work, name))  # --workdir of an earlier run
             else write_random_checkpoint(os.path.join(work, name), spec, seed, tokenizer)
             for seed, name in enumerate(("a", "b"))
         ]

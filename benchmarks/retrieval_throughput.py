@@ -52,15 +52,15 @@ def main(argv):
     import torch
     from sentence_transformers import SentenceTransformer, util
 
-    from querit_jax.eval.scoring import embedder_for
-    from querit_jax.mining.topk import ShardedCorpus
-    from querit_jax.models import api
+    from querit_jax.inference.runners import embedder_for
+    from querit_jax.loading import load_model
+    from querit_jax.retrieval.topk import ShardedCorpus
 
     docs, queries = (
         _texts(_DATA.value, "corpus", _DOCS.value),
         _texts(_DATA.value, "queries", _QUERIES.value),
     )
-    model = api.load_model(_MODEL.value)
+    model = load_model(_MODEL.value)
     ours = embedder_for(model, batch_size=_BATCH.value)
     st = SentenceTransformer(_MODEL.value, device="cpu")
     st.max_seq_length = model.spec.max_length

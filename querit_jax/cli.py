@@ -1,29 +1,37 @@
 """Shared entry-point wrapper: user errors print one clear line and exit 2, not a traceback."""
 
+import re
 import sys
 
-from absl import app
+from absl import app, flags
 
-from querit_jax.config_lib import ConfigError
-from querit_jax.convert.publish import PublishError
-from querit_jax.convert.safetensors_io import SafetensorsError
-from querit_jax.data.io import DataFormatError
-from querit_jax.mining.miner import MiningError
-from querit_jax.mining.openai_client import GenerationError
-from querit_jax.models.api import CheckpointError
-from querit_jax.training.guards import NonFiniteError
+from querit_jax.errors import USER_ERRORS
 
-USER_ERRORS = (
-    ConfigError,
-    DataFormatError,
-    CheckpointError,
-    SafetensorsError,
-    FileNotFoundError,
-    MiningError,
-    GenerationError,
-    PublishError,
-    NonFiniteError,
-)
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with bad flags and config overrides reported as one `error:` line.
+
+    A misspelt `--config.a.b=v` raises AttributeError from inside ml_collections (with its "did
+    you mean"), a wrong type a flags.Error; both become `error: ...` and exit 2.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e}. Pass --helpfull to list the flags.")
+    except (AttributeError, KeyError) as e:  # ml_collections: an override naming no field
+        text = str(e).replace("\\n", "\n").replace("\\'", "'")
+        key = re.search(r"'([^'\n]+)'", text)
+        hint = re.search(r'Did you mean "[^"]*" instead of "[^"]*"\?', text)
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        _fail(
+            f"config override {', '.join(overrides) or ''}: no field {key.group(1) if key else text!r}"
+            f" in the config{'; ' + hint.group(0) if hint else '.'}"
+        )
 
 
 def run(main) -> None:
@@ -33,7 +41,6 @@ def run(main) -> None:
         try:
             return main(argv)
         except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(str(e))
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)

@@ -14,21 +14,20 @@ from typing import Any
 
 import ml_collections
 
-from querit_jax.data.templates import TEMPLATES, make_template
-from querit_jax.models.config import DECODER_PRESETS, DecoderConfig, dtype_of
+from querit_jax.errors import ConfigError
+from querit_jax.models.decoder_config import DECODER_PRESETS, DecoderConfig, dtype_of
 from querit_jax.models.encoder_config import ENCODER_PRESETS, EncoderConfig
 from querit_jax.models.heads import HeadConfig
 from querit_jax.models.layers import remat_name
+from querit_jax.models.templates import TEMPLATES, make_template
 from querit_jax.sharding import axes, axis_size
 from querit_jax.sharding import rules as rules_lib
 from querit_jax.sharding.hybrid import ici_shape
 from querit_jax.sharding.mesh import resolve_mesh_shape
 
 FAMILY_NAMES = ("qwen3", "qwen3_moe", "bert", "xlm_roberta")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message names the field."""
+# train.loss names (training/losses.py implements each).
+LOSS_NAMES = ("listwise_ce", "kl", "margin_mse", "bce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,13 +231,11 @@ def load_sibling_config(config_file: str, name: str):
 
 def parse_losses(spec: str) -> dict[str, float]:
     """'listwise_ce:0.5,kl' -> {"listwise_ce": 0.5, "kl": 1.0}."""
-    from querit_jax.training.losses import LOSSES
-
     out = {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         name, _, weight = part.partition(":")
-        if name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}.")
+        if name not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {name!r}; choose from {LOSS_NAMES}.")
         try:
             out[name] = float(weight) if weight else 1.0
         except ValueError:
@@ -475,7 +472,7 @@ def config_drift(saved: dict, current: dict) -> list[str]:
 
 
 def validate_mining(c: MiningConfig) -> MiningConfig:
-    from querit_jax.mining.prompts import PRESETS
+    from querit_jax.data.prompts import PRESETS
 
     _require(bool(c.target), "mining.target", "give the BEIR directory of the target corpus.")
     _require(bool(c.output), "mining.output", "give a directory for the mined shards.")

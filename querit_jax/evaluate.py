@@ -18,11 +18,12 @@ import os
 from absl import flags
 
 from querit_jax import cli
-from querit_jax.data.io import DataFormatError, write_json
+from querit_jax.data.io import write_json
+from querit_jax.data.runs import write_trec
 from querit_jax.data.sources import dataset_name
+from querit_jax.errors import DataFormatError
 from querit_jax.eval import report as report_lib
 from querit_jax.eval.api import evaluate_models
-from querit_jax.eval.runs import write_trec
 from querit_jax.training.writers import get_logger
 
 _MODEL = flags.DEFINE_multi_string(

@@ -14,9 +14,9 @@ from absl import flags
 
 from querit_jax import cli
 from querit_jax.data import beir
+from querit_jax.data.runs import write_trec
 from querit_jax.eval import metrics
-from querit_jax.eval.runs import write_trec
-from querit_jax.mining.first_stage import first_stage_run
+from querit_jax.loading import first_stage_run
 from querit_jax.training.writers import get_logger
 
 _MODEL = flags.DEFINE_string("model", None, "Embedder path, or 'bm25'.")

@@ -9,8 +9,9 @@ import struct
 import pytest
 
 from querit_jax.convert import hf_import
-from querit_jax.convert.safetensors_io import SafetensorsError, read_file
-from querit_jax.models import api
+from querit_jax.convert.safetensors_io import read_file
+from querit_jax.errors import CheckpointError, SafetensorsError
+from querit_jax.loading import load_model, resolve_model_path
 from tests.conftest import make_hf_qwen3
 
 
@@ -21,18 +22,18 @@ def hf_dir(tmp_path_factory):
 
 def test_directory_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(api.CheckpointError, match="is not a querit_jax model checkpoint"):
-        api.load_model(str(tmp_path))
-    with pytest.raises(api.CheckpointError, match="no such directory"):
-        api.load_model(str(tmp_path / "missing"))
+    with pytest.raises(CheckpointError, match="is not a querit_jax model checkpoint"):
+        load_model(str(tmp_path))
+    with pytest.raises(CheckpointError, match="no such directory"):
+        load_model(str(tmp_path / "missing"))
 
 
 def test_a_checkpoint_loads_from_a_relative_path(tmp_path, hf_dir, monkeypatch):
     """Users pass paths like workdirs/run (the README does); Orbax itself misreads relative ones."""
     hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
     monkeypatch.chdir(tmp_path)
-    model = api.load_model("ckpt")
-    assert api.resolve_model_path("ckpt") == str(tmp_path / "ckpt")
+    model = load_model("ckpt")
+    assert resolve_model_path("ckpt") == str(tmp_path / "ckpt")
     assert model.params
 
 
@@ -44,25 +45,25 @@ def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):
     meta["backbone"]["num_layers"] = 3
     with open(meta_path, "w") as f:
         json.dump(meta, f)
-    with pytest.raises(api.CheckpointError, match=r"missing \['model\.layers\.2\."):
-        api.load_model(ckpt)
+    with pytest.raises(CheckpointError, match=r"missing \['model\.layers\.2\."):
+        load_model(ckpt)
     meta["backbone"]["num_layers"] = 2
     meta["backbone"]["intermediate_size"] = 100
     with open(meta_path, "w") as f:
         json.dump(meta, f)
     with pytest.raises(
-        api.CheckpointError,
+        CheckpointError,
         match=r"model\.json\): parameter model\.layers\.0\.mlp\.down_proj\.kernel has shape \(96, 64\), the model expects \(100, 64\)",
     ):
-        api.load_model(ckpt)
+        load_model(ckpt)
 
 
 def test_bad_model_json(tmp_path, hf_dir):
     ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
     with open(os.path.join(ckpt, "model.json"), "w") as f:
         f.write("{not json")
-    with pytest.raises(api.CheckpointError, match="model.json: invalid JSON"):
-        api.load_model(ckpt)
+    with pytest.raises(CheckpointError, match="model.json: invalid JSON"):
+        load_model(ckpt)
     with open(os.path.join(ckpt, "model.json"), "w") as f:
         json.dump(
             {
@@ -74,8 +75,8 @@ def test_bad_model_json(tmp_path, hf_dir):
             },
             f,
         )
-    with pytest.raises(api.CheckpointError, match="unknown family 'gpt9'"):
-        api.load_model(ckpt)
+    with pytest.raises(CheckpointError, match="unknown family 'gpt9'"):
+        load_model(ckpt)
 
 
 class _Boom:
@@ -96,9 +97,9 @@ def test_pickle_checkpoints_are_refused_and_never_unpickled(tmp_path, hf_dir):
     with open(bad / "pytorch_model.bin", "wb") as f:
         pickle.dump(_Boom(str(sentinel)), f)
     with pytest.raises(
-        api.CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*never reads them"
+        CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*never reads them"
     ):
-        api.load_model(str(bad))
+        load_model(str(bad))
     assert not sentinel.exists()
 
 
@@ -127,8 +128,8 @@ def test_unsupported_architecture(tmp_path, hf_dir):
     cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
     with open(other / "config.json", "w") as f:
         json.dump(cfg, f)
-    with pytest.raises(api.CheckpointError, match="model_type 'llama'.*not supported"):
-        api.load_model(str(other))
+    with pytest.raises(CheckpointError, match="model_type 'llama'.*not supported"):
+        load_model(str(other))
 
 
 def test_missing_tensor_is_named(tmp_path, hf_dir):
@@ -139,5 +140,5 @@ def test_missing_tensor_is_named(tmp_path, hf_dir):
     tensors = dict(read_file(str(broken / "model.safetensors")))
     del tensors["model.layers.1.mlp.up_proj.weight"]
     write_file(str(broken / "model.safetensors"), tensors)
-    with pytest.raises(api.CheckpointError, match="'model.layers.1.mlp.up_proj.weight' is missing"):
-        api.load_model(str(broken))
+    with pytest.raises(CheckpointError, match="'model.layers.1.mlp.up_proj.weight' is missing"):
+        load_model(str(broken))

@@ -134,7 +134,7 @@ def test_evaluate_cli_on_checkpoint_and_export(tiny_workdir, exported, tmp_path)
 
 def test_evaluate_accepts_a_trec_run_file(tiny_workdir, tmp_path):
     from querit_jax.data import beir
-    from querit_jax.eval.runs import write_trec
+    from querit_jax.data.runs import write_trec
 
     ds = beir.load_beir(os.path.join(XQUAD, "zh", "test"), "test")
     qids = sorted(ds.qrels)[:5]

@@ -11,11 +11,11 @@ import optax
 import pytest
 
 from querit_jax import config_lib, sharding
-from querit_jax.data.templates import encoder_pair, qwen3_pair
-from querit_jax.models import api
-from querit_jax.models.config import DecoderConfig
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, abstract_params, init_params, place_params
+from querit_jax.models.templates import encoder_pair, qwen3_pair
 from querit_jax.training import losses, steps
 from querit_jax.training.state import init_state, state_shardings
 
@@ -28,7 +28,7 @@ def _spec(family="qwen3", **fields):
         backbone, template = DecoderConfig.tiny(vocab_size=256, **fields), qwen3_pair()
     else:
         backbone, template = EncoderConfig.tiny_bert(vocab_size=256, **fields), encoder_pair()
-    return api.ModelSpec(family, backbone, HeadConfig(), template, 32)
+    return ModelSpec(family, backbone, HeadConfig(), template, 32)
 
 
 def _batch(q=2, g=4, t=32, seed=0):
@@ -42,8 +42,8 @@ def _batch(q=2, g=4, t=32, seed=0):
 
 
 def _loss_and_grads(spec, host, batch):
-    graphdef, abstract = api.abstract_params(spec, MESH, RULES)
-    params = api.place_params(host, abstract)
+    graphdef, abstract = abstract_params(spec, MESH, RULES)
+    params = place_params(host, abstract)
     loss_fn = lambda p: losses.listwise_ce(steps.group_scores(graphdef, p, batch))  # noqa: E731
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
     return float(loss), jax.tree.map(np.asarray, grads)
@@ -51,7 +51,7 @@ def _loss_and_grads(spec, host, batch):
 
 def test_remat_policies_give_the_same_loss_and_gradients(family="qwen3"):
     # (the encoder goes through the same `layers.maybe_remat`)
-    host = jax.tree.map(np.asarray, api.init_params(_spec(family), MESH, RULES, seed=1)[1])
+    host = jax.tree.map(np.asarray, init_params(_spec(family), MESH, RULES, seed=1)[1])
     batch = _batch()
     ref_loss, ref_grads = _loss_and_grads(_spec(family), host, batch)
     for remat in ("full", "dots_saveable"):
@@ -69,7 +69,7 @@ def test_bad_remat_policy_is_a_config_error():
 
 
 def test_bf16_compute_with_float32_master_weights_is_close_to_float32():
-    host = jax.tree.map(np.asarray, api.init_params(_spec(), MESH, RULES, seed=2)[1])
+    host = jax.tree.map(np.asarray, init_params(_spec(), MESH, RULES, seed=2)[1])
     batch = _batch(seed=3)
     ref_loss, ref_grads = _loss_and_grads(_spec(), host, batch)
     loss, grads = _loss_and_grads(_spec(dtype="bfloat16", param_dtype="float32"), host, batch)
@@ -85,9 +85,9 @@ def test_bf16_compute_with_float32_master_weights_is_close_to_float32():
 def test_train_step_makes_no_host_transfers():
     spec = _spec()
     tx = optax.adamw(1e-3)
-    graphdef, abstract = api.abstract_params(spec, MESH, RULES)
+    graphdef, abstract = abstract_params(spec, MESH, RULES)
     shardings = state_shardings(abstract, tx, MESH)
-    state = init_state(api.init_params(spec, MESH, RULES)[1], tx, shardings)
+    state = init_state(init_params(spec, MESH, RULES)[1], tx, shardings)
     step = jax.jit(
         steps.make_train_step(graphdef, tx, optax.constant_schedule(1e-3), 1.0),
         donate_argnums=(0,),
@@ -105,8 +105,8 @@ def test_train_step_makes_no_host_transfers():
 
 
 def _scores_and_grads(spec, host, batch):
-    graphdef, abstract = api.abstract_params(spec, MESH, RULES)
-    params = api.place_params(host, abstract)
+    graphdef, abstract = abstract_params(spec, MESH, RULES)
+    params = place_params(host, abstract)
 
     def loss_fn(p):
         scores = steps.group_scores(graphdef, p, batch)
@@ -125,9 +125,9 @@ def _assert_trees_close(a, b, atol=1e-6):
 @pytest.mark.parametrize("family,remats", [("qwen3", (False, "full")), ("bert", (False,))])
 def test_scan_layers_gives_the_loop_scores_gradients_and_parameter_layout(family, remats):
     loop, scan = _spec(family, num_layers=3), _spec(family, num_layers=3, scan_layers=True)
-    host = jax.tree.map(np.asarray, api.init_params(loop, MESH, RULES, seed=4)[1])
+    host = jax.tree.map(np.asarray, init_params(loop, MESH, RULES, seed=4)[1])
     # the layout checkpoints, HF conversion and merge plans read does not change
-    scan_layout = api.abstract_params(scan, MESH, RULES)[1]
+    scan_layout = abstract_params(scan, MESH, RULES)[1]
     assert jax.tree.structure(scan_layout) == jax.tree.structure(host)
     batch = _batch(g=2, t=16, seed=5)
     ref = _scores_and_grads(loop, host, batch)
@@ -155,16 +155,16 @@ def test_scan_layers_on_a_moe_with_dense_layers_keeps_scores_aux_losses_and_upda
             router_z_loss_coef=1e-3,
             scan_layers=scan,
         )
-        return api.ModelSpec("qwen3_moe", backbone, HeadConfig(), qwen3_pair(), 32)
+        return ModelSpec("qwen3_moe", backbone, HeadConfig(), qwen3_pair(), 32)
 
     tx = optax.adamw(1e-3)
     batch = jax.device_put(_batch(g=2, t=16, seed=6))
-    host = jax.tree.map(np.asarray, api.init_params(spec(False), MESH, RULES, seed=7)[1])
+    host = jax.tree.map(np.asarray, init_params(spec(False), MESH, RULES, seed=7)[1])
     results = []
     for scan in (False, True):
         s = spec(scan)
-        graphdef, abstract = api.abstract_params(s, MESH, RULES)
-        params = api.place_params(host, abstract)
+        graphdef, abstract = abstract_params(s, MESH, RULES)
+        params = place_params(host, abstract)
         forward = functools.partial(steps.group_scores, graphdef, batch=batch, return_aux=True)
         scores, aux = jax.jit(forward)(params)
         state = init_state(params, tx, state_shardings(abstract, tx, MESH))
@@ -181,7 +181,7 @@ def test_scan_layers_on_a_moe_with_dense_layers_keeps_scores_aux_losses_and_upda
 
 def _dot_count(num_layers: int, scan: bool) -> tuple[int, str]:
     spec = _spec(num_layers=num_layers, scan_layers=scan)
-    graphdef, abstract = api.abstract_params(spec, MESH, RULES)
+    graphdef, abstract = abstract_params(spec, MESH, RULES)
     batch = _batch()
     text = jax.jit(lambda p: steps.group_scores(graphdef, p, batch)).lower(abstract).as_text()
     return text.count("dot_general"), text

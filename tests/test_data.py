@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from querit_jax.data import beir, groups, pipeline, tfds_groups, xquad_r
-from querit_jax.data.io import DataFormatError
-from querit_jax.data.templates import qwen3_pair, qwen3_reranker
 from querit_jax.data.tokenize import PairEncoder, pad_batch
-from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
+from querit_jax.errors import DataFormatError
+from querit_jax.models.templates import qwen3_pair, qwen3_reranker
+from querit_jax.retrieval.analyzers import SubwordAnalyzer
+from querit_jax.retrieval.bm25 import BM25Retriever
 from tests.conftest import SHARED, XQUAD, write_jsonl
 
 

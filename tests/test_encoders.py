@@ -9,13 +9,13 @@ import pytest
 import torch
 import transformers
 
-from querit_jax.convert import hf_export, hf_import
 from querit_jax.convert.safetensors_io import read_file
-from querit_jax.data.io import DataFormatError
 from querit_jax.data.tokenize import pad_batch
-from querit_jax.eval.scoring import embedder_for, scorer_for
-from querit_jax.mining.first_stage import DenseRetriever
-from querit_jax.models import api
+from querit_jax.errors import CheckpointError, DataFormatError
+from querit_jax.inference.runners import embedder_for, scorer_for
+from querit_jax.loading import embedding_function, load_model
+from querit_jax.release.export import export_hf, hf_import
+from querit_jax.retrieval.dense import DenseRetriever
 from tests.conftest import SHARED
 
 MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
@@ -36,7 +36,7 @@ PAIRS = [(TEXTS[0], TEXTS[2]), (TEXTS[1], "短"), ("Wer?", TEXTS[3]), ("q", "d")
 
 @needs_minilm
 def test_real_minilm_embeddings_match_transformers_mean_pooling():
-    model = api.load_model(MINILM)
+    model = load_model(MINILM)
     assert (
         model.spec.family == "bert"
         and model.spec.head.pooling == "mean"
@@ -100,7 +100,7 @@ def test_encoder_cross_encoders_match_transformers_and_round_trip(tmp_path, fami
     if family == "bert" and not os.path.isdir(MINILM):
         pytest.skip("needs the MiniLM tokenizer")
     hf_dir, ref, tok = _tiny_encoder_dir(tmp_path, family)
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     assert model.spec.family == family and model.spec.head.kind == "score"
     ours = scorer_for(model, batch_size=4).score(
         model.params, [p[0] for p in PAIRS], [p[1] for p in PAIRS]
@@ -125,7 +125,7 @@ def test_encoder_cross_encoders_match_transformers_and_round_trip(tmp_path, fami
     )[:, 0]
     np.testing.assert_allclose(left, ours, atol=1e-5, rtol=0)
 
-    out = hf_export.export_hf(model, str(tmp_path / "export"))
+    out = export_hf(model, str(tmp_path / "export"))
     original, back = (
         read_file(os.path.join(hf_dir, "model.safetensors")),
         read_file(os.path.join(out, "model.safetensors")),
@@ -150,10 +150,10 @@ def model_encoder(model):
 def test_embedder_export_loads_in_sentence_transformers(tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    model = api.load_model(MINILM)
+    model = load_model(MINILM)
     ckpt = hf_import.import_hf(MINILM, str(tmp_path / "ckpt"))
-    again = api.load_model(ckpt)
-    out = hf_export.export_hf(again, str(tmp_path / "export"))
+    again = load_model(ckpt)
+    out = export_hf(again, str(tmp_path / "export"))
     ours = embedder_for(model).embed(model.params, TEXTS, "query")
     st = SentenceTransformer(out).encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(st, ours, atol=1e-5, rtol=0)
@@ -163,7 +163,7 @@ def test_qwen3_embedder_reads_the_last_real_token(tmp_path):
     from tests.conftest import make_hf_qwen3
 
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "base", std=0.05)
-    model = api.load_model(hf_dir, head="embed")
+    model = load_model(hf_dir, head="embed")
     assert model.spec.head.pooling == "last" and model.spec.template.name == "qwen3_embedding"
     emb = embedder_for(model, batch_size=4)
     ours = emb.embed(model.params, TEXTS[:3], "query")
@@ -185,17 +185,17 @@ def test_qwen3_embedder_reads_the_last_real_token(tmp_path):
 
 @needs_minilm
 def test_bad_input_for_embedders_and_architectures(tmp_path):
-    retriever = DenseRetriever(api.load_model(MINILM), progress=False)
+    retriever = DenseRetriever(embedding_function(MINILM), progress=False)
     with pytest.raises(DataFormatError, match="The corpus is empty"):
         retriever.index([], [])
     bad = tmp_path / "gpt2"
     shutil.copytree(MINILM, bad)
     (bad / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
-    with pytest.raises(api.CheckpointError, match="model_type 'gpt2'.*not supported"):
-        api.load_model(str(bad))
-    from querit_jax.config_lib import ConfigError
+    with pytest.raises(CheckpointError, match="model_type 'gpt2'.*not supported"):
+        load_model(str(bad))
+    from querit_jax.errors import ConfigError
 
-    model = api.load_model(MINILM)  # 512 learned positions: a longer input would read NaN rows
+    model = load_model(MINILM)  # 512 learned positions: a longer input would read NaN rows
     with pytest.raises(ConfigError, match="max_length=1024 is longer than .* 512 positions"):
         embedder_for(model, max_length=1024)
 
@@ -203,14 +203,14 @@ def test_bad_input_for_embedders_and_architectures(tmp_path):
 @needs_minilm
 @pytest.mark.parametrize("kind", ["reranker", "embedder"])
 def test_verify_tool_covers_encoders(tmp_path, kind):
-    from querit_jax.convert.verify import verify
+    from querit_jax.release.verify import verify
 
     if kind == "reranker":
         hf_dir, _, _ = _tiny_encoder_dir(tmp_path, "bert")
-        model = api.load_model(hf_dir)
+        model = load_model(hf_dir)
     else:
-        model = api.load_model(MINILM)
-    report = verify(model, hf_export.export_hf(model, str(tmp_path / "export")))
+        model = load_model(MINILM)
+    report = verify(model, export_hf(model, str(tmp_path / "export")))
     assert max(v for k, v in report.items() if k.startswith("max_abs_diff")) < 1e-4
 
 

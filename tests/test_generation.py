@@ -4,9 +4,9 @@ import pytest
 import torch
 import transformers
 
+from querit_jax.data.prompts import BEGIN, END, make_prompt, parse_queries
 from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
 from querit_jax.mining.jax_sampler import JaxSampler
-from querit_jax.mining.prompts import BEGIN, END, make_prompt, parse_queries
 from tests.conftest import make_hf_qwen3
 
 PROMPTS = [

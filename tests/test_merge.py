@@ -18,14 +18,15 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from querit_jax import merging, sharding
-from querit_jax.config_lib import ConfigError
-from querit_jax.data.templates import qwen3_pair
+from querit_jax.errors import CheckpointError, ConfigError
+from querit_jax.loading import load_model
 from querit_jax.merging import checkpoints, plan
 from querit_jax.merging import slerp as slerp_lib
-from querit_jax.models import api
-from querit_jax.models.api import CheckpointError
-from querit_jax.models.config import DecoderConfig
+from querit_jax.models.checkpoint import is_model_checkpoint, save_model
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, abstract_params, flatten
+from querit_jax.models.templates import qwen3_pair
 from tests.helpers import ROOT, load_config
 
 ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
@@ -159,14 +160,14 @@ def _spec(**fields):
     moe = fields.pop("moe", False)
     base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, head_dim=16)
     cfg = (DecoderConfig.tiny_moe if moe else DecoderConfig.tiny)(**{**base, **fields})
-    return api.ModelSpec(cfg.family, cfg, HeadConfig(), qwen3_pair(), 32)
+    return ModelSpec(cfg.family, cfg, HeadConfig(), qwen3_pair(), 32)
 
 
 def _random_params(spec, seed):
     """Random weights without compiling an initialiser; norm scales near 1, so that their SLERP takes
     the nearly-parallel (linear) branch, as trained norms often do."""
     rng = np.random.default_rng(seed)
-    _, abstract = api.abstract_params(spec)
+    _, abstract = abstract_params(spec)
 
     def draw(path, leaf):
         if jax.tree_util.keystr(path).endswith("['scale']"):
@@ -190,7 +191,7 @@ def ckpts(tmp_path_factory, tokenizer):
         ("moe_a", _spec(moe=True), 0),
         ("moe_b", _spec(moe=True), 1),
     ]:
-        made[name] = api.save_model(str(root / name), spec, _random_params(spec, seed), tokenizer)
+        made[name] = save_model(str(root / name), spec, _random_params(spec, seed), tokenizer)
     made["root"] = str(root)
     return made
 
@@ -205,7 +206,7 @@ def _cfg(ckpts, models, out, **fields):
 
 
 def _params(path):
-    return {k: np.asarray(v) for k, v in api.flatten(api.load_model(path).params).items()}
+    return {k: np.asarray(v) for k, v in flatten(load_model(path).params).items()}
 
 
 def _manifest(path):
@@ -410,8 +411,8 @@ def test_head_fields_and_templates_must_match_the_base(ckpts):
 
 
 def test_failed_merge_leaves_no_tmp_and_outputs_next_to_inputs_are_refused(ckpts, tokenizer):
-    a = api.load_model(ckpts["a"])
-    neg = api.save_model(
+    a = load_model(ckpts["a"])
+    neg = save_model(
         os.path.join(ckpts["root"], "neg_a"),
         a.spec,
         jax.tree.map(jnp.negative, a.params),
@@ -430,7 +431,7 @@ def test_failed_merge_leaves_no_tmp_and_outputs_next_to_inputs_are_refused(ckpts
         cfg = _cfg({**ckpts, "v": victim}, "av", "victim")
         with pytest.raises(ConfigError, match=rf"overlaps the input .*victim\{suffix}"):
             merging.merge(cfg, mesh=ONE)
-        assert api.is_model_checkpoint(victim)
+        assert is_model_checkpoint(victim)
 
 
 def test_existing_output_is_replaced_by_renames_and_leftovers_recovered(ckpts, monkeypatch):
@@ -461,7 +462,7 @@ def test_existing_output_is_replaced_by_renames_and_leftovers_recovered(ckpts, m
     checkpoints.OutputWriter(out, {}, 1 << 20).abort()
     assert not os.path.exists(out + ".old") and not os.path.exists(out + ".tmp")
     assert t_of(out) == [{"value": 1.0}]
-    assert api.load_model(out).spec == api.load_model(ckpts["a"]).spec
+    assert load_model(out).spec == load_model(ckpts["a"]).spec
 
 
 def _cli(*flags):

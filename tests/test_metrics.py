@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from querit_jax.config_lib import OptimConfig
-from querit_jax.data.io import DataFormatError
+from querit_jax.data.runs import read_run, write_trec
+from querit_jax.errors import DataFormatError
 from querit_jax.eval import metrics
-from querit_jax.eval.runs import read_run, write_trec
 from querit_jax.training import optim
 
 QRELS = {"q1": {"a": 1, "c": 2}, "q2": {"x": 1}, "q3": {"z": 1}}

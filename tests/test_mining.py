@@ -12,10 +12,11 @@ import pytest
 
 from querit_jax import config_lib
 from querit_jax.data import groups
+from querit_jax.data.mined import shard_files
+from querit_jax.errors import CheckpointError
 from querit_jax.mining import miner
 from querit_jax.mining.filters import QueryFilter, longest_common_run, normalize
-from querit_jax.mining.teacher import choose_by_bins
-from querit_jax.models.api import CheckpointError
+from querit_jax.mining.negatives import choose_by_bins
 from tests.conftest import XQUAD, make_hf_qwen3, write_jsonl
 from tests.helpers import ROOT, load_config
 
@@ -42,7 +43,7 @@ def _cfg(tmp_path, teacher, **overrides):
 
 def test_mined_groups_follow_the_schema_and_the_manifest_counts(tmp_path, teacher):
     manifest = miner.mine(_cfg(tmp_path, teacher, score_bins=4), log=lambda *a: None)
-    files = miner.shard_files(str(tmp_path / "mined"))
+    files = shard_files(str(tmp_path / "mined"))
     assert len(files) == 5 and manifest["complete"]
     rows = [g for f in files for g in groups.read_groups(f)]  # validates the FlagEmbedding schema
     assert len(rows) == manifest["totals"]["groups"] > 50
@@ -164,7 +165,7 @@ def test_killed_mining_resumes_to_the_same_shards_without_recomputing(tmp_path, 
         f"mined shard {len(done_before) + 1}/15" in proc.stderr
         and "mined shard 1/15" not in proc.stderr
     )
-    a, b = miner.shard_files(straight.output), miner.shard_files(str(out))
+    a, b = shard_files(straight.output), shard_files(str(out))
     assert [os.path.basename(p) for p in a] == [os.path.basename(p) for p in b]
     for x, y in zip(a, b):
         with open(x) as fx, open(y) as fy:
@@ -184,7 +185,7 @@ def test_distillation_trains_on_the_mined_teacher_scores(tmp_path, teacher, monk
     monkeypatch.chdir(ROOT)
     mined = _cfg(tmp_path, teacher, max_docs=16)
     miner.mine(mined, log=lambda *a: None)
-    rows = [g for f in miner.shard_files(mined.output) for g in groups.read_groups(f)]
+    rows = [g for f in shard_files(mined.output) for g in groups.read_groups(f)]
     mined_scores = np.array([s for g in rows for s in g["pos_scores"] + g["neg_scores"]])
     base = load_config("configs/general_relevance.py", "tiny")
     base.data.train, base.data.group_size, base.train.loss = mined.output, 4, "kl"

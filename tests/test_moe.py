@@ -15,13 +15,14 @@ from jax.sharding import NamedSharding
 
 from querit_jax import config_lib, sharding
 from querit_jax.config_lib import OptimConfig
-from querit_jax.convert import hf_export
 from querit_jax.convert.safetensors_io import read_file
-from querit_jax.data.templates import qwen3_pair
 from querit_jax.data.tokenize import PairEncoder, pad_batch
-from querit_jax.models import api
-from querit_jax.models.config import DecoderConfig
+from querit_jax.loading import load_model
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, abstract_params, init_params, place_params
+from querit_jax.models.templates import qwen3_pair
+from querit_jax.release.export import export_hf
 from querit_jax.sharding import axes
 from querit_jax.training import losses, optim, steps
 from querit_jax.training.state import init_state, state_shardings
@@ -77,7 +78,7 @@ def _hf_moe(tmp_path, norm, mlp_only, seed=0):
 @pytest.mark.parametrize("norm,mlp_only", [(False, []), (True, []), (True, [1])])
 def test_hf_parity_routing_and_round_trip(tmp_path, norm, mlp_only):
     hf_dir, ref = _hf_moe(tmp_path, norm, mlp_only)
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     cfg = model.spec.backbone
     assert model.spec.family == "qwen3_moe" and cfg.norm_topk_prob == norm
     assert [cfg.is_sparse(i) for i in range(3)] == [i not in mlp_only for i in range(3)]
@@ -103,7 +104,7 @@ def test_hf_parity_routing_and_round_trip(tmp_path, norm, mlp_only):
             hf_top = np.sort(torch.topk(hf_lg, 2).indices.numpy(), -1)[real]
             assert np.mean(np.all(ours_top == hf_top, -1)) >= 0.999
 
-    out_dir = hf_export.export_hf(model, str(tmp_path / "export"))
+    out_dir = export_hf(model, str(tmp_path / "export"))
     original, back = (
         read_file(os.path.join(hf_dir, "model.safetensors")),
         read_file(os.path.join(out_dir, "model.safetensors")),
@@ -137,7 +138,7 @@ def test_load_balancing_loss_equals_transformers():
     )
 
 
-SPEC = api.ModelSpec(
+SPEC = ModelSpec(
     "qwen3_moe",
     # top-2 with unnormalised weights: the routing weights differ per token and carry gradient, so
     # a wrong weight permutation in any combine would show
@@ -159,8 +160,8 @@ def _batch(q=8, g=2, t=16, seed=0):
 
 
 def _loss_and_grads(spec, mesh, rules, host, batch):
-    graphdef, abstract = api.abstract_params(spec, mesh, rules)
-    params = api.place_params(host, abstract)
+    graphdef, abstract = abstract_params(spec, mesh, rules)
+    params = place_params(host, abstract)
     batch_sharding = NamedSharding(mesh, sharding.logical_to_spec((axes.BATCH,), rules))
 
     def loss_fn(p, b):
@@ -179,12 +180,12 @@ def _loss_and_grads(spec, mesh, rules, host, batch):
 def test_some_expert_gets_no_tokens_in_the_test_batch():
     host = jax.tree.map(
         np.asarray,
-        api.init_params(
+        init_params(
             SPEC, sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp"), seed=3
         )[1],
     )
     _, aux = steps.group_scores(
-        api.abstract_params(SPEC)[0], host, _batch(q=1, g=1, t=4), return_aux=True
+        abstract_params(SPEC)[0], host, _batch(q=1, g=1, t=4), return_aux=True
     )
     chosen = np.asarray(jax.lax.top_k(aux["router_logits"][0].reshape(-1, 8), 2)[1]).ravel()
     assert len(set(chosen.tolist())) < 8  # so the ep test below covers an idle expert
@@ -196,7 +197,7 @@ def test_some_expert_gets_no_tokens_in_the_test_batch():
 def test_expert_parallel_equals_dense_forward_and_gradients(ep, fsdp):
     rules = sharding.rules.resolve_rules("fsdp+ep")
     host = jax.tree.map(
-        np.asarray, api.init_params(SPEC, sharding.single_device_mesh(), rules, seed=3)[1]
+        np.asarray, init_params(SPEC, sharding.single_device_mesh(), rules, seed=3)[1]
     )
     for batch in (_batch(), _batch(q=8, g=2, t=6)):  # padding everywhere; few tokens: idle experts
         dense = dataclasses.replace(
@@ -223,7 +224,7 @@ def test_expert_parallel_equals_dense_forward_and_gradients(ep, fsdp):
 def test_grouped_equals_dense():
     rules = sharding.rules.resolve_rules("fsdp")
     mesh = sharding.single_device_mesh()
-    host = jax.tree.map(np.asarray, api.init_params(SPEC, mesh, rules, seed=1)[1])
+    host = jax.tree.map(np.asarray, init_params(SPEC, mesh, rules, seed=1)[1])
     results = []
     for impl in ("dense", "grouped"):
         spec = dataclasses.replace(SPEC, backbone=dataclasses.replace(SPEC.backbone, moe_impl=impl))
@@ -235,9 +236,9 @@ def test_grouped_equals_dense():
 
 def _one_train_step(spec, mesh, rules, host, batch):
     tx, schedule = optim.make_optimizer(OptimConfig(learning_rate=2e-5, warmup_steps=0), 10)
-    graphdef, abstract = api.abstract_params(spec, mesh, rules)
+    graphdef, abstract = abstract_params(spec, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh)
-    state = init_state(api.place_params(host, abstract), tx, shardings)
+    state = init_state(place_params(host, abstract), tx, shardings)
     batch_sharding = NamedSharding(mesh, sharding.logical_to_spec((axes.BATCH,), rules))
     step = jax.jit(
         steps.make_train_step(graphdef, tx, schedule, 1.0, moe=spec.backbone),
@@ -256,11 +257,11 @@ def test_tiny_moe_train_step_on_8_devices_equals_1_device():
     cfg = config_lib.from_config_dict(load_config("configs/general_relevance.py", "tiny_moe"))
     assert cfg.sharding.preset == "fsdp+ep" and cfg.model.backbone_config().moe_impl == "ep"
     rules = cfg.sharding.rules()
-    spec = api.ModelSpec(
+    spec = ModelSpec(
         "qwen3_moe", cfg.model.backbone_config(vocab_size=512), HeadConfig(), qwen3_pair(), 32
     )
     host = jax.tree.map(
-        np.asarray, api.init_params(spec, sharding.single_device_mesh(), rules, seed=0)[1]
+        np.asarray, init_params(spec, sharding.single_device_mesh(), rules, seed=0)[1]
     )
     batch = _batch()
     ref_metrics, ref_params = _one_train_step(
@@ -310,9 +311,7 @@ def test_bad_moe_configs_fail_at_validation():
 
 def test_a0p4b_preset_matches_the_published_parameter_counts():
     cfg = DecoderConfig.qwen3_moe_a0p4b()
-    _, abstract = api.abstract_params(
-        api.ModelSpec("qwen3_moe", cfg, HeadConfig(), qwen3_pair(), 512)
-    )
+    _, abstract = abstract_params(ModelSpec("qwen3_moe", cfg, HeadConfig(), qwen3_pair(), 512))
     total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
     expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
     active = total - cfg.num_layers * (cfg.num_experts - cfg.num_experts_per_tok) * expert

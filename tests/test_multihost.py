@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 
-from querit_jax.models import api
+from querit_jax.loading import load_model
 from tests.helpers import ROOT
 
 TRAIN = [
@@ -106,8 +106,8 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path):
         [got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6
     )
     a, b = (
-        api.load_model(os.path.join(multi, "model")),
-        api.load_model(os.path.join(single, "model")),
+        load_model(os.path.join(multi, "model")),
+        load_model(os.path.join(single, "model")),
     )
     # Adam divides by |g|: reduction-order noise in near-zero gradients moves a few entries by ~1e-5.
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):

@@ -8,8 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from querit_jax.errors import GenerationError
 from querit_jax.mining.generators import SamplingConfig
-from querit_jax.mining.openai_client import GenerationError, OpenAIChatGenerator
+from querit_jax.mining.openai_client import OpenAIChatGenerator
 
 SECRET = "sk-test-do-not-print-0123456789"
 

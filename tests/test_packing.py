@@ -12,12 +12,12 @@ from jax.sharding import NamedSharding
 
 from querit_jax import sharding
 from querit_jax.data import packing
-from querit_jax.data.templates import encoder_pair, qwen3_pair
-from querit_jax.eval.scoring import BatchedRunner
-from querit_jax.models import api
-from querit_jax.models.config import DecoderConfig
+from querit_jax.inference.runners import BatchedRunner
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, abstract_params, init_params, place_params
+from querit_jax.models.templates import encoder_pair, qwen3_pair
 from querit_jax.sharding import axes
 from querit_jax.training import steps
 from querit_jax.training.state import init_state, state_shardings
@@ -26,7 +26,7 @@ PAD = 0
 
 
 def _spec(family, backbone, template=None):
-    return api.ModelSpec(family, backbone, HeadConfig(), template or qwen3_pair(), 64)
+    return ModelSpec(family, backbone, HeadConfig(), template or qwen3_pair(), 64)
 
 
 SPECS = {
@@ -89,14 +89,14 @@ def test_packer_errors_are_clear():
 
 
 def _runner(spec, mesh, rules, pack, max_pairs=16):
-    graphdef, _ = api.abstract_params(spec, mesh, rules)
+    graphdef, _ = abstract_params(spec, mesh, rules)
     tok = types.SimpleNamespace(pad_token_id=PAD)
     return BatchedRunner(spec, graphdef, tok, mesh, rules, 16, 64, pack=pack, max_pairs=max_pairs)
 
 
 def _params(spec, seed=0):
     mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
-    return jax.tree.map(np.asarray, api.init_params(spec, mesh, rules, seed=seed)[1])
+    return jax.tree.map(np.asarray, init_params(spec, mesh, rules, seed=seed)[1])
 
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "bert", "xlm_roberta"])
@@ -105,8 +105,8 @@ def test_packed_scores_equal_unpacked(family):
     if family == "qwen3_moe":
         spec = spec.replace(moe_impl="grouped")
     mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
-    _, abstract = api.abstract_params(spec, mesh, rules)
-    params = api.place_params(_params(spec), abstract)
+    _, abstract = abstract_params(spec, mesh, rules)
+    params = place_params(_params(spec), abstract)
     seqs, kinds = _sequences(40, seed=1, typed=family == "bert")
     ref = _runner(spec, mesh, rules, pack=False).run(params, seqs, kinds)
     packed = _runner(spec, mesh, rules, pack=True, max_pairs=8).run(params, seqs, kinds)
@@ -122,11 +122,11 @@ def test_packed_moe_scores_equal_unpacked_with_expert_parallelism_on_8_devices()
     dense = SPECS["qwen3_moe"].replace(moe_impl="dense")
     mesh1 = sharding.single_device_mesh()
     ref = _runner(dense, mesh1, rules, pack=False).run(
-        api.place_params(host, api.abstract_params(dense, mesh1, rules)[1]), seqs
+        place_params(host, abstract_params(dense, mesh1, rules)[1]), seqs
     )
     ep = SPECS["qwen3_moe"].replace(moe_impl="ep")
     mesh = sharding.make_mesh((2, 1, 1, 4))
-    params = api.place_params(host, api.abstract_params(ep, mesh, rules)[1])
+    params = place_params(host, abstract_params(ep, mesh, rules)[1])
     got = _runner(ep, mesh, rules, pack=True, max_pairs=8).run(params, seqs)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
@@ -150,9 +150,9 @@ def _group_batch(q=4, g=4, t=48, seed=0):
 def _train_step(spec, batch, mesh, rules):
     """One train step with plain SGD at learning rate 1, so new params = old params - gradients."""
     tx = optax.sgd(1.0)
-    graphdef, abstract = api.abstract_params(spec, mesh, rules)
+    graphdef, abstract = abstract_params(spec, mesh, rules)
     state = init_state(
-        api.place_params(_params(spec, seed=4), abstract), tx, state_shardings(abstract, tx, mesh)
+        place_params(_params(spec, seed=4), abstract), tx, state_shardings(abstract, tx, mesh)
     )
     moe = spec.backbone if spec.family == "qwen3_moe" else None
     step = jax.jit(
@@ -242,7 +242,7 @@ def test_packing_refuses_a_mesh_where_a_process_rows_are_not_one_block(monkeypat
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from querit_jax.config_lib import ConfigError
+    from querit_jax.errors import ConfigError
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     batch = NamedSharding(mesh, P("data"))

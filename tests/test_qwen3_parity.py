@@ -14,11 +14,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen3Model
 
-from querit_jax.convert import hf_export, hf_import
 from querit_jax.convert.safetensors_io import read_file
-from querit_jax.data.templates import qwen3_pair, qwen3_reranker
 from querit_jax.data.tokenize import PairEncoder, pad_batch
-from querit_jax.models import api
+from querit_jax.errors import CheckpointError
+from querit_jax.loading import load_model
+from querit_jax.models.spec import ModelSpec, flatten
+from querit_jax.models.templates import qwen3_pair, qwen3_reranker
+from querit_jax.release.export import export_hf, hf_import
 from tests.conftest import make_hf_qwen3
 
 QUERIES = [
@@ -49,7 +51,7 @@ def _jax_scores(model, ids, seg):
 @pytest.mark.parametrize("left", [False, True])
 def test_seq_cls_scores_match_transformers(tmp_path, left):
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", pad_token="<|fim_pad|>")
-    model = api.load_model(hf_import.import_hf(hf_dir, str(tmp_path / "ckpt")))
+    model = load_model(hf_import.import_hf(hf_dir, str(tmp_path / "ckpt")))
     _, ids, seg = _batch(model, 96, left)
     ref_model = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
     with torch.no_grad():
@@ -63,7 +65,7 @@ def test_seq_cls_scores_match_transformers(tmp_path, left):
 def test_hidden_states_match_transformers_with_pad_equal_to_appended_eos(tmp_path, left):
     """Qwen3-Embedding case: pad id == the <|endoftext|> the template appends; every real token matches."""
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls")  # demo tokenizer: pad = <|endoftext|>
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     assert model.spec.template.suffix == "<|endoftext|>" == model.tokenizer.pad_token
     seqs, ids, seg = _batch(model, 96, left)
     assert all(s[-1] == model.tokenizer.pad_token_id for s in seqs)
@@ -84,7 +86,7 @@ def test_hidden_states_match_transformers_with_pad_equal_to_appended_eos(tmp_pat
 @pytest.mark.parametrize("left", [False, True])
 def test_causal_lm_yes_no_scores_match_transformers(tmp_path, left):
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "causal_lm", tie=False)
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     assert model.spec.head.kind == "yes_no" and model.spec.template.name == "qwen3_reranker"
     from transformers import Qwen3ForCausalLM
 
@@ -109,12 +111,12 @@ def _cross_encoder_scores(path):
 @pytest.mark.parametrize("arch", ["seq_cls", "causal_lm"])
 def test_export_round_trip_loads_in_transformers_and_sentence_transformers(tmp_path, arch):
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), arch, tie=False)
-    model = api.load_model(hf_import.import_hf(hf_dir, str(tmp_path / "ckpt")))
+    model = load_model(hf_import.import_hf(hf_dir, str(tmp_path / "ckpt")))
     max_length = 200
     seqs, ids, seg = _batch(model, max_length, left=False)
     ours = _jax_scores(model, ids, seg)
 
-    out = hf_export.export_hf(model, str(tmp_path / "export"), max_length=max_length)
+    out = export_hf(model, str(tmp_path / "export"), max_length=max_length)
     exported = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.pad_token_id == exported.config.pad_token_id
@@ -129,7 +131,7 @@ def test_export_round_trip_loads_in_transformers_and_sentence_transformers(tmp_p
 
     # The round trip of the original format is bit-identical.
     original = read_file(os.path.join(hf_dir, "model.safetensors"))
-    again = hf_export.export_hf(
+    again = export_hf(
         model,
         str(tmp_path / "again"),
         head_format="causal_lm" if arch == "causal_lm" else "seq_cls",
@@ -150,7 +152,7 @@ def test_bare_qwen3_model_without_prefix_imports(tmp_path):
 
     keys = list(load_file(os.path.join(hf_dir, "model.safetensors")))
     assert not any(k.startswith("model.") for k in keys)
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     assert model.spec.head.kind == "score"
     base = Qwen3Model.from_pretrained(hf_dir).eval()
     _, ids, seg = _batch(model, 96, left=True)
@@ -167,10 +169,10 @@ def test_bare_qwen3_model_without_prefix_imports(tmp_path):
 def test_templates_render_like_the_exported_chat_template(tmp_path):
     """Our tokenisation of a pair equals the tokenizer applying the exported chat template."""
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls")
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     for template in (qwen3_pair(), qwen3_reranker()):
-        model.spec = api.ModelSpec("qwen3", model.spec.backbone, model.spec.head, template, 512)
-        out = hf_export.export_hf(model, str(tmp_path / template.name))
+        model.spec = ModelSpec("qwen3", model.spec.backbone, model.spec.head, template, 512)
+        out = export_hf(model, str(tmp_path / template.name))
         tok = AutoTokenizer.from_pretrained(out)
         ours = PairEncoder(model.tokenizer, template, 512)(QUERIES, DOCS)
         for q, d, ids in zip(QUERIES, DOCS, ours):
@@ -188,7 +190,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
     from querit_jax.training import losses, steps
 
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", pad_token="<|fim_pad|>", std=0.05)
-    model = api.load_model(hf_dir)
+    model = load_model(hf_dir)
     seqs = PairEncoder(model.tokenizer, model.spec.template, 64, 24)(QUERIES, DOCS)
     ids, seg, _ = pad_batch(seqs, 64, model.tokenizer.pad_token_id)
     batch = {"input_ids": ids.reshape(2, 2, 64), "segment_ids": seg.reshape(2, 2, 64)}
@@ -207,7 +209,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
     ref_loss.backward()
     np.testing.assert_allclose(float(loss), float(ref_loss), atol=1e-5)
     named = dict(ref.named_parameters())
-    flat = api.flatten(grads)
+    flat = flatten(grads)
     for e in table.backbone_entries(model.spec.backbone) + table.head_entries(
         model.spec.backbone, model.spec.head
     ):
@@ -221,20 +223,20 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
 def test_yes_no_head_converts_exactly_to_a_score_head(tmp_path):
     """`head="score"` on a Qwen3ForCausalLM (e.g. Qwen3-Reranker) gives the same scores, linearly."""
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "causal_lm", tie=True)
-    yes_no = api.load_model(hf_dir)
-    score = api.load_model(hf_dir, head="score")
+    yes_no = load_model(hf_dir)
+    score = load_model(hf_dir, head="score")
     assert yes_no.spec.head.kind == "yes_no" and score.spec.head.kind == "score"
     _, ids, seg = _batch(yes_no, 200, left=False)
     np.testing.assert_allclose(
         _jax_scores(score, ids, seg), _jax_scores(yes_no, ids, seg), atol=1e-5
     )
     ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))  # stored as yes/no
-    again = api.load_model(ckpt, head="score")
+    again = load_model(ckpt, head="score")
     np.testing.assert_allclose(
         _jax_scores(again, ids, seg), _jax_scores(yes_no, ids, seg), atol=1e-5
     )
-    with pytest.raises(api.CheckpointError, match="cannot be turned into a yes_no head"):
-        api.load_model(_seq_cls_ckpt(tmp_path), head="yes_no")
+    with pytest.raises(CheckpointError, match="cannot be turned into a yes_no head"):
+        load_model(_seq_cls_ckpt(tmp_path), head="yes_no")
 
 
 def _seq_cls_ckpt(tmp_path):
@@ -245,8 +247,8 @@ def _seq_cls_ckpt(tmp_path):
 
 def test_bf16_compute_stays_close_to_float32(tmp_path):
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", std=0.05)
-    fp32 = api.load_model(hf_dir)
-    bf16 = api.load_model(hf_dir, dtype="bfloat16")
+    fp32 = load_model(hf_dir)
+    bf16 = load_model(hf_dir, dtype="bfloat16")
     assert (
         bf16.params["model"]["embed_tokens"]["embedding"].dtype == np.float32
     )  # master weights stay fp32
@@ -257,11 +259,11 @@ def test_bf16_compute_stays_close_to_float32(tmp_path):
 
 
 def test_verify_tool_checks_causal_lm_exports(tmp_path):
-    from querit_jax.convert.verify import verify
+    from querit_jax.release.verify import verify
 
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "causal_lm", tie=False)
-    model = api.load_model(hf_dir, dtype="bfloat16")  # verify must compare in float32 regardless
-    out = hf_export.export_hf(model, str(tmp_path / "export"), head_format="causal_lm")
+    model = load_model(hf_dir, dtype="bfloat16")  # verify must compare in float32 regardless
+    out = export_hf(model, str(tmp_path / "export"), head_format="causal_lm")
     report = verify(model, out)
     assert report["max_abs_diff_transformers"] < 1e-4
     assert report["max_abs_diff_sentence_transformers"] < 1e-4

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from querit_jax.convert import hf_export, model_card, publish
-from querit_jax.convert.verify import verify
+from querit_jax.errors import CheckpointError
 from querit_jax.eval import report as report_lib
-from querit_jax.models import api
+from querit_jax.loading import load_model
+from querit_jax.models.checkpoint import save_model
+from querit_jax.release.export import export_hf, model_card, publish
+from querit_jax.release.verify import verify
 from tests.helpers import ROOT
 
 SECRET = "secret-xyz-0123"
@@ -47,11 +49,11 @@ def eval_report(tiny_workdir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def release(tiny_workdir, eval_report, tmp_path_factory):
     """(model, export dir) of the tiny trained model, exported with HF_TOKEN set in the environment."""
-    model = api.load_model(tiny_workdir)
+    model = load_model(tiny_workdir)
     out = str(tmp_path_factory.mktemp("release") / "tiny-reranker")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_TOKEN", SECRET)
-        hf_export.export_hf(model, out, eval_report=eval_report)
+        export_hf(model, out, eval_report=eval_report)
     return model, out
 
 
@@ -93,14 +95,14 @@ def test_card_snippet_runs_for_yes_no_and_encoder_exports(kind, tmp_path):
     if kind == "causal_lm":
         from tests.conftest import make_hf_qwen3
 
-        model = api.load_model(make_hf_qwen3(str(tmp_path / "hf"), "causal_lm"))
+        model = load_model(make_hf_qwen3(str(tmp_path / "hf"), "causal_lm"))
     else:
         from tests.test_encoders import MINILM, _tiny_encoder_dir
 
         if not os.path.isdir(MINILM):
             pytest.skip(f"{MINILM} is absent")
-        model = api.load_model(_tiny_encoder_dir(tmp_path, "bert")[0])
-    out = hf_export.export_hf(
+        model = load_model(_tiny_encoder_dir(tmp_path, "bert")[0])
+    out = export_hf(
         model, str(tmp_path / "export"), head_format=kind if kind == "causal_lm" else None
     )
     with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
@@ -125,12 +127,12 @@ def test_merged_checkpoint_exports_with_recipe_and_parity(tiny_workdir, eval_rep
     merging = pytest.importorskip("querit_jax.merging")
     from querit_jax import sharding
 
-    model = api.load_model(tiny_workdir)
+    model = load_model(tiny_workdir)
     noise = jax.tree.map(
         lambda x: x + 0.05 * np.random.default_rng(0).standard_normal(x.shape).astype(x.dtype),
         model.params,
     )
-    other = api.save_model(str(tmp_path / "other"), model.spec, noise, model.tokenizer)
+    other = save_model(str(tmp_path / "other"), model.spec, noise, model.tokenizer)
     cfg = merging.merge_from_config_dict(
         {
             "merge": {
@@ -145,8 +147,8 @@ def test_merged_checkpoint_exports_with_recipe_and_parity(tiny_workdir, eval_rep
     merging.merge(cfg, mesh=sharding.single_device_mesh(), log=lambda *_: None)
     # A report.json next to the merge output evaluates other models: the card must not show it.
     shutil.copy(eval_report, tmp_path / "report.json")
-    merged = api.load_model(str(tmp_path / "merged"))
-    out = hf_export.export_hf(merged, str(tmp_path / "export"))
+    merged = load_model(str(tmp_path / "merged"))
+    out = export_hf(merged, str(tmp_path / "export"))
     report = verify(merged, out)
     assert report["max_abs_diff_transformers"] < 1e-4
     assert report["max_abs_diff_sentence_transformers"] < 1e-4
@@ -263,7 +265,7 @@ def test_export_refuses_a_report_that_is_not_one_before_writing(release, tmp_pat
     bad = tmp_path / "bad_report.json"
     bad.write_text(json.dumps({"ndcg": 1}))
     with pytest.raises(report_lib.DataFormatError, match="not an evaluation report"):
-        hf_export.export_hf(model, str(tmp_path / "out"), eval_report=str(bad))
+        export_hf(model, str(tmp_path / "out"), eval_report=str(bad))
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -272,6 +274,6 @@ def test_export_refuses_to_replace_a_non_export_directory(release, tmp_path):
     keep = tmp_path / "precious"
     keep.mkdir()
     (keep / "notes.txt").write_text("do not delete")
-    with pytest.raises(api.CheckpointError, match="not a previous export"):
-        hf_export.export_hf(model, str(keep))
+    with pytest.raises(CheckpointError, match="not a previous export"):
+        export_hf(model, str(keep))
     assert (keep / "notes.txt").exists()

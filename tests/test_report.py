@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from querit_jax.data import beir
+from querit_jax.data.runs import write_trec
 from querit_jax.eval import report as report_lib
 from querit_jax.eval.api import evaluate_model
-from querit_jax.eval.runs import write_trec
 from querit_jax.eval.suite import bm25_run
 from tests.conftest import XQUAD
 from tests.helpers import ROOT
@@ -228,8 +228,8 @@ def test_mteb_reranking_matches_our_evaluation(tiny_workdir, tmp_path):
     pytest.importorskip("mteb")
     from sentence_transformers import CrossEncoder
 
-    from querit_jax.convert import hf_export
     from querit_jax.eval import mteb_adapter
+    from querit_jax.release.export import export_hf
 
     data = os.path.join(XQUAD, "es", "test")
     adapter = mteb_adapter.MtebCrossEncoder(tiny_workdir)
@@ -240,7 +240,7 @@ def test_mteb_reranking_matches_our_evaluation(tiny_workdir, tmp_path):
     task = mteb_adapter.beir_reranking_task(data, run, top_k=10, max_queries=16)
     ours, _ = evaluate_model(tiny_workdir, data, run_path, top_k=10, max_queries=16)
 
-    exported = hf_export.export_hf(adapter.model, str(tmp_path / "export"))
+    exported = export_hf(adapter.model, str(tmp_path / "export"))
     for model in (adapter, CrossEncoder(exported)):
         scores = mteb_adapter.mteb_scores(model, task)
         # MTEB rounds its trec_eval scores (nDCG) to 5 decimals; its MRR is its own, unrounded.

@@ -19,10 +19,12 @@ import pytest
 
 from querit_jax import config_lib, sharding
 from querit_jax.config_lib import OptimConfig
-from querit_jax.data.templates import qwen3_pair
-from querit_jax.models import api
-from querit_jax.models.config import DecoderConfig
+from querit_jax.errors import CheckpointError
+from querit_jax.loading import load_model
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, abstract_params, init_params
+from querit_jax.models.templates import qwen3_pair
 from querit_jax.training import guards, optim, steps
 from querit_jax.training.state import init_state, state_shardings
 from tests.helpers import ROOT, load_config
@@ -63,7 +65,7 @@ def _losses(workdir):
 
 
 def _assert_same_model(a, b):
-    pa, pb = api.load_model(a).params, api.load_model(b).params
+    pa, pb = load_model(a).params, load_model(b).params
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), jax.tree_util.keystr(path))
 
@@ -189,7 +191,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
         assert os.listdir(ckpts) == ["9"] and os.listdir(ckpts + ".rejected")[0].startswith("12.")
         # Checkpoints exist but none restores: a clear error, never a silent fresh start.
         _truncate_arrays(os.path.join(ckpts, "9"))
-        with pytest.raises(api.CheckpointError, match=r"no checkpoint restores \(step 9 \("):
+        with pytest.raises(CheckpointError, match=r"no checkpoint restores \(step 9 \("):
             trainer.setup(_tiny_cfg(), workdir, devices=jax.devices()[:1])
         assert os.listdir(ckpts) == ["9"]  # nothing is moved when no step restores
     finally:
@@ -197,7 +199,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
         logger.warning = orig
 
 
-SPEC = api.ModelSpec("qwen3", DecoderConfig.tiny(vocab_size=512), HeadConfig(), qwen3_pair(), 32)
+SPEC = ModelSpec("qwen3", DecoderConfig.tiny(vocab_size=512), HeadConfig(), qwen3_pair(), 32)
 
 
 def _kd_batch(seed, teacher_nan=False, q=4, g=2, t=32):
@@ -214,8 +216,8 @@ def test_nonfinite_step_changes_nothing_and_repeated_ones_abort():
     mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("dp")
     tx, schedule = optim.make_optimizer(OptimConfig(learning_rate=1e-3, warmup_steps=0), 10)
     tx = guards.skip_nonfinite(tx, max_consecutive=3)
-    graphdef, abstract = api.abstract_params(SPEC, mesh, rules)
-    _, params = api.init_params(SPEC, mesh, rules, seed=0)
+    graphdef, abstract = abstract_params(SPEC, mesh, rules)
+    _, params = init_params(SPEC, mesh, rules, seed=0)
     state0 = init_state(params, tx, state_shardings(abstract, tx, mesh))
     step = jax.jit(
         steps.make_train_step(graphdef, tx, schedule, 1.0, loss_weights={"margin_mse": 1.0})

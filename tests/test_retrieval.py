@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from querit_jax.data import beir
+from querit_jax.data.runs import read_run
 from querit_jax.eval import metrics
-from querit_jax.eval.runs import read_run
-from querit_jax.mining.bm25 import BM25Retriever, UnicodeAnalyzer
-from querit_jax.mining.first_stage import first_stage_run
-from querit_jax.mining.topk import ShardedCorpus, brute_force_top_k
+from querit_jax.loading import first_stage_run
+from querit_jax.retrieval.analyzers import UnicodeAnalyzer
+from querit_jax.retrieval.bm25 import BM25Retriever
+from querit_jax.retrieval.topk import ShardedCorpus, brute_force_top_k
 from tests.conftest import SHARED, XQUAD
 from tests.helpers import ROOT
 
@@ -48,7 +49,7 @@ def test_sharded_top_k_on_8_devices_equals_single_device_brute_force(n):
 def test_corpus_is_a_program_argument_not_a_compiled_constant():
     corpus = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
     sharded = ShardedCorpus(corpus, jax.devices(), block=8)
-    from querit_jax.mining import topk
+    from querit_jax.retrieval import topk
 
     hlo = topk._sharded_top_k.lower(
         np.zeros((2, 4), np.float32),
@@ -76,7 +77,9 @@ def test_unicode_bm25_works_for_unsegmented_scripts():
     assert metrics.evaluate(ds.qrels, run, ["ndcg@10"])[0]["ndcg@10"] > 0.7
     ids = sorted(ds.corpus)
     retriever = BM25Retriever(ids, [ds.doc_text(d) for d in ids], UnicodeAnalyzer())
-    assert retriever.search(["@@@ ###"], 5) == [[]]  # a query with no known term retrieves nothing
+    assert retriever.search({"q": "@@@ ###"}, 5) == {
+        "q": {}
+    }  # a query with no known term retrieves nothing
 
 
 def _retrieve(*args):

@@ -9,11 +9,12 @@ import grain
 import jax.numpy as jnp
 import pytest
 
-from querit_jax import pathsafe
+from querit_jax import storage
 from querit_jax.convert import hf_import
-from querit_jax.data.io import DataFormatError
+from querit_jax.data import mined
+from querit_jax.errors import CheckpointError, DataFormatError
+from querit_jax.loading import load_model
 from querit_jax.mining import miner
-from querit_jax.models import api
 from querit_jax.training.checkpointing import Checkpointer
 from tests.conftest import make_hf_qwen3
 from tests.helpers import ROOT
@@ -58,8 +59,8 @@ def test_pickle_in_place_of_a_model_checkpoint_is_refused_unexecuted(tmp_path):
     ckpt = hf_import.import_hf(hf, str(tmp_path / "ckpt"))
     sentinel = tmp_path / "pwned"
     _pickle_over_every_file(os.path.join(ckpt, "params"), sentinel)
-    with pytest.raises(api.CheckpointError, match=r"params: not a readable Orbax checkpoint"):
-        api.load_model(ckpt)
+    with pytest.raises(CheckpointError, match=r"params: not a readable Orbax checkpoint"):
+        load_model(ckpt)
     assert not sentinel.exists()
 
 
@@ -73,7 +74,7 @@ def test_pickle_in_place_of_a_training_checkpoint_is_refused_unexecuted(tmp_path
     _pickle_over_every_file(str(tmp_path / "checkpoints" / "1"), sentinel)
     ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=2, async_save=False)
     warnings = []
-    with pytest.raises(api.CheckpointError, match=r"no checkpoint restores \(step 1 \("):
+    with pytest.raises(CheckpointError, match=r"no checkpoint restores \(step 1 \("):
         ckpt.restore_latest(
             {"w": jnp.zeros(4)}, iter(grain.MapDataset.range(10).to_iter_dataset()),
             lambda saved: None, warnings.append,
@@ -89,10 +90,8 @@ def test_manifest_entries_cannot_leave_their_directory(tmp_path):
         manifest = {"complete": True, "shards": {"0": {"file": bad}}}
         (out / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(DataFormatError, match="manifest.json: .* (outside|must be a relative)"):
-            miner.shard_files(str(out))
-    assert pathsafe.contained(str(out), "shard-00000.jsonl", "m").endswith(
-        "mined/shard-00000.jsonl"
-    )
+            mined.shard_files(str(out))
+    assert storage.contained(str(out), "shard-00000.jsonl", "m").endswith("mined/shard-00000.jsonl")
 
 
 def test_api_key_never_reaches_files_or_logs(tmp_path, monkeypatch, capsys, caplog):

@@ -7,15 +7,15 @@ from jax.sharding import NamedSharding
 
 from querit_jax import sharding
 from querit_jax.config_lib import OptimConfig
-from querit_jax.data.templates import qwen3_pair
-from querit_jax.models import api
-from querit_jax.models.config import DecoderConfig
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, abstract_params, init_params, place_params
+from querit_jax.models.templates import qwen3_pair
 from querit_jax.sharding import axes
 from querit_jax.training import losses, optim, steps
 from querit_jax.training.state import init_state, state_shardings
 
-SPEC = api.ModelSpec("qwen3", DecoderConfig.tiny(vocab_size=512), HeadConfig(), qwen3_pair(), 32)
+SPEC = ModelSpec("qwen3", DecoderConfig.tiny(vocab_size=512), HeadConfig(), qwen3_pair(), 32)
 
 
 def test_mesh_shape_resolution():
@@ -40,7 +40,7 @@ def test_every_logical_axis_has_a_rule_in_every_preset():
 
 
 def test_indivisible_parameter_names_the_parameter():
-    spec = api.ModelSpec(
+    spec = ModelSpec(
         "qwen3",
         DecoderConfig.tiny(vocab_size=512, hidden_size=100, head_dim=26),
         HeadConfig(),
@@ -51,14 +51,14 @@ def test_indivisible_parameter_names_the_parameter():
     with pytest.raises(
         ValueError, match=r"embed_tokens.*embedding.*dimension 1 \(embed=100\).*fsdp"
     ):
-        api.abstract_params(spec, mesh, sharding.rules.resolve_rules("fsdp"))
+        abstract_params(spec, mesh, sharding.rules.resolve_rules("fsdp"))
 
 
 def test_sharded_init_places_shards_and_matches_single_device_init():
     rules = sharding.rules.resolve_rules("fsdp+tp")
     mesh = sharding.make_mesh((1, 4, 2, 1))
-    _, sharded = api.init_params(SPEC, mesh, rules, seed=3)
-    _, single = api.init_params(SPEC, sharding.single_device_mesh(), rules, seed=3)
+    _, sharded = init_params(SPEC, mesh, rules, seed=3)
+    _, single = init_params(SPEC, sharding.single_device_mesh(), rules, seed=3)
     q = sharded["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
     assert tuple(q.sharding.spec) == ("fsdp", "tensor", None)
     assert q.addressable_shards[0].data.shape == (128 // 4, 4 // 2, 32)
@@ -80,8 +80,8 @@ def _one_step(mesh, rules, host_params, batch):
     # up to ~15% of lr, so the parameter check alone would miss a scale bug and flag noise at large lr;
     # gradients and their global norm are compared separately.
     tx, schedule = optim.make_optimizer(OptimConfig(learning_rate=2e-5, warmup_steps=0), 10)
-    graphdef, abstract = api.abstract_params(SPEC, mesh, rules)
-    params = api.place_params(host_params, abstract)
+    graphdef, abstract = abstract_params(SPEC, mesh, rules)
+    params = place_params(host_params, abstract)
     shardings = state_shardings(abstract, tx, mesh)
     state = init_state(params, tx, shardings)
     batch_sharding = NamedSharding(mesh, sharding.logical_to_spec((axes.BATCH,), rules))
@@ -113,7 +113,7 @@ def _one_step(mesh, rules, host_params, batch):
 )
 def test_train_step_on_8_devices_equals_1_device(preset, shape):
     rules = sharding.rules.resolve_rules(preset)
-    _, host = api.init_params(SPEC, sharding.single_device_mesh(), rules, seed=1)
+    _, host = init_params(SPEC, sharding.single_device_mesh(), rules, seed=1)
     host = jax.tree.map(np.asarray, host)
     batch = _batch()
     ref_loss, ref_norm, ref_grads, ref_params, _ = _one_step(

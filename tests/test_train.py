@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from querit_jax.models import api
+from querit_jax.loading import load_model
 from tests.helpers import ROOT
 
 
@@ -85,7 +85,7 @@ def test_resume_after_restart_equals_uninterrupted_run(tmp_path):
     assert sorted(got) == list(range(1, 13))
     for step in range(1, 13):
         assert got[step] == want[step], (step, got[step], want[step])
-    a, b = api.load_model(straight), api.load_model(resumed)
+    a, b = load_model(straight), load_model(resumed)
     for (path, x), y in zip(
         jax.tree_util.tree_leaves_with_path(a.params), jax.tree.leaves(b.params)
     ):

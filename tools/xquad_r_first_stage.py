@@ -4,7 +4,7 @@
       --models=bm25,../shared/models/all-MiniLM-L6-v2 [--out=workdirs/xquad_r_first_stage]
 
 Converts every language file found in --src (LAReQA's sentence-level task: all 1190 questions against
-all ~1200 sentences of the language), runs each first stage with `querit_jax.mining.first_stage`, and
+all ~1200 sentences of the language), runs each first stage with `querit_jax.retrieval.dense`, and
 prints a Markdown table (also written to <out>/table.md with the runs and a JSON of the numbers).
 """
 
@@ -19,10 +19,10 @@ from absl import flags
 
 from querit_jax import cli
 from querit_jax.data import beir, xquad_r
+from querit_jax.data.runs import write_trec
 from querit_jax.eval import metrics
-from querit_jax.eval.runs import write_trec
-from querit_jax.mining.first_stage import DenseRetriever, first_stage_run
-from querit_jax.models import api
+from querit_jax.loading import embedding_function, first_stage_run
+from querit_jax.retrieval.dense import DenseRetriever
 
 _SRC = flags.DEFINE_string(
     "src", "../shared/data/xquad-r", "Directory of XQuAD-R <lang>.json files."
@@ -43,12 +43,16 @@ def main(argv):
     results: dict = {}
     for model in _MODELS.value:
         name = "BM25" if model == "bm25" else os.path.basename(model.rstrip("/"))
-        if model != "bm25":  # load and compile once for every language
-            model = DenseRetriever(api.load_model(model), progress=False)
+        embed = None if model == "bm25" else embedding_function(model)  # loaded once for all
         for lang in langs:
             ds = beir.load_beir(os.path.join(data_dir, lang), "test")
             start = time.time()
-            run = first_stage_run(model, ds, 100, _BM25_TOKENIZER.value, progress=False)
+            if embed is None:
+                run = first_stage_run("bm25", ds, 100, _BM25_TOKENIZER.value, progress=False)
+            else:
+                ids = list(ds.corpus)
+                retriever = DenseRetriever(embed, progress=False)
+                run = retriever.index(ids, [ds.doc_text(d) for d in ids]).search(ds.queries, 100)
             write_trec(run, os.path.join(_OUT.value, "runs", f"{name}.{lang}.trec"), tag=name)
             means, _ = metrics.evaluate(ds.qrels, run, ["ndcg@10", "recall@100"])
             results.setdefault(name, {})[lang] = {**means, "seconds": round(time.time() - start, 1)}

@@ -1,4 +1,4 @@
-"""Weight-name table between transformers' BERT / XLM-RoBERTa classes and our encoder modules.
+"""BERT / XLM-RoBERTa <-> transformers: config.json fields and the weight-name table of our encoders.
 
 BertModel / XLMRobertaModel tensors live under `bert.` / `roberta.` inside the sequence-classification
 classes and at the top level in bare checkpoints (sentence-transformers models such as all-MiniLM-L6-v2).
@@ -6,6 +6,8 @@ Heads: BertForSequenceClassification's `bert.pooler.dense` + `classifier`, XLMRo
 `classifier.dense` + `classifier.out_proj`, both the same computation (dense, tanh, one-label linear),
 stored in our `dense` / `out_proj`.
 """
+
+from typing import Any
 
 from querit_jax.convert.qwen3 import (
     Entry,
@@ -16,6 +18,60 @@ from querit_jax.convert.qwen3 import (
     _transpose,
 )
 from querit_jax.models.encoder_config import EncoderConfig
+
+
+def config_to_hf(cfg: EncoderConfig) -> dict[str, Any]:
+    return {
+        "model_type": "bert" if cfg.family == "bert" else "xlm-roberta",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "hidden_act": cfg.hidden_act,
+        "position_embedding_type": "absolute",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "initializer_range": 0.02,
+        "pad_token_id": cfg.pad_token_id,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+    }
+
+
+def config_from_hf(hf: dict[str, Any], **overrides) -> EncoderConfig:
+    model_type = hf.get("model_type")
+    if model_type not in ("bert", "xlm-roberta", "roberta"):
+        raise ValueError(
+            f"model_type {model_type!r} is not an encoder this importer reads (bert, xlm-roberta)."
+        )
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(
+            f"position_embedding_type={hf['position_embedding_type']!r}; only 'absolute' is implemented."
+        )
+    roberta = model_type != "bert"
+    pad = hf.get("pad_token_id", 1 if roberta else 0)
+    fields = dict(
+        family="xlm_roberta" if roberta else "bert",
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        hidden_act=hf.get("hidden_act", "gelu"),
+        position_offset=(pad + 1) if roberta else 0,
+        pad_token_id=pad,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+    )
+    return EncoderConfig(**{**fields, **overrides})
+
 
 # Tensors some checkpoints carry that are not parameters of ours.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)

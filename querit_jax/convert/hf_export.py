@@ -6,8 +6,7 @@ models on request, BertForSequenceClassification, XLMRobertaForSequenceClassific
 messages), and the sentence-transformers CrossEncoder files with an identity activation, so
 `CrossEncoder(dir).predict` returns the raw scores this project computes. Embedders: the bare model
 (Qwen3Model, BertModel, XLMRobertaModel) with sentence-transformers' Pooling (and Normalize) modules
-and the query/document prompts. Every export also gets a model card (README.md, `model_card`); the
-export tool then checks it is safe to publish (`publish`).
+and the query/document prompts. The model card and the publishing checks are `querit_jax.release`'s.
 
 Pooling contract: the score is read at the last real token. transformers' Qwen3ForSequenceClassification
 reads the rightmost token whose id != pad_token_id, which is the same token only if the pad id never
@@ -22,11 +21,13 @@ import shutil
 
 import numpy as np
 
-from querit_jax.convert import encoder_table, model_card
+from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import write_file
 from querit_jax.data.io import write_json
-from querit_jax.models.api import CheckpointError, LoadedModel, flatten, yes_no_to_score
+from querit_jax.errors import CheckpointError
+from querit_jax.models.decoder_config import DecoderConfig
+from querit_jax.models.spec import LoadedModel, flatten, yes_no_to_score
 
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 ST_LOGIT_SCORE = "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"
@@ -132,22 +133,16 @@ def architecture_name(spec, head_format: str) -> str:
     return bare if spec.head.kind == "embed" else reranker
 
 
-def export_hf(
-    model: LoadedModel,
-    out_dir: str,
-    head_format: str | None = None,
-    max_length: int | None = None,
-    eval_report: str | None = None,
-    **card,
-) -> str:
-    """Writes a Hugging Face directory for `model`, model card included. Returns out_dir.
+def hf_config(backbone) -> dict:
+    """The transformers config.json fields of a backbone config."""
+    if isinstance(backbone, DecoderConfig):
+        return qwen3_table.config_to_hf(backbone)
+    return encoder_table.config_to_hf(backbone)
 
-    Args:
-      head_format: rerankers: "seq_cls" (default) or "causal_lm" (yes/no models); embedders: "embed".
-      eval_report: report.json for the card's evaluation table (default: the one beside the model).
-      card: model card fields (license, language, base_model, title), see model_card.render.
-    """
-    spec, tokenizer = model.spec, copy.deepcopy(model.tokenizer)
+
+def check_head_format(spec, head_format: str | None) -> str:
+    """The export's head format: rerankers "seq_cls" (default) or "causal_lm" (yes/no models);
+    embedders "embed". Raises ValueError for one that does not fit the model."""
     embed = spec.head.kind == "embed"
     head_format = head_format or ("embed" if embed else "seq_cls")
     allowed = ("embed",) if embed else ("seq_cls", "causal_lm")
@@ -155,6 +150,25 @@ def export_hf(
         raise ValueError(
             f"head_format must be one of {allowed} for a {spec.head.kind} model, got {head_format!r}."
         )
+    return head_format
+
+
+def write_hf_dir(
+    model: LoadedModel,
+    out_dir: str,
+    head_format: str | None = None,
+    max_length: int | None = None,
+    readme: str | None = None,
+) -> str:
+    """Writes a Hugging Face directory for `model` (and `readme` as its README.md). Returns out_dir.
+
+    Args:
+      head_format: see `check_head_format`.
+      max_length: the tokenizer's model_max_length (default: the model's token budget).
+    """
+    spec, tokenizer = model.spec, copy.deepcopy(model.tokenizer)
+    embed = spec.head.kind == "embed"
+    head_format = check_head_format(spec, head_format)
     max_length = max_length or spec.max_length
     causal = head_format == "causal_lm"
     if not embed:
@@ -166,8 +180,6 @@ def export_hf(
     tokenizer.model_max_length = max_length
     if not embed and spec.template.kind == "text":
         tokenizer.chat_template = chat_template(spec.template)
-    card["title"] = card.get("title") or os.path.basename(os.path.normpath(out_dir))
-    readme = model_card.card_text(model, head_format, eval_report, **card)  # fails before writing
     _check_replaceable(out_dir, model.path)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
@@ -177,7 +189,7 @@ def export_hf(
     write_file(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
     dtype = str(next(iter(tensors.values())).dtype)
     config = {
-        **spec.backbone.to_hf_dict(),
+        **hf_config(spec.backbone),
         "architectures": [architecture_name(spec, head_format)],
         "pad_token_id": pad_id,
         "dtype": dtype,
@@ -200,7 +212,9 @@ def export_hf(
         _write_sentence_transformer(out_dir, spec, max_length)
     else:
         _write_cross_encoder(out_dir, spec, causal)
-    model_card.write_model_card(out_dir, readme)
+    if readme is not None:
+        with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(readme)
     return out_dir
 
 

@@ -21,11 +21,16 @@ import numpy as np
 from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import read_file
-from querit_jax.data.templates import encoder_pair, encoder_text, make_template, template_from_dict
-from querit_jax.models.api import CheckpointError, ModelSpec, save_model, yes_no_to_score
-from querit_jax.models.config import DecoderConfig
-from querit_jax.models.encoder_config import EncoderConfig
+from querit_jax.errors import CheckpointError
+from querit_jax.models.checkpoint import save_model
 from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import ModelSpec, yes_no_to_score
+from querit_jax.models.templates import (
+    encoder_pair,
+    encoder_text,
+    make_template,
+    template_from_dict,
+)
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 ARCHITECTURES = {
@@ -320,10 +325,10 @@ def read_hf_dir(
     arch = architecture(config, hf_dir)
     try:
         if config["model_type"] in ("qwen3", "qwen3_moe"):
-            backbone = DecoderConfig.from_hf_dict(config)
+            backbone = qwen3_table.config_from_hf(config)
             family = backbone.family
         else:
-            backbone = EncoderConfig.from_hf_dict(config)
+            backbone = encoder_table.config_from_hf(config)
             family = backbone.family
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{hf_dir}/config.json: {e}") from None

@@ -1,4 +1,4 @@
-"""Weight-name table between transformers' Qwen3 classes and `DecoderCrossEncoder` parameters.
+"""Qwen3 <-> transformers: config.json fields and the weight-name table of `DecoderCrossEncoder`.
 
 torch `nn.Linear.weight` is [out, in]; our kernels are [in, out] with head axes kept separate:
 q_proj [H, N, D], k_proj/v_proj [H, K, D], o_proj [N, D, H]. Every entry carries both directions of
@@ -7,11 +7,109 @@ its transform so that import followed by export reproduces the original tensors 
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from querit_jax.models.config import DecoderConfig
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
+
+
+def config_to_hf(cfg: DecoderConfig) -> dict[str, Any]:
+    """The architecture fields of a transformers `Qwen3Config` / `Qwen3MoeConfig`."""
+    moe = {}
+    if cfg.num_experts:
+        moe = {
+            "model_type": "qwen3_moe",
+            # v5 reads num_local_experts (num_experts is its alias); older loaders read num_experts.
+            "num_experts": cfg.num_experts,
+            "num_local_experts": cfg.num_experts,
+            "num_experts_per_tok": cfg.num_experts_per_tok,
+            "moe_intermediate_size": cfg.moe_intermediate_size,
+            "norm_topk_prob": cfg.norm_topk_prob,
+            "decoder_sparse_step": cfg.decoder_sparse_step,
+            "mlp_only_layers": list(cfg.mlp_only_layers),
+            "router_aux_loss_coef": cfg.router_aux_loss_coef,
+            "output_router_logits": False,
+        }
+    return {
+        "model_type": "qwen3",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": cfg.attention_bias,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        **moe,
+    }
+
+
+def config_from_hf(hf: dict[str, Any], **overrides) -> DecoderConfig:
+    """Reads a transformers Qwen3 config.json dict.
+
+    Raises:
+      ValueError: for settings this implementation does not reproduce (sliding window, rope
+        scaling, a non-SiLU activation), instead of silently computing something else.
+    """
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
+    if rope_type not in ("default", None):
+        raise ValueError(
+            f"config.json uses rope type {rope_type!r}; only the default RoPE is implemented."
+        )
+    if hf.get("use_sliding_window"):
+        raise ValueError(
+            "config.json enables use_sliding_window; sliding-window attention is not implemented."
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(
+            f"config.json hidden_act={hf['hidden_act']!r}; only 'silu' (SwiGLU) is implemented."
+        )
+    theta = rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    fields = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        rope_theta=float(theta),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=hf.get("max_position_embeddings", 40960),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=bool(hf.get("attention_bias", False)),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=eos,
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    if hf.get("model_type") == "qwen3_moe":
+        fields.update(
+            num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),
+            num_experts_per_tok=int(hf["num_experts_per_tok"]),
+            moe_intermediate_size=int(hf["moe_intermediate_size"]),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+            decoder_sparse_step=int(hf.get("decoder_sparse_step", 1)),
+            mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
+            router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
+        )
+    return DecoderConfig(**{**fields, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from querit_jax.errors import SafetensorsError
+
 DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
@@ -28,10 +30,6 @@ DTYPES = {
 }
 NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
-
-
-class SafetensorsError(ValueError):
-    """A malformed or unsupported safetensors file; the message names the file and tensor."""
 
 
 def read_header(path: str) -> tuple[dict, int]:

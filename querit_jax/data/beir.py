@@ -10,7 +10,8 @@ import csv
 import dataclasses
 import os
 
-from querit_jax.data.io import DataFormatError, ReadReport, iter_jsonl, open_text
+from querit_jax.data.io import ReadReport, iter_jsonl, open_text
+from querit_jax.errors import DataFormatError
 
 
 @dataclasses.dataclass

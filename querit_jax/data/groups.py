@@ -68,7 +68,8 @@ def mine_groups(
     Args:
       method: "bm25" takes the best `num_negatives` non-relevant documents among BM25's top `depth`
         (hard negatives), topped up at random if there are fewer; "random" samples uniformly.
-      retriever: a `BM25Retriever` over `dataset`'s corpus (required for "bm25").
+      retriever: a first stage over `dataset`'s corpus with `search_texts` (a
+        `retrieval.Retriever`; required for "bm25").
     """
     if method not in ("bm25", "random"):
         raise ValueError(f"Unknown negative mining method {method!r}; use 'bm25' or 'random'.")
@@ -79,7 +80,7 @@ def mine_groups(
     if method == "bm25":
         if retriever is None:
             raise ValueError("BM25 negatives need a retriever.")
-        results = retriever.search([dataset.queries[q] for q in qids], depth + 10)
+        results = retriever.search_texts([dataset.queries[q] for q in qids], depth + 10)
         hits = dict(zip(qids, results))
     groups = []
     for qid in qids:

@@ -11,9 +11,7 @@ import json
 import os
 from collections.abc import Iterator
 
-
-class DataFormatError(ValueError):
-    """Malformed input data; the message names the file and line."""
+from querit_jax.errors import DataFormatError
 
 
 @dataclasses.dataclass

@@ -12,7 +12,8 @@ import glob
 import os
 
 from querit_jax.data.beir import BeirDataset, load_corpus
-from querit_jax.data.io import DataFormatError, ReadReport, open_text
+from querit_jax.data.io import ReadReport, open_text
+from querit_jax.errors import DataFormatError
 
 
 def _one(pattern: str, what: str) -> str:

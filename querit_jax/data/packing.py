@@ -22,12 +22,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from querit_jax.config_lib import ConfigError
-from querit_jax.data.io import DataFormatError
-
-
-class PackingError(DataFormatError):
-    """The pairs do not fit: a pair longer than a row, or more rows needed than the fixed number."""
+from querit_jax.errors import ConfigError, PackingError
 
 
 @dataclasses.dataclass(frozen=True)

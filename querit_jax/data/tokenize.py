@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from querit_jax.data.templates import EmbedTemplate, Template
+from querit_jax.models.templates import EmbedTemplate, Template
 
 # Slack for tokens that merge across template boundaries when the parts are rendered together.
 BOUNDARY_SLACK = 4

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from querit_jax.data.io import DataFormatError, write_jsonl
+from querit_jax.data.io import write_jsonl
+from querit_jax.errors import DataFormatError
 
 LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 

@@ -4,13 +4,14 @@ import functools
 import os
 
 from querit_jax.data import beir
-from querit_jax.data.io import DataFormatError, iter_jsonl, write_jsonl
+from querit_jax.data.io import iter_jsonl, write_jsonl
+from querit_jax.data.runs import read_run
 from querit_jax.data.sources import dataset_name
+from querit_jax.errors import DataFormatError
 from querit_jax.eval.rerank import evaluate_rerank
-from querit_jax.eval.runs import read_run
-from querit_jax.eval.scoring import scorer_for
 from querit_jax.eval.suite import bm25_run
-from querit_jax.models import api
+from querit_jax.inference.runners import scorer_for
+from querit_jax.loading import load_model
 
 
 def read_pairs(path: str) -> list[dict]:
@@ -35,7 +36,7 @@ def rerank_file(
 ) -> list[float]:
     """Scores every pair of `input_path`; writes {"score"[, "id"]} lines in input order."""
     rows = read_pairs(input_path)
-    model = api.load_model(model_path)
+    model = load_model(model_path)
     scorer = scorer_for(model, batch_size=batch_size, max_length=max_length)
     scores = scorer.score(model.params, [r["query"] for r in rows], [r["document"] for r in rows])
     write_jsonl(
@@ -98,7 +99,7 @@ def evaluate_models(
     firsts: list = []
     summaries, reranked = [], {}
     for path, label in zip(model_paths, labels):
-        model = api.load_model(path)
+        model = load_model(path)
         if not firsts:
             depth = max(top_k, 100)
             firsts = [

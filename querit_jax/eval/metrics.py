@@ -12,8 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import pytrec_eval
 
-Run = dict[str, dict[str, float]]
-Qrels = dict[str, dict[str, int]]
+from querit_jax.data.runs import Qrels, Run, top_k
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 _TREC = {
@@ -37,13 +36,6 @@ def parse_metric(name: str) -> tuple[str, int]:
             f"Unknown metric {name!r}; supported: ndcg, mrr, recall, map, precision (with @k)."
         )
     return base, k
-
-
-def top_k(run: Run, k: int) -> Run:
-    """Keeps the k best documents per query (score descending, then doc id ascending)."""
-    return {
-        q: dict(sorted(docs.items(), key=lambda x: (-x[1], x[0]))[:k]) for q, docs in run.items()
-    }
 
 
 def _untie(run: Run) -> Run:

@@ -64,11 +64,11 @@ class MtebCrossEncoder:
     ):
         from mteb.models import ModelMeta
 
-        from querit_jax.eval.scoring import scorer_for
-        from querit_jax.models import api
+        from querit_jax.inference.runners import scorer_for
+        from querit_jax.loading import load_model
 
         del device, kwargs  # the JAX default backend decides
-        self.model = api.load_model(model_name)
+        self.model = load_model(model_name)
         self.scorer = scorer_for(self.model, batch_size=batch_size, max_length=max_length)
         name = os.path.basename(os.path.normpath(model_name))
         self.mteb_model_meta = ModelMeta.create_empty(

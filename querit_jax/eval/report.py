@@ -19,7 +19,8 @@ import os
 
 import numpy as np
 
-from querit_jax.data.io import DataFormatError, read_json, write_json
+from querit_jax.data.io import read_json, write_json
+from querit_jax.errors import DataFormatError
 
 MAIN_METRIC = "ndcg@10"
 REPORT_NAMES = ("report.json", "report.md", "report.png")

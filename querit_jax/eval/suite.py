@@ -6,19 +6,18 @@ import os
 import numpy as np
 
 from querit_jax.data import beir
+from querit_jax.data.runs import read_run, write_trec
 from querit_jax.data.sources import dataset_name, load_dataset, parse_source
 from querit_jax.eval import metrics as metrics_lib
 from querit_jax.eval.rerank import evaluate_rerank
-from querit_jax.eval.runs import read_run, write_trec
-from querit_jax.mining.bm25 import BM25Retriever, SubwordAnalyzer
+from querit_jax.retrieval.analyzers import SubwordAnalyzer
+from querit_jax.retrieval.bm25 import BM25Retriever
 
 
 def bm25_run(dataset: beir.BeirDataset, tokenizer, depth: int) -> metrics_lib.Run:
     doc_ids = sorted(dataset.corpus)
-    retriever = BM25Retriever(
-        doc_ids, [dataset.doc_text(d) for d in doc_ids], SubwordAnalyzer(tokenizer)
-    )
-    return retriever.search_run(dataset.queries, depth)
+    texts = [dataset.doc_text(d) for d in doc_ids]
+    return BM25Retriever(doc_ids, texts, SubwordAnalyzer(tokenizer)).search(dataset.queries, depth)
 
 
 class EvalSuite:

@@ -1,7 +1,7 @@
 """Reading merge inputs one tensor at a time and writing the merged model checkpoint incrementally.
 
 Inputs are querit_jax model checkpoints (`models/api.py`: model.json + params/ + tokenizer/) or training
-workdirs (their exported `model/`), resolved by `api.resolve_model_path`. Each tensor is restored on its
+workdirs (their exported `model/`), resolved by `resolve_model_path`. Each tensor is restored on its
 own with Orbax's partial restore (`PyTreeRestore(item=<one leaf>, partial_restore=True)`), straight onto
 its sharding, so host memory never holds a whole input model.
 
@@ -32,8 +32,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp_v1
 
-from querit_jax.models import api
-from querit_jax.models.api import CheckpointError, ModelSpec
+from querit_jax.errors import CheckpointError
+from querit_jax.loading import resolve_model_path
+from querit_jax.models.checkpoint import is_model_checkpoint, read_spec
+from querit_jax.models.spec import ModelSpec
 
 # Backbone fields that do not change what a parameter means: numerics and runtime choices, token ids,
 # training-only loss weights, and the vocabulary (checked through the embedding shapes instead).
@@ -104,13 +106,13 @@ def open_input(path: str) -> ModelInput:
         raise CheckpointError(
             f"{path}: no such checkpoint (merge inputs are model checkpoint dirs)."
         )
-    resolved = api.resolve_model_path(path)
-    if not api.is_model_checkpoint(resolved):
+    resolved = resolve_model_path(path)
+    if not is_model_checkpoint(resolved):
         raise CheckpointError(
             f"{path} is a Hugging Face model directory; import it first with "
             "tools/convert_hf/import_hf.py --hf_dir=... --out=CKPT and merge the checkpoint."
         )
-    spec, meta = api.read_spec(resolved)
+    spec, meta = read_spec(resolved)
     params_dir = os.path.join(resolved, "params")
     try:
         tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
@@ -290,7 +292,7 @@ class OutputWriter:
         ocp_v1.partial.finalize(self._partial)
         if jax.process_index() == 0:
             # The finalised checkpoint keeps the tree under `state/`: that directory is a complete
-            # Orbax PyTree checkpoint, the same layout `api.save_model` writes to params/.
+            # Orbax PyTree checkpoint, the same layout `save_model` writes to params/.
             params = os.path.join(self.tmp, "params")
             os.replace(os.path.join(self._partial, "state"), params)
             shutil.rmtree(self._partial)

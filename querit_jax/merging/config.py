@@ -5,7 +5,8 @@ from typing import Any
 
 import ml_collections
 
-from querit_jax.config_lib import ConfigError, MeshConfig
+from querit_jax.config_lib import MeshConfig
+from querit_jax.errors import ConfigError
 from querit_jax.merging.plan import Rule, parse_t
 from querit_jax.sharding import rules as rules_lib
 

@@ -28,10 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from querit_jax import sharding
-from querit_jax.config_lib import ConfigError
+from querit_jax.errors import ConfigError
 from querit_jax.merging import checkpoints, plan, slerp
 from querit_jax.merging.config import MergeConfig
-from querit_jax.models import api
+from querit_jax.models.spec import abstract_params, flatten
 
 MANIFEST_NAME = "merge_manifest.json"
 MANIFEST_FORMAT = "querit_jax.merge_manifest"
@@ -189,8 +189,8 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
     for other in inputs + ([origin] if origin else []):
         if other is not base:
             checkpoints.check_compatible(base, other, axes, cfg.vocab_policy)
-    _, abstract = api.abstract_params(base.spec, mesh, rules)
-    flat_abstract = api.flatten(abstract)
+    _, abstract = abstract_params(base.spec, mesh, rules)
+    flat_abstract = flatten(abstract)
     own_keys = {name: tuple(_key_path(abstract, name)) for name in flat_abstract}
     names = checkpoints.canonical_order(flat_abstract)
     num_layers = base.spec.backbone.num_layers

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from querit_jax.mining.prompts import BEGIN, END
-from querit_jax.mining.scripts import UNSEGMENTED
+from querit_jax.data.prompts import BEGIN, END
+from querit_jax.retrieval.analyzers import UNSEGMENTED
 
 
 @dataclasses.dataclass(frozen=True)

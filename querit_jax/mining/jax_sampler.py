@@ -17,8 +17,9 @@ from flax import nnx
 
 from querit_jax import sharding
 from querit_jax.data.tokenize import pad_batch
+from querit_jax.errors import CheckpointError
+from querit_jax.loading import load_model
 from querit_jax.mining.generators import SamplingConfig
-from querit_jax.models import api
 from querit_jax.models.decoder import positions_from_segments
 
 
@@ -101,11 +102,9 @@ class JaxSampler:
         use_chat_template: bool = True,
         model=None,
     ):
-        self.model = model or api.load_model(model_path, head="yes_no")
+        self.model = model or load_model(model_path, head="yes_no")
         if self.model.spec.head.kind == "embed":
-            raise api.CheckpointError(
-                f"{model_path} is an embedder; the sampler needs a causal LM."
-            )
+            raise CheckpointError(f"{model_path} is an embedder; the sampler needs a causal LM.")
         self.tokenizer, self.sampling, self.batch_size = self.model.tokenizer, sampling, batch_size
         self.use_chat_template = use_chat_template and bool(
             getattr(self.tokenizer, "chat_template", None)

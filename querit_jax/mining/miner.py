@@ -33,7 +33,6 @@ import numpy as np
 
 from querit_jax.data import beir
 from querit_jax.data.io import (
-    DataFormatError,
     ReadReport,
     fingerprint,
     iter_jsonl,
@@ -41,16 +40,13 @@ from querit_jax.data.io import (
     write_json,
     write_jsonl,
 )
+from querit_jax.data.mined import MANIFEST, SHARD, is_complete, shard_files  # noqa: F401
+from querit_jax.data.prompts import make_prompt, parse_queries
+from querit_jax.errors import MiningError
+from querit_jax.loading import build_retriever, load_teacher
 from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
-from querit_jax.mining.prompts import make_prompt, parse_queries
-from querit_jax.mining.teacher import Teacher, choose_by_bins
-
-SHARD = "shard-{:05d}.jsonl"
-
-
-class MiningError(ValueError):
-    """A mining run that cannot proceed (the message says why and what to do)."""
+from querit_jax.mining.negatives import choose_by_bins
 
 
 def _signature(cfg, corpus_path) -> dict:
@@ -112,28 +108,6 @@ def build_generator(cfg, texts: list[str], num_queries: int):
     )
 
 
-def build_retriever(cfg, doc_ids: list[str], texts: list[str]):
-    if cfg.first_stage == "bm25":
-        from querit_jax.mining.bm25 import BM25Retriever, analyzer_for
-
-        return BM25Retriever(doc_ids, texts, analyzer_for(cfg.bm25_tokenizer))
-    from querit_jax.mining.first_stage import DenseRetriever
-    from querit_jax.models import api
-
-    retriever = DenseRetriever(api.load_model(cfg.first_stage), progress=False)
-    retriever.index(doc_ids, texts)
-    return retriever
-
-
-def _search(retriever, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
-    if hasattr(retriever, "embed_queries"):  # dense
-        run = retriever.search({str(i): q for i, q in enumerate(queries)}, k)
-        return [
-            sorted(run.get(str(i), {}).items(), key=lambda x: -x[1]) for i in range(len(queries))
-        ]
-    return retriever.search(queries, k)
-
-
 class Miner:
     """Holds the corpus, generator, retriever, teacher and filter state of one mining run."""
 
@@ -142,7 +116,9 @@ class Miner:
         self.corpus, self.read_report = load_target(cfg)
         self.doc_ids = list(self.corpus)
         self.signature = _signature(cfg, corpus_paths(cfg.target))
-        self.teacher = Teacher(cfg.teacher, cfg.teacher_batch_size, cfg.teacher_max_length or None)
+        self.teacher = load_teacher(
+            cfg.teacher, cfg.teacher_batch_size, cfg.teacher_max_length or None
+        )
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(self.doc_ids)) if cfg.max_docs else np.arange(len(self.doc_ids))
         self.sources = [self.doc_ids[i] for i in order[: cfg.max_docs or len(order)]]
@@ -150,7 +126,13 @@ class Miner:
         self.generator = build_generator(
             cfg, [self.corpus[d] for d in self.doc_ids], self.prompt.num_queries
         )
-        self.retriever = build_retriever(cfg, self.doc_ids, [self.corpus[d] for d in self.doc_ids])
+        self.retriever = build_retriever(
+            cfg.first_stage,
+            self.doc_ids,
+            [self.corpus[d] for d in self.doc_ids],
+            cfg.bm25_tokenizer,
+            progress=False,
+        )
         self.filter = QueryFilter(cfg.min_query_chars, cfg.max_query_chars, cfg.max_copy_overlap)
         self.seen: set[str] = set()
 
@@ -174,7 +156,9 @@ class Miner:
                 continue
             counts["generated_queries"] += len(queries)
             pending += [(doc_id, q) for q in queries if self.filter.keep(q, text)]
-        hits = _search(self.retriever, [q for _, q in pending], cfg.candidates) if pending else []
+        hits = (
+            self.retriever.search_texts([q for _, q in pending], cfg.candidates) if pending else []
+        )
         groups = []
         for (doc_id, query), ranked in zip(pending, hits):
             ranked_ids = [d for d, _ in ranked]
@@ -314,11 +298,6 @@ class Miner:
         }
 
 
-def is_complete(output: str) -> bool:
-    path = os.path.join(output, "manifest.json")
-    return os.path.exists(path) and bool(read_json(path).get("complete"))
-
-
 def up_to_date(cfg) -> bool:
     """Whether `cfg.output` holds a complete run of exactly this configuration (loads no model)."""
     path = os.path.join(cfg.output, "manifest.json")
@@ -347,19 +326,6 @@ def ensure_mined(cfg, log=print) -> None:
         multihost_utils.sync_global_devices("querit_jax mining done")
         if jax.process_index() != 0 and not up_to_date(cfg):
             mine(cfg, log)
-
-
-def shard_files(output: str) -> list[str]:
-    """The shard files of a finished mining run, in order."""
-    if not is_complete(output):
-        raise DataFormatError(
-            f"{output}: no complete mining run (manifest.json missing or unfinished)."
-        )
-    from querit_jax.pathsafe import contained
-
-    manifest = os.path.join(output, "manifest.json")
-    shards = read_json(manifest)["shards"]
-    return [contained(output, shards[k]["file"], manifest) for k in sorted(shards, key=int)]
 
 
 def mine(cfg, log=print) -> dict:

@@ -17,14 +17,11 @@ import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+from querit_jax.errors import GenerationError
 from querit_jax.mining.generators import SamplingConfig
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 log = logging.getLogger("querit_jax")
-
-
-class GenerationError(RuntimeError):
-    """A generation request that failed for good (the message never contains the API key)."""
 
 
 class OpenAIChatGenerator:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from querit_jax.models.attention import Attention, attention_mask
-from querit_jax.models.config import DecoderConfig, dtype_of
+from querit_jax.models.decoder_config import DecoderConfig, dtype_of
 from querit_jax.models.layers import Embed, RMSNorm, SwiGLU, run_layers
 from querit_jax.models.moe import MoeBlock
 from querit_jax.sharding import axes, shard

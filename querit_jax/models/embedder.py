@@ -7,8 +7,8 @@ that last token (found from the attention mask, not from the pad id, see `heads.
 
 from flax import nnx
 
-from querit_jax.models.config import DecoderConfig
 from querit_jax.models.decoder import Qwen3Decoder
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig, pool
 
 

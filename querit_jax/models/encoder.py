@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from querit_jax.models.attention import attention_mask, dot_product_attention
-from querit_jax.models.config import dtype_of
 from querit_jax.models.decoder import positions_from_segments
+from querit_jax.models.decoder_config import dtype_of
 from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig, first_token_index, gather_tokens, pool
 from querit_jax.models.layers import DenseGeneral, Embed, run_layers

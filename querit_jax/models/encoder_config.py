@@ -8,7 +8,7 @@ positions start (0 for BERT, padding_idx + 1 = 2 for XLM-RoBERTa, whose position
 import dataclasses
 from typing import Any
 
-from querit_jax.models.config import dtype_of
+from querit_jax.models.decoder_config import dtype_of
 from querit_jax.models.layers import remat_name
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu")
@@ -136,59 +136,6 @@ class EncoderConfig:
                 f"Unknown encoder preset {name!r}; choose one of {sorted(ENCODER_PRESETS)}."
             )
         return getattr(cls, name)(**overrides)
-
-    # ----- transformers interop ------------------------------------------------------------------
-    def to_hf_dict(self) -> dict[str, Any]:
-        return {
-            "model_type": "bert" if self.family == "bert" else "xlm-roberta",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "max_position_embeddings": self.max_position_embeddings,
-            "type_vocab_size": self.type_vocab_size,
-            "layer_norm_eps": self.layer_norm_eps,
-            "hidden_act": self.hidden_act,
-            "position_embedding_type": "absolute",
-            "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1,
-            "initializer_range": 0.02,
-            "pad_token_id": self.pad_token_id,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-        }
-
-    @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> "EncoderConfig":
-        model_type = hf.get("model_type")
-        if model_type not in ("bert", "xlm-roberta", "roberta"):
-            raise ValueError(
-                f"model_type {model_type!r} is not an encoder this importer reads (bert, xlm-roberta)."
-            )
-        if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(
-                f"position_embedding_type={hf['position_embedding_type']!r}; only 'absolute' is implemented."
-            )
-        roberta = model_type != "bert"
-        pad = hf.get("pad_token_id", 1 if roberta else 0)
-        fields = dict(
-            family="xlm_roberta" if roberta else "bert",
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            max_position_embeddings=hf.get("max_position_embeddings", 512),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-            hidden_act=hf.get("hidden_act", "gelu"),
-            position_offset=(pad + 1) if roberta else 0,
-            pad_token_id=pad,
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-        )
-        return cls(**{**fields, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

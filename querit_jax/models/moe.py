@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from querit_jax.models.config import DecoderConfig, dtype_of
+from querit_jax.models.decoder_config import DecoderConfig, dtype_of
 from querit_jax.sharding import axes
 
 

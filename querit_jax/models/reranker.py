@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from querit_jax.models.config import DecoderConfig, dtype_of
 from querit_jax.models.decoder import Qwen3Decoder
+from querit_jax.models.decoder_config import DecoderConfig, dtype_of
 from querit_jax.models.heads import (
     HeadConfig,
     LMHead,

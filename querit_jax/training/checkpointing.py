@@ -24,8 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from querit_jax.config_lib import ConfigError
-from querit_jax.models.api import CheckpointError
+from querit_jax.errors import CheckpointError, ConfigError
 from querit_jax.training import preemption
 
 

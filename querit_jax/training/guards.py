@@ -16,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradients."""
+from querit_jax.errors import NonFiniteError
 
 
 class GuardState(NamedTuple):

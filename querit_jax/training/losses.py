@@ -6,6 +6,8 @@ Pure functions of arrays, usable in NNX graph or tree mode and testable alone.
 import jax
 import jax.numpy as jnp
 
+from querit_jax.config_lib import LOSS_NAMES
+
 
 def listwise_ce(scores: jax.Array, temperature: float = 1.0) -> jax.Array:
     """Softmax cross-entropy with the positive at index 0 (FlagEmbedding / Tevatron group loss).
@@ -113,7 +115,7 @@ def pointwise_bce(scores, teacher, temperature: float = 1.0, mask=None) -> jax.A
     return jnp.sum(bce * m) / jnp.maximum(m.sum(), 1.0)
 
 
-LOSSES = ("listwise_ce", "kl", "margin_mse", "bce")
+LOSSES = LOSS_NAMES  # the names configs may use (train.loss), each handled below
 
 
 def combined_loss(

@@ -17,15 +17,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from querit_jax import config_lib, sharding
-from querit_jax.data import packing, pipeline, sources, tfds_groups
+from querit_jax.data import packing
 from querit_jax.data.io import read_json, write_json
-from querit_jax.data.templates import make_template
-from querit_jax.data.tokenize import PairEncoder
-from querit_jax.eval.scoring import Scorer
 from querit_jax.eval.suite import EvalSuite, format_table
-from querit_jax.models import api
+from querit_jax.inference.runners import Scorer
+from querit_jax.loading import load_model, load_teacher
+from querit_jax.models.checkpoint import save_model
+from querit_jax.models.spec import ModelSpec, abstract_params, init_params
+from querit_jax.models.templates import make_template
 from querit_jax.sharding import axes, hybrid
-from querit_jax.training import guards, optim, preemption, steps
+from querit_jax.training import guards, inputs, optim, preemption, steps
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
 from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
@@ -51,7 +52,7 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
             log(
                 f"model.overrides {dict(m.overrides)} are ignored: the architecture comes from {m.init_from}."
             )
-        loaded = api.load_model(
+        loaded = load_model(
             m.init_from,
             mesh,
             logical_rules,
@@ -75,8 +76,8 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
             f"model.overrides.vocab_size: the tokenizer has {len(tokenizer)} tokens but the model only "
             f"{backbone.vocab_size} embedding rows."
         )
-    spec = api.ModelSpec(backbone.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
-    graphdef, params = api.init_params(spec, mesh, logical_rules, seed=m.seed)
+    spec = ModelSpec(backbone.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
+    graphdef, params = init_params(spec, mesh, logical_rules, seed=m.seed)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     log(
         f"Initialised a {m.preset} {m.family} model with {n / 1e6:.2f}M parameters (seed {m.seed})."
@@ -92,7 +93,7 @@ class Session:
     workdir: str
     mesh: Mesh
     rules: Any
-    spec: api.ModelSpec
+    spec: ModelSpec
     graphdef: Any
     tokenizer: Any
     data_iter: Any
@@ -131,77 +132,9 @@ class Session:
 
     def evaluate_reference(self, path: str) -> dict | None:
         """A comparison model (e.g. the teacher): reranker scores or embedder similarities."""
-        from querit_jax.mining.teacher import Teacher
-
         return self.evaluate(
-            f"reference: {os.path.basename(os.path.normpath(path))}", Teacher(path).score
+            f"reference: {os.path.basename(os.path.normpath(path))}", load_teacher(path).score
         )
-
-
-def _input_pipeline(cfg, spec, tokenizer, workdir, log):
-    """Mines/validates the training groups, builds the ArrayRecord dataset, returns the grain iterator.
-
-    With several processes each builds its own identical copy (under data/process_<i>): correct on
-    per-host disks and on shared ones alike.
-    """
-    data_dir = os.path.join(workdir, "data")
-    if jax.process_count() > 1:
-        data_dir = os.path.join(data_dir, f"process_{jax.process_index()}")
-    bm25_tokenizer = tokenizer
-    if cfg.data.bm25_tokenizer:
-        from transformers import AutoTokenizer
-
-        bm25_tokenizer = AutoTokenizer.from_pretrained(cfg.data.bm25_tokenizer)
-    groups_path, manifest = sources.prepare_train_groups(cfg.data, bm25_tokenizer, data_dir, log)
-    distill = sorted(set(config_lib.parse_losses(cfg.train.loss)) - {"listwise_ce"})
-    unscored = {
-        spec: src["groups"] - src.get("with_teacher_scores", 0)
-        for spec, src in manifest["sources"].items()
-        if src["groups"] - src.get("with_teacher_scores", 0)
-    }
-    if distill and unscored:
-        raise config_lib.ConfigError(
-            f"train.loss uses {', '.join(distill)}, which learns from teacher scores, but these "
-            f"data.train sources have groups without them: {unscored}. Mine them with a teacher "
-            "(querit_jax.mine) or use train.loss=listwise_ce."
-        )
-    builder = tfds_groups.prepare_groups({"train": groups_path}, os.path.join(data_dir, "tfds"))
-    try:
-        spec.check_length(cfg.data.max_length, "data.max_length")
-        encoder = PairEncoder(
-            tokenizer,
-            spec.template,
-            cfg.data.max_length,
-            cfg.data.max_query_tokens,
-            spec.backbone.vocab_size,
-        )
-    except ValueError as e:
-        raise config_lib.ConfigError(f"data.max_length / data.max_query_tokens: {e}") from None
-    dataset = pipeline.train_dataset(
-        builder.as_data_source("train"),
-        encoder,
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        cfg.data.batch_size // jax.process_count(),
-        cfg.data.group_size,
-        cfg.data.seed,
-        jax.process_index(),
-        jax.process_count(),
-    )
-    if cfg.data.pack:
-        dataset, rows = packing.pack_train_dataset(
-            dataset,
-            cfg.data,
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            jax.device_count(),
-            jax.process_index(),
-            jax.process_count(),
-        )
-        log(f"Packing each step's pairs into {rows} rows of {cfg.data.max_length} tokens.")
-    return (
-        pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads),
-        manifest,
-        bm25_tokenizer,
-    )
 
 
 def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Session:
@@ -220,10 +153,10 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     )
 
     spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log)
-    data_iter, manifest, bm25_tokenizer = _input_pipeline(cfg, spec, tokenizer, workdir, log)
+    data_iter, manifest, bm25_tokenizer = inputs.input_pipeline(cfg, spec, tokenizer, workdir, log)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     tx = guards.skip_nonfinite(tx, cfg.train.max_nonfinite_steps)
-    _, abstract = api.abstract_params(spec, mesh, rules)
+    _, abstract = abstract_params(spec, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh)
     state = init_state(params, tx, shardings)
     del params
@@ -418,7 +351,7 @@ def run(
                 "data": s.data_manifest,
             }
         }
-        api.save_model(os.path.join(s.workdir, "model"), spec, s.state.params, s.tokenizer, extra)
+        save_model(os.path.join(s.workdir, "model"), spec, s.state.params, s.tokenizer, extra)
         if s.evaluate("final"):
             results = read_json(s.results_path)
             shown = {k: v for k, v in results.items() if k.startswith("reference: ")}

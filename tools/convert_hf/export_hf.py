@@ -26,8 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from absl import flags
 
 from querit_jax import cli
-from querit_jax.convert import hf_export, publish
-from querit_jax.models import api
+from querit_jax.loading import load_model
+from querit_jax.release import publish
+from querit_jax.release.export import export_hf
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Model checkpoint, training workdir or HF directory."
@@ -88,8 +89,8 @@ def main(argv):
     del argv
     if _PUSH.value and not _REPO_ID.value:
         raise publish.PublishError("--push_to_hub needs --repo_id=ORG/NAME.")
-    model = api.load_model(_CHECKPOINT.value)
-    out = hf_export.export_hf(
+    model = load_model(_CHECKPOINT.value)
+    out = export_hf(
         model,
         _OUT.value,
         head_format=_FORMAT.value,
@@ -104,7 +105,7 @@ def main(argv):
     files = publish.check_publishable(out)
     print(f"Wrote {out} ({len(files)} files; no pickle files, no tokens or secrets)")
     if _VERIFY.value:
-        from querit_jax.convert.verify import verify
+        from querit_jax.release.verify import verify
 
         report = verify(model, out)
         print(json.dumps({k: v for k, v in report.items() if k != "jax_scores"}, indent=2))

@@ -16,7 +16,7 @@ from absl import flags
 
 from querit_jax import cli
 from querit_jax.convert import hf_import
-from querit_jax.data.templates import make_template
+from querit_jax.models.templates import make_template
 
 _HF_DIR = flags.DEFINE_string(
     "hf_dir", None, "Hugging Face model directory (config.json + safetensors)."

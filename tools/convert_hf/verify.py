@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from absl import flags
 
 from querit_jax import cli
-from querit_jax.convert.verify import SAMPLE_PAIRS, verify
 from querit_jax.eval.api import read_pairs
-from querit_jax.models import api
+from querit_jax.loading import load_model
+from querit_jax.release.verify import SAMPLE_PAIRS, verify
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Model checkpoint, training workdir or HF directory."
@@ -40,7 +40,7 @@ def main(argv):
         if _PAIRS.value
         else SAMPLE_PAIRS
     )
-    report = verify(api.load_model(_CHECKPOINT.value), _HF_DIR.value, pairs, _ST.value)
+    report = verify(load_model(_CHECKPOINT.value), _HF_DIR.value, pairs, _ST.value)
     print(json.dumps({k: v for k, v in report.items() if k != "jax_scores"}, indent=2))
     worst = max(v for k, v in report.items() if k.startswith("max_abs_diff"))
     if worst > _TOLERANCE.value:

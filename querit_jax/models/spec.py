@@ -1,45 +1,32 @@
-"""Build, save and load models: the self-describing querit_jax model checkpoint.
+"""Model families and the model spec: everything needed to rebuild a model besides its parameters.
 
-A model checkpoint is a directory
-
-    model.json   {"format": "querit_jax.model", "family", "backbone", "head", "template", "max_length", ...}
-    params/      Orbax (OCDBT) checkpoint of the parameter tree
-    tokenizer/   the tokenizer files (tokenizer.json, tokenizer_config.json, ...)
-
-so `rerank`, `evaluate`, `merge` and `export_hf.py` need nothing but the path. `load_model` also accepts
-a Hugging Face model directory (converted in memory, see `querit_jax.convert.hf_import`) and a training
-workdir (its exported `model/`).
+A `ModelSpec` names a family (its config class, reranker and embedder modules, the template kinds it
+reads), the backbone config, the head, the template and the token budgets; it serialises to the
+`model.json` of a model checkpoint (`models.checkpoint`). Shape-first helpers build abstract,
+freshly initialised or placed parameter trees on a mesh. `LoadedModel` is a model ready to run.
 """
 
 import dataclasses
-import json
-import os
-import shutil
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from querit_jax import sharding
-from querit_jax.data.templates import EmbedTemplate, Template, template_from_dict
-from querit_jax.models.config import DecoderConfig
+from querit_jax.errors import CheckpointError
+from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.embedder import DecoderEmbedder
 from querit_jax.models.encoder import EncoderCrossEncoder, EncoderEmbedder
 from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig
 from querit_jax.models.reranker import DecoderCrossEncoder
+from querit_jax.models.templates import EmbedTemplate, Template, template_from_dict
 
 FORMAT = "querit_jax.model"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A path that is not a usable model checkpoint; the message names the path and the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,42 +233,6 @@ def yes_no_to_score(spec: ModelSpec, params: dict) -> tuple[ModelSpec, dict]:
     return dataclasses.replace(spec, head=HeadConfig(kind="score")), params
 
 
-def save_model(
-    path: str, spec: ModelSpec, params: dict, tokenizer, extra: dict | None = None
-) -> str:
-    """Writes a model checkpoint directory (replacing `path`). Returns the path.
-
-    Every process takes part in the Orbax save (sharded arrays are written collectively into one
-    temporary directory); process 0 writes the metadata and renames the directory when all are done.
-    """
-    path = os.path.abspath(path)
-    tmp = f"{path}.tmp"
-    if jax.process_index() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    multihost_utils.sync_global_devices(f"querit_jax save_model start {path}")
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(tmp, "params"), params)
-    ckptr.wait_until_finished()
-    if jax.process_index() == 0:
-        tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-        meta = {**spec.to_json(), "tokenizer": "tokenizer", **(extra or {})}
-        with open(os.path.join(tmp, "model.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    multihost_utils.sync_global_devices(f"querit_jax save_model done {path}")
-    return path
-
-
-def is_model_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "model.json"))
-
-
-def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
 @dataclasses.dataclass
 class LoadedModel:
     spec: ModelSpec
@@ -295,119 +246,3 @@ class LoadedModel:
 
     def module(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
-
-
-def read_spec(path: str) -> tuple[ModelSpec, dict]:
-    meta_path = os.path.join(path, "model.json")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({e.msg}, line {e.lineno}).") from None
-    return ModelSpec.from_json(meta, meta_path), meta
-
-
-def resolve_model_path(path: str) -> str:
-    """A model checkpoint, a Hugging Face dir, or a training workdir (-> its `model/`), absolute."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such directory.")
-    path = os.path.abspath(path)
-    if is_model_checkpoint(path) or is_hf_dir(path):
-        return path
-    if is_model_checkpoint(os.path.join(path, "model")):
-        return os.path.join(path, "model")
-    raise CheckpointError(
-        f"{path} is not a querit_jax model checkpoint (no model.json), a Hugging Face model directory "
-        "(no config.json) or a training workdir (no model/model.json). Train a model, import one with "
-        "tools/convert_hf/import_hf.py, or point to the right directory."
-    )
-
-
-def _restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:
-    params_dir = os.path.join(os.path.abspath(path), "params")  # Orbax misreads relative paths
-    if not os.path.isdir(params_dir):
-        raise CheckpointError(f"{path}: model.json present but the params/ directory is missing.")
-    ckptr = ocp.StandardCheckpointer()
-    try:
-        stored = ckptr.metadata(params_dir).item_metadata.tree
-    except Exception as e:  # Orbax raises many types for unreadable checkpoints
-        raise CheckpointError(
-            f"{params_dir}: not a readable Orbax checkpoint ({type(e).__name__}: {e})."
-        ) from None
-    check_shapes(
-        {k: v.shape for k, v in flatten(stored).items()},
-        {k: v.shape for k, v in flatten(abstract).items()},
-        f"{params_dir} (against {os.path.join(path, 'model.json')})",
-    )
-    try:
-        return ckptr.restore(params_dir, abstract)
-    except Exception as e:
-        raise CheckpointError(
-            f"{params_dir}: restoring failed ({type(e).__name__}: {e})."
-        ) from None
-
-
-def load_model(
-    path: str,
-    mesh: Mesh | None = None,
-    logical_rules=None,
-    *,
-    tokenizer_path: str = "",
-    head: str = "auto",
-    yes_token: str = "yes",
-    no_token: str = "no",
-    **spec_fields,
-) -> LoadedModel:
-    """Loads a model checkpoint, a Hugging Face directory or a training workdir onto `mesh`.
-
-    Args:
-      head: "auto" keeps the stored head (HF: by architecture); "score" converts a yes/no head exactly
-        into a linear head; "yes_no" needs a checkpoint that has an LM head.
-      spec_fields: spec/backbone fields to override (dtype, param_dtype, remat, template, max_length...).
-    Raises:
-      CheckpointError: naming the path and the offending key, for anything unusable.
-    """
-    from transformers import AutoTokenizer
-
-    path = resolve_model_path(path)
-    mesh = mesh or sharding.single_device_mesh()
-    logical_rules = logical_rules or sharding.rules.resolve_rules("fsdp")
-    if not is_model_checkpoint(path):
-        from querit_jax.convert import hf_import
-
-        spec, params, tokenizer = hf_import.read_hf_dir(
-            path, head=head, tokenizer_path=tokenizer_path, yes_token=yes_token, no_token=no_token
-        )
-        meta = {"source": path}
-    else:
-        spec, meta = read_spec(path)
-        _, abstract = abstract_params(spec, mesh, logical_rules)
-        params = _restore_params(path, spec, abstract)
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_path or os.path.join(path, meta.get("tokenizer", "tokenizer"))
-        )
-        if head == "score" and spec.head.kind == "yes_no":
-            spec, params = yes_no_to_score(spec, params)
-        elif head not in ("auto", spec.head.kind):
-            raise CheckpointError(
-                f"{path}: has a {spec.head.kind} head; it cannot be turned into a {head} head."
-            )
-    if len(tokenizer) > spec.backbone.vocab_size:
-        raise CheckpointError(
-            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only {spec.backbone.vocab_size} "
-            "embedding rows; use the model's own tokenizer."
-        )
-    if spec_fields:
-        try:
-            spec = spec.replace(**spec_fields)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: {e}") from None
-    if getattr(spec.backbone, "moe_impl", "") == "ep" and not isinstance(
-        dict(logical_rules).get(sharding.axes.EXPERT), str
-    ):
-        # How experts run is a runtime choice: expert parallelism needs an expert mesh axis, and
-        # the grouped path computes the same function on any mesh.
-        spec = spec.replace(moe_impl="grouped")
-    graphdef, abstract = abstract_params(spec, mesh, logical_rules)
-    params = place_params(params, abstract, path)
-    return LoadedModel(spec, graphdef, params, tokenizer, path, meta, mesh, logical_rules)

@@ -6,7 +6,7 @@ would otherwise make a reader open (or a cleaner delete) files outside the run's
 
 import os
 
-from querit_jax.data.io import DataFormatError
+from querit_jax.errors import DataFormatError
 
 
 def contained(root: str, name: str, where: str) -> str:

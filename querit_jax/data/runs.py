@@ -1,10 +1,20 @@
-"""First-stage run files: TREC (`qid Q0 docid rank score tag`) or JSON (`{qid: {docid: score}}`)."""
+"""Runs: {query id: {doc id: score}}, and their files: TREC (`qid Q0 docid rank score tag`) or JSON."""
 
 import json
 import os
 
-from querit_jax.data.io import DataFormatError, open_text
-from querit_jax.eval.metrics import Run, top_k
+from querit_jax.data.io import open_text
+from querit_jax.errors import DataFormatError
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+def top_k(run: Run, k: int) -> Run:
+    """Keeps the k best documents per query (score descending, then doc id ascending)."""
+    return {
+        q: dict(sorted(docs.items(), key=lambda x: (-x[1], x[0]))[:k]) for q, docs in run.items()
+    }
 
 
 def read_run(path: str) -> Run:

@@ -10,13 +10,11 @@ around, written or printed by this module.
 import os
 import re
 
+from querit_jax.errors import PublishError
+
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 _TOKEN_PATTERNS = (re.compile(rb"hf_[A-Za-z0-9]{30,}"), re.compile(rb"sk-[A-Za-z0-9_\-]{20,}"))
 _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY", re.IGNORECASE)
-
-
-class PublishError(Exception):
-    """The export cannot be published (unsafe content, or the Hub refused the upload)."""
 
 
 def export_files(out_dir: str) -> list[str]:

@@ -1,21 +1,24 @@
-"""BM25 first stage with bm25s, with terms that work in every language.
+"""Text -> BM25 terms in every language, and the scripts written without spaces between words.
 
 Whitespace tokenisation fails for languages written without spaces (zh, ja, th). Two analysers:
 `UnicodeAnalyzer` (built in: words, plus character uni/bigrams for unsegmented scripts) and
 `SubwordAnalyzer` (any Hugging Face fast tokenizer, e.g. an XLM-R SentencePiece). Text is lower-cased.
-Scores are bm25s' Lucene variant (k1=1.5, b=0.75), the BEIR/Pyserini default family.
+`UNSEGMENTED` is also what the heuristic query generator splits characters on.
 """
 
-import logging
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import bm25s
+# Kana, CJK ideographs and compatibility ideographs; Thai, Lao, Myanmar, Khmer.
+UNSEGMENTED = (
+    r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+    r"\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff"
+)
 
-from querit_jax.mining.scripts import UNSEGMENTED
 
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at INFO
+# An analyser turns texts into lists of terms.
+Analyzer = Callable[[Sequence[str]], list[list[str]]]
 
 
 class SubwordAnalyzer:
@@ -33,54 +36,6 @@ class SubwordAnalyzer:
             enc = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
             out.extend(self.tokenizer.convert_ids_to_tokens(ids) for ids in enc)
         return out
-
-
-class BM25Retriever:
-    """Indexes a corpus once; returns top-k document ids and scores per query."""
-
-    def __init__(
-        self,
-        doc_ids: Sequence[str],
-        doc_texts: Sequence[str],
-        analyzer: SubwordAnalyzer,
-        k1: float = 1.5,
-        b: float = 0.75,
-    ):
-        if not doc_ids:
-            raise ValueError("BM25Retriever needs at least one document.")
-        if len(doc_ids) != len(doc_texts):
-            raise ValueError(f"{len(doc_ids)} document ids but {len(doc_texts)} texts.")
-        self.doc_ids = list(doc_ids)
-        self.analyzer = analyzer
-        self._bm25 = bm25s.BM25(k1=k1, b=b)
-        self._bm25.index(analyzer(list(doc_texts)), show_progress=False)
-
-    def search(self, queries: Sequence[str], top_k: int) -> list[list[tuple[str, float]]]:
-        """For each query, up to `top_k` (doc id, score) pairs by decreasing score (the order of
-        tied scores is bm25s's, not guaranteed to follow document order)."""
-        k = min(top_k, len(self.doc_ids))
-        tokens = self.analyzer(list(queries))
-        # bm25s rejects a query with no known token; give those an empty result.
-        known = self._bm25.vocab_dict
-        results: list[list[tuple[str, float]]] = [[] for _ in queries]
-        todo = [i for i, t in enumerate(tokens) if any(tok in known for tok in t)]
-        if todo:
-            docs, scores = self._bm25.retrieve(
-                [[tok for tok in tokens[i] if tok in known] for i in todo], k=k, show_progress=False
-            )
-            for row, i in enumerate(todo):
-                results[i] = [
-                    (self.doc_ids[int(d)], float(s))
-                    for d, s in zip(docs[row], scores[row])
-                    if s > 0
-                ]
-        return results
-
-    def search_run(self, queries: dict[str, str], top_k: int) -> dict[str, dict[str, float]]:
-        """A run {query id: {doc id: score}} for a dict of queries."""
-        ids = list(queries)
-        hits = self.search([queries[q] for q in ids], top_k)
-        return {q: dict(h) for q, h in zip(ids, hits)}
 
 
 # Scripts written without spaces between words: indexed as character unigrams and bigrams.

@@ -345,10 +345,3 @@ def card_text(
     report = report_lib.load_report(path) if path else None
     manifest = find_merge_manifest(model.path)
     return render(model, head_format, report, manifest, title=title or "querit_jax model", **kwargs)
-
-
-def write_model_card(out_dir: str, text: str) -> str:
-    card = os.path.join(out_dir, "README.md")
-    with open(card, "w", encoding="utf-8") as f:
-        f.write(text)
-    return card

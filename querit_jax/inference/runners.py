@@ -15,10 +15,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from querit_jax import sharding
-from querit_jax.config_lib import ConfigError
 from querit_jax.data import packing
-from querit_jax.data.io import DataFormatError
 from querit_jax.data.tokenize import PairEncoder, TextEncoder, pad_batch
+from querit_jax.errors import ConfigError, DataFormatError
 from querit_jax.sharding import axes
 
 
@@ -199,7 +198,7 @@ class Embedder(BatchedRunner):
 
 def scorer_for(model, **kwargs) -> Scorer:
     """A Scorer for a loaded reranker, on the mesh it was loaded onto."""
-    from querit_jax.models.api import CheckpointError
+    from querit_jax.errors import CheckpointError
 
     if model.spec.head.kind == "embed":
         raise CheckpointError(
@@ -212,7 +211,7 @@ def scorer_for(model, **kwargs) -> Scorer:
 
 def embedder_for(model, **kwargs) -> Embedder:
     """An Embedder for a loaded embedder model, on the mesh it was loaded onto."""
-    from querit_jax.models.api import CheckpointError
+    from querit_jax.errors import CheckpointError
 
     if model.spec.head.kind != "embed":
         raise CheckpointError(

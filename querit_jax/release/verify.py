@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from querit_jax.data.tokenize import pad_batch
-from querit_jax.eval.scoring import Embedder, Scorer
-from querit_jax.models import api
+from querit_jax.inference.runners import Embedder, Scorer
+from querit_jax.models.spec import LoadedModel, abstract_params
 
 SAMPLE_PAIRS = [
     (
@@ -71,7 +71,7 @@ def cross_encoder_scores(hf_dir: str, pairs) -> np.ndarray:
 
 
 def verify(
-    model: api.LoadedModel,
+    model: LoadedModel,
     hf_dir: str,
     pairs=SAMPLE_PAIRS,
     check_sentence_transformers: bool = True,
@@ -79,7 +79,7 @@ def verify(
     """Rerankers: {"max_abs_diff_transformers", ["max_abs_diff_sentence_transformers"]} over `pairs`;
     embedders: {"max_abs_diff_sentence_transformers"} over the pairs' queries and documents."""
     spec32 = model.spec.replace(dtype="float32")
-    graphdef, _ = api.abstract_params(spec32)
+    graphdef, _ = abstract_params(spec32)
     if spec32.head.kind == "embed":
         from sentence_transformers import SentenceTransformer
 
