@@ -13,11 +13,10 @@ itself, otherwise {"results": [summary per model and dataset]}), plus a report (
 """
 
 import json
-import os
 
 from absl import flags
 
-from querit_jax import cli
+from querit_jax import cli, storage
 from querit_jax.data.io import write_json
 from querit_jax.data.runs import write_trec
 from querit_jax.data.sources import dataset_name
@@ -87,10 +86,8 @@ def main(argv):
     if _REPORT_DIR.value:
         paths = report_lib.write_report(report, _REPORT_DIR.value)
     else:
-        stem = os.path.basename(output).removesuffix(".json").removesuffix(".metrics")
-        paths = report_lib.write_report(
-            report, os.path.dirname(os.path.abspath(output)), f"{stem}.report"
-        )
+        stem = storage.basename(output).removesuffix(".json").removesuffix(".metrics")
+        paths = report_lib.write_report(report, storage.dirname(output), f"{stem}.report")
     for s in summaries:
         log(
             f"{s['label']} on {s['dataset']}: "

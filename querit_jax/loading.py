@@ -1,51 +1,119 @@
 """Any model location -> a model ready to run on a mesh; names of first stages and teachers -> objects.
 
 A model location is a querit_jax model checkpoint (`models.checkpoint`), a training workdir (its
-`model/`) or a Hugging Face model directory (converted in memory by `convert.hf_import`). This module
+`model/`) or a Hugging Face model directory (converted in memory by `convert.hf_import`), on local
+disk or in a gs:// bucket, or a Hugging Face Hub id (`org/name[@revision]`, downloaded once into
+huggingface_hub's cache: safetensors only; the commit is recorded as the model's source). This module
 sits above `models/`, `convert/`, `retrieval/` and `inference/`, so none of them needs another's
 loading code: `load_model` for models, `load_teacher` for teachers, `build_retriever` and
 `first_stage_run` for first stages ("bm25" or an embedder location).
 """
 
 import functools
-import os
+import re
 from collections.abc import Sequence
 
 from jax.sharding import Mesh
 
-from querit_jax import sharding
+from querit_jax import sharding, storage
 from querit_jax.convert import hf_import
 from querit_jax.data.beir import BeirDataset
 from querit_jax.data.runs import Run
 from querit_jax.errors import CheckpointError
 from querit_jax.inference.runners import embedder_for
 from querit_jax.inference.teacher import Teacher
-from querit_jax.models.checkpoint import is_model_checkpoint, read_spec, restore_params
+from querit_jax.models.checkpoint import (
+    is_model_checkpoint,
+    load_tokenizer,
+    read_spec,
+    restore_params,
+)
 from querit_jax.models.spec import LoadedModel, abstract_params, place_params, yes_no_to_score
 from querit_jax.retrieval import Retriever
 from querit_jax.retrieval.analyzers import analyzer_for
 from querit_jax.retrieval.bm25 import BM25Retriever
 from querit_jax.retrieval.dense import DenseRetriever
 
+# What a model download takes from the Hub: configs, safetensors weights, tokenizer and
+# sentence-transformers files. Pickle weights (*.bin, *.pt) are never downloaded.
+HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*/*.json")
+_HUB_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
+
 
 def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
+    return storage.isfile(storage.join(path, "config.json"))
 
 
-def resolve_model_path(path: str) -> str:
-    """A model checkpoint, a Hugging Face dir, or a training workdir (-> its `model/`), absolute."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such directory.")
-    path = os.path.abspath(path)
+def hub_id(location: str) -> tuple[str, str | None] | None:
+    """(repo id, revision) when `location` names a Hugging Face Hub model: `hf://org/name[@rev]`,
+    or `org/name[@rev]` when no such local path exists; else None."""
+    if storage.is_remote(location) and not location.startswith("hf://"):
+        return None
+    match = _HUB_ID.match(location)
+    if not match or (not location.startswith("hf://") and storage.exists(location)):
+        return None
+    return match.group(1), match.group(2)
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
+    """The local snapshot of a Hub model, downloaded once into huggingface_hub's cache (safetensors,
+    configs and tokenizer files only). Its directory name is the resolved commit.
+
+    Raises:
+      CheckpointError: offline (or unreachable) without a cached copy, or no such repository, with
+        what to download.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=list(HUB_FILES))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise CheckpointError(
+            f"{repo_id}{'@' + revision if revision else ''}: no such model on the Hugging Face Hub "
+            f"({type(e).__name__})."
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        raise CheckpointError(
+            f"{repo_id}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot "
+            f"be reached ({type(e).__name__}). On a machine with network run `hf download {repo_id} "
+            f"--include {' '.join(repr(p) for p in HUB_FILES)}` and copy the cache here (or set "
+            "HF_HUB_CACHE), or give a local or gs:// directory instead."
+        ) from None
+
+
+def resolve_model_path(location: str) -> str:
+    """A model checkpoint, a Hugging Face directory or a training workdir (-> its `model/`), local
+    or gs://, or a Hub id (-> its local snapshot). Returns an absolute location."""
+    hub = hub_id(location)
+    if hub is not None:
+        return hub_snapshot(*hub)
+    path = storage.absolute(location)
+    if not storage.isdir(path):
+        raise CheckpointError(f"{location}: no such directory (nor a Hugging Face Hub model id).")
     if is_model_checkpoint(path) or is_hf_dir(path):
         return path
-    if is_model_checkpoint(os.path.join(path, "model")):
-        return os.path.join(path, "model")
+    if is_model_checkpoint(storage.join(path, "model")):
+        return storage.join(path, "model")
     raise CheckpointError(
         f"{path} is not a querit_jax model checkpoint (no model.json), a Hugging Face model directory "
         "(no config.json) or a training workdir (no model/model.json). Train a model, import one with "
         "tools/convert_hf/import_hf.py, or point to the right directory."
     )
+
+
+def _source(location: str, path: str) -> dict:
+    """Where a model came from, for manifests: the Hub id and commit, or the location."""
+    hub = hub_id(location)
+    if hub is not None:
+        return {"hub_id": hub[0], "revision": storage.basename(path)}
+    return {"location": path}
 
 
 def load_model(
@@ -59,31 +127,41 @@ def load_model(
     no_token: str = "no",
     **spec_fields,
 ) -> LoadedModel:
-    """Loads a model checkpoint, a Hugging Face directory or a training workdir onto `mesh`.
+    """Loads a model checkpoint, a Hugging Face directory, a training workdir (local or gs://) or a
+    Hub model onto `mesh`.
 
     Args:
       head: "auto" keeps the stored head (HF: by architecture); "score" converts a yes/no head exactly
         into a linear head; "yes_no" needs a checkpoint that has an LM head.
+      tokenizer_path: another tokenizer directory (local or gs://).
       spec_fields: spec/backbone fields to override (dtype, param_dtype, remat, template, max_length...).
     Raises:
       CheckpointError: naming the path and the offending key, for anything unusable.
     """
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(path)
+    location, path = path, resolve_model_path(path)
     mesh = mesh or sharding.single_device_mesh()
     logical_rules = logical_rules or sharding.rules.resolve_rules("fsdp")
+    tokenizer_dir = storage.local_copy(tokenizer_path) if tokenizer_path else ""
     if not is_model_checkpoint(path):
+        # transformers reads local files: a gs:// directory is copied into the cache first.
         spec, params, tokenizer = hf_import.read_hf_dir(
-            path, head=head, tokenizer_path=tokenizer_path, yes_token=yes_token, no_token=no_token
+            storage.local_copy(path),
+            head=head,
+            tokenizer_path=tokenizer_dir,
+            yes_token=yes_token,
+            no_token=no_token,
         )
-        meta = {"source": path}
+        meta = {"source": _source(location, path)}
     else:
         spec, meta = read_spec(path)
         _, abstract = abstract_params(spec, mesh, logical_rules)
         params = restore_params(path, spec, abstract)
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_path or os.path.join(path, meta.get("tokenizer", "tokenizer"))
+        tokenizer = (
+            AutoTokenizer.from_pretrained(tokenizer_dir)
+            if tokenizer_dir
+            else load_tokenizer(path, meta)
         )
         if head == "score" and spec.head.kind == "yes_no":
             spec, params = yes_no_to_score(spec, params)
@@ -93,8 +171,8 @@ def load_model(
             )
     if len(tokenizer) > spec.backbone.vocab_size:
         raise CheckpointError(
-            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only {spec.backbone.vocab_size} "
-            "embedding rows; use the model's own tokenizer."
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only "
+            f"{spec.backbone.vocab_size} embedding rows; use the model's own tokenizer."
         )
     if spec_fields:
         try:

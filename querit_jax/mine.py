@@ -5,12 +5,13 @@ interrupted run continues where it stopped when started again.
 """
 
 import json
-import os
 
 from absl import flags
 from ml_collections import config_flags
 
-from querit_jax import cli, config_lib, distributed
+from querit_jax import cli, config_lib, distributed, storage
+from querit_jax.data.io import read_json
+from querit_jax.data.mined import MANIFEST
 from querit_jax.mining import miner
 from querit_jax.training.writers import get_logger
 
@@ -26,8 +27,7 @@ def main(argv):
     cfg = config_lib.mining_from_config_dict(_CONFIG.value)
     # With several processes, process 0 mines and the others wait for it (one copy of the shards).
     miner.ensure_mined(cfg, log)
-    with open(os.path.join(cfg.output, "manifest.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = read_json(storage.join(cfg.output, MANIFEST))
     log(json.dumps({"output": cfg.output, **manifest["totals"]}, indent=2))
 
 

@@ -1,20 +1,440 @@
-"""Paths read from files (manifests, checkpoints) must stay inside the directory that holds them.
+"""Every location the package reads or writes: a local path or a `gs://` URL, through one interface.
 
-A manifest is data, possibly from someone else: an entry such as `../../.ssh/id_rsa` or `/etc/passwd`
-would otherwise make a reader open (or a cleaner delete) files outside the run's directory.
+Locations are strings everywhere (configs, manifests, flags). Local paths are made absolute (Orbax
+misreads relative ones); URLs (`gs://bucket/...`, and any other fsspec scheme) go through
+`etils.epath`, which reaches Cloud Storage with gcsfs (Orbax and tensorstore reach it natively).
+Nothing else in the package touches a user-given location with os/open/shutil (a test checks).
+
+Object stores have no atomic rename and no append:
+  * a single file is written in one piece (`write_text`, `write_bytes`, `atomic_writer`): on a local
+    disk through a temporary file and `os.replace`, on an object store as one upload, which becomes
+    visible complete or not at all;
+  * a directory is committed by a marker (`DirectoryWriter`): its files first, the marker (e.g. a
+    checkpoint's `model.json`) last, and readers check the marker (`is_committed`). On a local disk
+    the directory is staged beside its final place and moved in with renames, so an existing one is
+    replaced atomically; on an object store the old marker is removed first, so a reader never takes
+    half-written files for a complete directory;
+  * files that grow (metrics logs) are rewritten whole.
+
+Readers that need local files (transformers' tokenizers and configs, ArrayRecord) get a local copy
+of a remote directory (`local_copy`), cached by URL and content listing. `contained` keeps names read
+from manifests inside their directory, for paths and URLs alike.
 """
 
+import contextlib
+import fnmatch
+import gzip
+import hashlib
+import io
+import logging
 import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
 
-from querit_jax.errors import DataFormatError
+from etils import epath
+
+from querit_jax.errors import DataFormatError, StorageError
 
 
-def contained(root: str, name: str, where: str) -> str:
-    """`root/name`, or DataFormatError naming `where` if `name` is absolute or leaves `root`."""
-    if not isinstance(name, str) or not name or os.path.isabs(name):
+class _QuietBucketProbe(logging.Filter):
+    """gcsfs probes every bucket for hierarchical namespaces and warns when it cannot (no default
+    credentials, an emulator); the fallback it takes is the right one, so the warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Could not determine bucket type" not in record.getMessage()
+
+
+logging.getLogger("gcsfs").addFilter(_QuietBucketProbe())
+
+
+def is_remote(location) -> bool:
+    """Whether `location` is a URL (gs://...) rather than a local path."""
+    return "://" in os.fspath(location)
+
+
+def absolute(location) -> str:
+    """The location as a string: URLs unchanged, local paths absolute and user-expanded."""
+    location = os.fspath(location)
+    if is_remote(location):
+        return location.rstrip("/") if location.count("/") > 3 else location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def join(location, *parts: str) -> str:
+    """`location/part/...` for paths and URLs alike."""
+    base = absolute(location)
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+    return os.path.join(base, *parts)
+
+
+def dirname(location) -> str:
+    location = absolute(location)
+    return posixpath.dirname(location) if is_remote(location) else os.path.dirname(location)
+
+
+def basename(location) -> str:
+    location = absolute(location)
+    return posixpath.basename(location) if is_remote(location) else os.path.basename(location)
+
+
+def same(a, b) -> bool:
+    """Whether two locations name the same place (local symlinks resolved)."""
+    a, b = absolute(a), absolute(b)
+    if is_remote(a) or is_remote(b):
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def path(location) -> epath.Path:
+    return epath.Path(absolute(location))
+
+
+def exists(location) -> bool:
+    return path(location).exists()
+
+
+def isdir(location) -> bool:
+    return path(location).is_dir()
+
+
+def isfile(location) -> bool:
+    p = path(location)
+    return p.exists() and not p.is_dir()
+
+
+def size(location) -> int:
+    """A file's size in bytes."""
+    location = absolute(location)
+    if is_remote(location):
+        return int(_fs(location).size(_strip_scheme(location)))
+    return os.path.getsize(location)
+
+
+def listdir(location) -> list[str]:
+    """Names in a directory (sorted); [] when it does not exist."""
+    p = path(location)
+    if not p.is_dir():
+        return []
+    return sorted(child.name for child in p.iterdir())
+
+
+def glob(directory, pattern: str) -> list[str]:
+    """Locations of the entries of `directory` whose names match `pattern` (fnmatch), sorted."""
+    return [join(directory, n) for n in listdir(directory) if fnmatch.fnmatch(n, pattern)]
+
+
+def makedirs(location) -> None:
+    """Creates a directory and its parents (a no-op on object stores, which have none)."""
+    if not is_remote(location):
+        os.makedirs(absolute(location), exist_ok=True)
+
+
+def remove(location) -> None:
+    """Deletes a file; a missing one is fine."""
+    path(location).unlink(missing_ok=True)
+
+
+def rmtree(location) -> None:
+    """Deletes a directory tree; a missing one is fine."""
+    p = path(location)
+    if is_remote(location):
+        if p.exists():
+            p.rmtree()
+    else:
+        shutil.rmtree(absolute(location), ignore_errors=True)
+
+
+def files(location) -> list[str]:
+    """Every file under a directory, as sorted paths relative to it ([] if it does not exist)."""
+    root = absolute(location)
+    if is_remote(root):
+        fs = _fs(root)
+        prefix = _strip_scheme(root).rstrip("/") + "/"
+        found = fs.find(_strip_scheme(root)) if fs.exists(_strip_scheme(root)) else []
+        return sorted(f[len(prefix) :] for f in found if f.startswith(prefix))
+    out = []
+    for r, dirs, names in os.walk(root):
+        dirs.sort()
+        out.extend(os.path.relpath(os.path.join(r, n), root) for n in names)
+    return sorted(out)
+
+
+# ----- reading ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_read(location, binary: bool = False) -> Iterator[io.IOBase]:
+    """Opens a file for reading (a `.gz` file is decompressed). FileNotFoundError names it."""
+    p = path(location)
+    try:
+        raw = p.open("rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location}: no such file.") from None
+    with raw:
+        stream = gzip.GzipFile(fileobj=raw) if str(location).endswith(".gz") else raw
+        yield stream if binary else io.TextIOWrapper(stream, encoding="utf-8")
+
+
+def read_text(location) -> str:
+    with open_read(location) as f:
+        return f.read()
+
+
+def read_bytes(location) -> bytes:
+    with open_read(location, binary=True) as f:
+        return f.read()
+
+
+# ----- writing ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_writer(location, binary: bool = False) -> Iterator[io.IOBase]:
+    """A file that appears complete or not at all: a temporary file renamed into place (local), or
+    one upload finalised on close (object stores). An exception inside leaves no file behind."""
+    target = absolute(location)
+    mode = "wb" if binary else "w"
+    if is_remote(target):
+        with path(target).open(mode) as f:
+            yield f
+        return
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_text(location, text: str) -> None:
+    with atomic_writer(location) as f:
+        f.write(text)
+
+
+def write_bytes(location, data: bytes) -> None:
+    with atomic_writer(location, binary=True) as f:
+        f.write(data)
+
+
+def copy_file(src, dst) -> None:
+    """Copies one file (any storage to any storage), atomically at the destination."""
+    with open_read_raw(src) as fin, atomic_writer(dst, binary=True) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 22)
+
+
+@contextlib.contextmanager
+def open_read_raw(location) -> Iterator[io.IOBase]:
+    """The file's bytes as stored (no decompression)."""
+    try:
+        f = path(location).open("rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location}: no such file.") from None
+    with f:
+        yield f
+
+
+def upload_tree(local_dir: str, location) -> None:
+    """Copies a local directory's files to `location` (a path or a URL), replacing files there."""
+    target = absolute(location)
+    if not is_remote(target):
+        shutil.copytree(local_dir, target, dirs_exist_ok=True)
+        return
+    for rel in files(local_dir):
+        copy_file(os.path.join(local_dir, rel), join(target, rel))
+
+
+def copy_tree(src, dst) -> None:
+    """Copies every file of the directory `src` into `dst` (any storage to any storage)."""
+    for rel in files(src):
+        copy_file(join(src, rel), join(dst, rel))
+
+
+@contextlib.contextmanager
+def temp_dir() -> Iterator[str]:
+    """A local scratch directory, deleted afterwards (e.g. for a library that only writes locally)."""
+    with tempfile.TemporaryDirectory(prefix="querit_jax-") as d:
+        yield d
+
+
+# ----- local copies of remote directories -------------------------------------------------------------
+
+
+def cache_root() -> str:
+    """Where remote directories are copied for readers that need local files (QUERIT_JAX_CACHE, else
+    ~/.cache/querit_jax)."""
+    return os.environ.get("QUERIT_JAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "querit_jax"
+    )
+
+
+def local_copy(location) -> str:
+    """A local path with the content of `location`: the path itself when local; for a URL, a copy
+    in the cache keyed by the URL and the names and sizes of its files (re-used while they match).
+
+    Raises:
+      FileNotFoundError: when the location does not exist.
+    """
+    source = absolute(location)
+    if not is_remote(source):
+        return source
+    fs, key = _fs(source), _strip_scheme(source)
+    if not fs.exists(key):
+        raise FileNotFoundError(f"{source}: no such file or directory.")
+    if not fs.isdir(key):
+        listing = [(basename(source), fs.size(key))]
+    else:
+        listing = [(rel, fs.size(f"{key}/{rel}")) for rel in files(source)]
+    digest = hashlib.sha256(repr((source, listing)).encode()).hexdigest()[:20]
+    target = os.path.join(cache_root(), "remote", digest, basename(source))
+    done = os.path.join(cache_root(), "remote", digest, ".complete")
+    if os.path.exists(done):
+        return target
+    staging = tempfile.mkdtemp(
+        prefix=".staging-", dir=_ensure(os.path.join(cache_root(), "remote"))
+    )
+    try:
+        local = os.path.join(staging, basename(source))
+        if fs.isdir(key):
+            for rel, _ in listing:
+                copy_file(join(source, rel), os.path.join(local, rel))
+        else:
+            copy_file(source, local)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(local, target)
+        with open(done, "w") as f:
+            f.write(source)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _ensure(directory: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def local_scratch(location, name: str) -> str:
+    """A local directory for work files that belong to `location` (e.g. a TFDS build before its
+    upload): `location/name` itself when local, else a directory in the cache keyed by the URL."""
+    target = absolute(location)
+    if not is_remote(target):
+        return _ensure(os.path.join(target, name))
+    digest = hashlib.sha256(target.encode()).hexdigest()[:20]
+    return _ensure(os.path.join(cache_root(), "scratch", digest, name))
+
+
+# ----- directories committed by a marker ------------------------------------------------------------
+
+
+def is_committed(directory, marker: str) -> bool:
+    """Whether `directory` holds a complete write (its marker file exists)."""
+    return exists(join(directory, marker))
+
+
+class DirectoryWriter:
+    """Writes a directory so that readers see it complete or not at all.
+
+    Write the files into `writer.staging` (a location: use this module to write there), then call
+    `commit(marker_text)`: the marker file is written last. Locally the staging directory is
+    `<final>.tmp`, and commit replaces `<final>` by renames only (`<final>` -> `<final>.old`,
+    `<final>.tmp` -> `<final>`, then `<final>.old` is deleted; a later writer first undoes a
+    replacement killed half-way). On an object store the files go straight to `<final>` after its
+    old marker and files are deleted. `abort()` removes what was written.
+    """
+
+    def __init__(self, final, marker: str, prepare: bool = True):
+        """`prepare=False`: only compute the locations (the other processes of a collective write,
+        after the one that prepared it)."""
+        self.final, self.marker = absolute(final), marker
+        self.remote = is_remote(self.final)
+        self.old = f"{self.final}.old"
+        self.staging = self.final if self.remote else f"{self.final}.tmp"
+        if not prepare:
+            return
+        if self.remote:
+            remove(join(self.final, marker))  # uncommitted from here on
+            rmtree(self.final)
+        else:
+            _recover_previous(self.final, self.old)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            os.makedirs(self.staging)
+
+    def commit(self, marker_text: str) -> str:
+        write_text(join(self.staging, self.marker), marker_text)
+        if not self.remote:
+            if os.path.lexists(self.final):
+                shutil.rmtree(self.old, ignore_errors=True)
+                os.replace(self.final, self.old)
+            os.replace(self.staging, self.final)
+            shutil.rmtree(self.old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        rmtree(self.staging)
+
+
+def _recover_previous(final: str, old: str) -> None:
+    """Undoes a local replacement killed half-way: an `<final>.old` without `<final>` is the previous
+    complete directory (moved back); one beside `<final>` was being deleted (deleted)."""
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(final):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, final)
+
+
+# ----- names read from files --------------------------------------------------------------------------
+
+
+def contained(root, name: str, where: str) -> str:
+    """`root/name`, or DataFormatError naming `where` if `name` is absolute or leaves `root`.
+
+    A manifest is data, possibly from someone else: an entry such as `../../.ssh/id_rsa`, `/etc/passwd`
+    or `gs://other-bucket/x` would otherwise make a reader open (or a cleaner delete) files outside the
+    run's directory. Works for local paths (symlinks resolved) and URLs alike.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or is_remote(name):
         raise DataFormatError(f"{where}: {name!r} must be a relative path inside {root}.")
-    base = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(base, name))
-    if os.path.commonpath([base, path]) != base:
+    base = absolute(root)
+    if is_remote(base):
+        scheme, rest = base.split("://", 1)
+        top = "/" + rest.rstrip("/")
+        joined = posixpath.normpath(posixpath.join(top, name))
+        inside = joined == top or joined.startswith(top + "/")
+        resolved = f"{scheme}://{joined.lstrip('/')}"
+    else:
+        real = os.path.realpath(base)
+        resolved = os.path.realpath(os.path.join(real, name))
+        inside = os.path.commonpath([real, resolved]) == real
+    if not inside:
         raise DataFormatError(f"{where}: {name!r} points outside {root}; refusing to read it.")
-    return path
+    return resolved
+
+
+# ----- internals ---------------------------------------------------------------------------------------
+
+
+def _strip_scheme(url: str) -> str:
+    return url.split("://", 1)[1]
+
+
+def _fs(url: str):
+    """The fsspec filesystem of a URL (gcsfs for gs://)."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        return fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as e:
+        raise StorageError(
+            f"{url}: no filesystem for {scheme}:// ({e}); install gcsfs for gs:// locations."
+        ) from None

@@ -9,12 +9,13 @@ import pytest
 import torch
 import transformers
 
+from querit_jax.convert import hf_import
 from querit_jax.convert.safetensors_io import read_file
 from querit_jax.data.tokenize import pad_batch
 from querit_jax.errors import CheckpointError, DataFormatError
 from querit_jax.inference.runners import embedder_for, scorer_for
 from querit_jax.loading import embedding_function, load_model
-from querit_jax.release.export import export_hf, hf_import
+from querit_jax.release.export import export_hf
 from querit_jax.retrieval.dense import DenseRetriever
 from tests.conftest import SHARED
 

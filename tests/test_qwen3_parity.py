@@ -14,13 +14,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen3Model
 
+from querit_jax.convert import hf_import
 from querit_jax.convert.safetensors_io import read_file
 from querit_jax.data.tokenize import PairEncoder, pad_batch
 from querit_jax.errors import CheckpointError
 from querit_jax.loading import load_model
 from querit_jax.models.spec import ModelSpec, flatten
 from querit_jax.models.templates import qwen3_pair, qwen3_reranker
-from querit_jax.release.export import export_hf, hf_import
+from querit_jax.release.export import export_hf
 from tests.conftest import make_hf_qwen3
 
 QUERIES = [

@@ -18,7 +18,8 @@ from querit_jax.errors import CheckpointError
 from querit_jax.eval import report as report_lib
 from querit_jax.loading import load_model
 from querit_jax.models.checkpoint import save_model
-from querit_jax.release.export import export_hf, model_card, publish
+from querit_jax.release import model_card, publish
+from querit_jax.release.export import export_hf
 from querit_jax.release.verify import verify
 from tests.helpers import ROOT
 

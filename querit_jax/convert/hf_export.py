@@ -16,11 +16,10 @@ with the `<|endoftext|>` it appends), the export switches the pad token to an un
 
 import copy
 import json
-import os
-import shutil
 
 import numpy as np
 
+from querit_jax import sharding, storage
 from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import write_file
@@ -112,7 +111,7 @@ def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
         entries = encoder_table.backbone_entries(
             cfg, encoder_table.model_prefix(cfg)
         ) + encoder_table.head_entries(cfg)
-    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    flat = {k: sharding.to_host(v) for k, v in flatten(params).items()}  # collective
     out = {}
     for e in entries:
         value = e.to_hf(flat[".".join(str(p) for p in e.path)])
@@ -181,12 +180,13 @@ def write_hf_dir(
     if not embed and spec.template.kind == "text":
         tokenizer.chat_template = chat_template(spec.template)
     _check_replaceable(out_dir, model.path)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
+    writer = storage.DirectoryWriter(out_dir, "config.json")  # config.json last: the commit
+    out = writer.staging
+    with storage.temp_dir() as tmp:
+        tokenizer.save_pretrained(tmp)
+        storage.upload_tree(tmp, out)
     tensors = hf_tensors(model, head_format)
-    write_file(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
+    write_file(storage.join(out, "model.safetensors"), tensors, {"format": "pt"})
     dtype = str(next(iter(tensors.values())).dtype)
     config = {
         **hf_config(spec.backbone),
@@ -207,23 +207,21 @@ def write_hf_dir(
     }
     if head_format == "seq_cls":
         config.update({"num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}})
-    write_json(os.path.join(out_dir, "config.json"), config)
     if embed:
-        _write_sentence_transformer(out_dir, spec, max_length)
+        _write_sentence_transformer(out, spec, max_length)
     else:
-        _write_cross_encoder(out_dir, spec, causal)
+        _write_cross_encoder(out, spec, causal)
     if readme is not None:
-        with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write(readme)
-    return out_dir
+        storage.write_text(storage.join(out, "README.md"), readme)
+    return writer.commit(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _check_replaceable(out_dir: str, model_path: str) -> None:
     """The export replaces out_dir: refuse when that would delete a model or unrelated files."""
-    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+    if not storage.listdir(out_dir):
         return
-    if os.path.realpath(out_dir) == os.path.realpath(model_path) or not os.path.isfile(
-        os.path.join(out_dir, "config.json")
+    if storage.same(out_dir, model_path) or not storage.isfile(
+        storage.join(out_dir, "config.json")
     ):
         raise CheckpointError(
             f"{out_dir} exists and is not a previous export (no config.json, or it is the model "
@@ -253,7 +251,7 @@ def _write_cross_encoder(out_dir: str, spec, causal: bool) -> None:
     if causal:
         modules.append({"idx": 1, "name": "1", "path": "1_LogitScore", "type": ST_LOGIT_SCORE})
         write_json(
-            os.path.join(out_dir, "1_LogitScore", "config.json"),
+            storage.join(out_dir, "1_LogitScore", "config.json"),
             {
                 "true_token_id": spec.head.yes_token_id,
                 "false_token_id": spec.head.no_token_id,
@@ -271,10 +269,10 @@ def _write_cross_encoder(out_dir: str, spec, causal: bool) -> None:
             "modality_config": modality,
             "module_output_name": "scores",
         }
-    write_json(os.path.join(out_dir, "modules.json"), modules)
-    write_json(os.path.join(out_dir, "sentence_bert_config.json"), bert)
+    write_json(storage.join(out_dir, "modules.json"), modules)
+    write_json(storage.join(out_dir, "sentence_bert_config.json"), bert)
     write_json(
-        os.path.join(out_dir, "config_sentence_transformers.json"),
+        storage.join(out_dir, "config_sentence_transformers.json"),
         {
             "model_type": "CrossEncoder",
             "activation_fn": "torch.nn.modules.linear.Identity",
@@ -294,21 +292,21 @@ def _write_sentence_transformer(out_dir: str, spec, max_length: int) -> None:
     if spec.head.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
         write_json(
-            os.path.join(out_dir, "2_Normalize", "config.json"),
+            storage.join(out_dir, "2_Normalize", "config.json"),
             {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},
         )
     mode = {"last": "lasttoken", "cls": "cls", "mean": "mean"}[spec.head.pooling]
     write_json(
-        os.path.join(out_dir, "1_Pooling", "config.json"),
+        storage.join(out_dir, "1_Pooling", "config.json"),
         {
             "embedding_dimension": spec.backbone.hidden_size,
             "pooling_mode": mode,
             "include_prompt": True,
         },
     )
-    write_json(os.path.join(out_dir, "modules.json"), modules)
+    write_json(storage.join(out_dir, "modules.json"), modules)
     write_json(
-        os.path.join(out_dir, "sentence_bert_config.json"),
+        storage.join(out_dir, "sentence_bert_config.json"),
         {
             "transformer_task": "feature-extraction",
             "max_seq_length": max_length,
@@ -319,7 +317,7 @@ def _write_sentence_transformer(out_dir: str, spec, max_length: int) -> None:
         },
     )
     write_json(
-        os.path.join(out_dir, "config_sentence_transformers.json"),
+        storage.join(out_dir, "config_sentence_transformers.json"),
         {
             "model_type": "SentenceTransformer",
             "prompts": {"query": t.query_prefix, "document": t.document_prefix},

@@ -12,12 +12,11 @@ is refused. `trust_remote_code` is never used.
 """
 
 import dataclasses
-import glob
 import json
-import os
 
 import numpy as np
 
+from querit_jax import storage
 from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
 from querit_jax.convert.safetensors_io import read_file
@@ -48,21 +47,14 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
     Raises:
       CheckpointError: no safetensors (pickle files are named and refused), or a missing shard.
     """
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+    index = storage.join(hf_dir, "model.safetensors.index.json")
+    if storage.exists(index):
+        files = sorted(set(json.loads(storage.read_text(index))["weight_map"].values()))
     else:
-        files = sorted(
-            os.path.basename(p) for p in glob.glob(os.path.join(hf_dir, "*.safetensors"))
-        )
+        files = [storage.basename(p) for p in storage.glob(hf_dir, "*.safetensors")]
     if not files:
         pickles = sorted(
-            {
-                os.path.basename(p)
-                for pat in PICKLE_PATTERNS
-                for p in glob.glob(os.path.join(hf_dir, pat))
-            }
+            {storage.basename(p) for pat in PICKLE_PATTERNS for p in storage.glob(hf_dir, pat)}
         )
         if pickles:
             raise CheckpointError(
@@ -74,18 +66,17 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{hf_dir}: no model.safetensors (or sharded *.safetensors) found.")
     weights = {}
     for name in files:
-        path = os.path.join(hf_dir, name)
-        if not os.path.exists(path):
+        path = storage.contained(hf_dir, name, index)
+        if not storage.exists(path):
             raise CheckpointError(f"{hf_dir}: shard {name} listed in the index is missing.")
         weights.update(read_file(path))
     return weights
 
 
 def read_config(hf_dir: str) -> dict:
-    path = os.path.join(hf_dir, "config.json")
+    path = storage.join(hf_dir, "config.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise CheckpointError(
             f"{hf_dir}: no config.json; not a Hugging Face model directory."
@@ -142,18 +133,15 @@ def _gather(weights: dict, entries, where: str, params: dict, used: set) -> None
 def read_sentence_transformers(hf_dir: str) -> dict:
     """What a sentence-transformers folder says about pooling, normalisation, prompts and length."""
     out: dict = {}
-    modules_path = os.path.join(hf_dir, "modules.json")
-    if not os.path.exists(modules_path):
+    modules_path = storage.join(hf_dir, "modules.json")
+    if not storage.exists(modules_path):
         return out
-    with open(modules_path, encoding="utf-8") as f:
-        modules = json.load(f)
+    modules = json.loads(storage.read_text(modules_path))
     for m in modules:
         kind = m.get("type", "")
         if kind.endswith("Pooling"):
-            with open(
-                os.path.join(hf_dir, m.get("path", ""), "config.json"), encoding="utf-8"
-            ) as f:
-                pooling = json.load(f)
+            module_dir = storage.contained(hf_dir, m.get("path") or ".", modules_path)
+            pooling = json.loads(storage.read_text(storage.join(module_dir, "config.json")))
             modes = {
                 "pooling_mode_cls_token": "cls",
                 "pooling_mode_mean_tokens": "mean",
@@ -178,10 +166,9 @@ def read_sentence_transformers(hf_dir: str) -> dict:
         ("sentence_bert_config.json", "max_seq_length"),
         ("config_sentence_transformers.json", "prompts"),
     ):
-        path = os.path.join(hf_dir, name)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                value = json.load(f).get(key)
+        path = storage.join(hf_dir, name)
+        if storage.exists(path):
+            value = json.loads(storage.read_text(path)).get(key)
             if value:
                 out[key] = value
     return out
@@ -380,4 +367,5 @@ def read_hf_dir(
 def import_hf(hf_dir: str, out: str, **kwargs) -> str:
     """Converts a Hugging Face directory into a model checkpoint at `out`."""
     spec, params, tokenizer = read_hf_dir(hf_dir, **kwargs)
-    return save_model(out, spec, params, tokenizer, {"source": {"hf_dir": os.path.abspath(hf_dir)}})
+    source = {"hf_dir": storage.absolute(hf_dir)}
+    return save_model(out, spec, params, tokenizer, {"source": source})

@@ -8,12 +8,12 @@ Pickle formats are never read anywhere in this project.
 """
 
 import json
-import os
 import struct
 
 import ml_dtypes
 import numpy as np
 
+from querit_jax import storage
 from querit_jax.errors import SafetensorsError
 
 DTYPES = {
@@ -34,8 +34,8 @@ MAX_HEADER = 100 * 1024 * 1024
 
 def read_header(path: str) -> tuple[dict, int]:
     """Returns (header without __metadata__, byte offset of the data section)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = storage.size(path)
+    with storage.open_read_raw(path) as f:
         raw = f.read(8)
         if len(raw) < 8:
             raise SafetensorsError(f"{path}: too short to be a safetensors file.")
@@ -69,7 +69,9 @@ def read_header(path: str) -> tuple[dict, int]:
 
 
 def read_file(path: str) -> dict[str, np.ndarray]:
-    """Every tensor of one safetensors file as read-only, memory-mapped arrays (no copy until used)."""
+    """Every tensor of one safetensors file as read-only, memory-mapped arrays (no copy until used;
+    a remote file is copied to the local cache first)."""
+    path = storage.local_copy(path)
     header, base = read_header(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
@@ -101,10 +103,8 @@ def write_file(
         arrays.append(a)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with storage.atomic_writer(path, binary=True) as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for a in arrays:
             f.write(a.tobytes())
-    os.replace(tmp, path)

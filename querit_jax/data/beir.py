@@ -8,8 +8,8 @@ ignores them for gain) but never used as positives.
 
 import csv
 import dataclasses
-import os
 
+from querit_jax import storage
 from querit_jax.data.io import ReadReport, iter_jsonl, open_text
 from querit_jax.errors import DataFormatError
 
@@ -34,8 +34,8 @@ class BeirDataset:
 
 def _find(root: str, *names: str) -> str:
     for name in names:
-        path = os.path.join(root, name)
-        if os.path.exists(path):
+        path = storage.join(root, name)
+        if storage.exists(path):
             return path
     raise FileNotFoundError(
         f"{root}: none of {names} found; is this a BEIR-layout dataset directory?"
@@ -151,9 +151,9 @@ def load_beir(root: str, split: str = "test", strict: bool = True) -> BeirDatase
     report = ReadReport()
     corpus = load_corpus(_find(root, "corpus.jsonl", "corpus.jsonl.gz"), strict, report)
     queries = load_queries(_find(root, "queries.jsonl", "queries.jsonl.gz"), strict, report)
-    qrels_path = _find(os.path.join(root, "qrels"), f"{split}.tsv")
+    qrels_path = _find(storage.join(root, "qrels"), f"{split}.tsv")
     qrels = load_qrels(qrels_path, queries, corpus, strict, report)
     if not qrels:
         raise DataFormatError(f"{qrels_path}: no relevance judgements.")
     queries = {q: queries[q] for q in qrels}
-    return BeirDataset(os.path.basename(os.path.normpath(root)), corpus, queries, qrels, report)
+    return BeirDataset(storage.basename(root), corpus, queries, qrels, report)

@@ -5,12 +5,12 @@ counts them in a `ReadReport` that callers log and write into manifests.
 """
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
 from collections.abc import Iterator
 
+from querit_jax import storage
 from querit_jax.errors import DataFormatError
 
 
@@ -33,18 +33,13 @@ class ReadReport:
         return dataclasses.asdict(self)
 
 
-def open_text(path: str | os.PathLike):
-    """Opens a text file for reading, transparently gunzipping `.gz`."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file.")
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def open_text(path):
+    """Opens a text file (local or gs://) for reading, transparently gunzipping `.gz`."""
+    return storage.open_read(path)
 
 
 def iter_jsonl(
-    path: str | os.PathLike, report: ReadReport | None = None, strict: bool = True
+    path, report: ReadReport | None = None, strict: bool = True
 ) -> Iterator[tuple[int, dict]]:
     """Yields (line number, object) for every non-blank line of a JSONL file.
 
@@ -72,29 +67,19 @@ def iter_jsonl(
             yield lineno, obj
 
 
-def write_jsonl(path: str | os.PathLike, rows) -> None:
-    """Writes rows as UTF-8 JSONL atomically (temp file + rename)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+def write_jsonl(path, rows) -> None:
+    """Writes rows as UTF-8 JSONL in one piece (a reader never sees half a file)."""
+    with storage.atomic_writer(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
-def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
-    """Writes JSON atomically."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=indent)
-        f.write("\n")
-    os.replace(tmp, path)
+def write_json(path, obj, indent: int = 2) -> None:
+    """Writes JSON in one piece."""
+    storage.write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
 
-def read_json(path: str | os.PathLike):
+def read_json(path):
     """Reads a JSON file; errors name the file."""
     with open_text(path) as f:
         try:
@@ -104,18 +89,21 @@ def read_json(path: str | os.PathLike):
 
 
 def fingerprint(paths) -> str:
-    """SHA-256 over the names and bytes of the given files, and of every file under given directories."""
+    """SHA-256 over the names and bytes of the given files, and of every file under given
+    directories (local or gs://)."""
     h = hashlib.sha256()
-    for path in [paths] if isinstance(paths, str | os.PathLike) else paths:
-        path = os.fspath(path)
-        files = (
-            [path]
-            if os.path.isfile(path)
-            else sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
-        )
-        for f in files:
-            h.update(os.path.relpath(f, os.path.dirname(path)).encode())
-            with open(f, "rb") as fh:
+    for location in [paths] if isinstance(paths, str | os.PathLike) else paths:
+        location = os.fspath(location)
+        if storage.isdir(location):
+            parent = storage.basename(location)
+            entries = [
+                (storage.join(location, rel), f"{parent}/{rel}") for rel in storage.files(location)
+            ]
+        else:
+            entries = [(location, storage.basename(location))]
+        for full, name in entries:
+            h.update(name.encode())
+            with storage.open_read_raw(full) as fh:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(chunk)
     return h.hexdigest()

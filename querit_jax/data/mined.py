@@ -7,19 +7,17 @@
 Written by `querit_jax.mining.miner`; read by training (`data.train` may name a mining output).
 """
 
-import os
-
+from querit_jax import storage
 from querit_jax.data.io import read_json
 from querit_jax.errors import DataFormatError
-from querit_jax.storage import contained
 
 SHARD = "shard-{:05d}.jsonl"
 MANIFEST = "manifest.json"
 
 
 def is_complete(output: str) -> bool:
-    path = os.path.join(output, MANIFEST)
-    return os.path.exists(path) and bool(read_json(path).get("complete"))
+    path = storage.join(output, MANIFEST)
+    return storage.exists(path) and bool(read_json(path).get("complete"))
 
 
 def shard_files(output: str) -> list[str]:
@@ -28,6 +26,6 @@ def shard_files(output: str) -> list[str]:
         raise DataFormatError(
             f"{output}: no complete mining run (manifest.json missing or unfinished)."
         )
-    manifest = os.path.join(output, MANIFEST)
+    manifest = storage.join(output, MANIFEST)
     shards = read_json(manifest)["shards"]
-    return [contained(output, shards[k]["file"], manifest) for k in sorted(shards, key=int)]
+    return [storage.contained(output, shards[k]["file"], manifest) for k in sorted(shards, key=int)]

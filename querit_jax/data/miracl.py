@@ -8,28 +8,25 @@
 `BeirDataset` as BEIR, with the same file:line errors.
 """
 
-import glob
-import os
-
+from querit_jax import storage
 from querit_jax.data.beir import BeirDataset, load_corpus
 from querit_jax.data.io import ReadReport, open_text
 from querit_jax.errors import DataFormatError
 
 
-def _one(pattern: str, what: str) -> str:
-    found = sorted(glob.glob(pattern, recursive=True))
+def _one(directory: str, pattern: str, what: str) -> str:
+    found = storage.glob(directory, pattern)
     if len(found) != 1:
         raise FileNotFoundError(
-            f"MIRACL {what}: expected one file matching {pattern}, found {len(found)}."
+            f"MIRACL {what}: expected one file matching {storage.join(directory, pattern)}, "
+            f"found {len(found)}."
         )
     return found[0]
 
 
 def corpus_files(root: str) -> list[str]:
-    files = sorted(
-        glob.glob(os.path.join(root, "corpus", "*.jsonl"))
-        + glob.glob(os.path.join(root, "corpus", "*.jsonl.gz"))
-    )
+    corpus = storage.join(root, "corpus")
+    files = sorted(storage.glob(corpus, "*.jsonl") + storage.glob(corpus, "*.jsonl.gz"))
     if not files:
         raise FileNotFoundError(f"{root}/corpus: no *.jsonl(.gz) corpus files.")
     return files
@@ -54,7 +51,7 @@ def load_miracl_corpus(root: str, strict: bool = True, report: ReadReport | None
 def load_miracl(root: str, lang: str, split: str = "dev", strict: bool = True) -> BeirDataset:
     report = ReadReport()
     corpus = load_miracl_corpus(root, strict, report)
-    topics = _one(os.path.join(root, "topics", f"*{lang}*{split}*.tsv"), "topics")
+    topics = _one(storage.join(root, "topics"), f"*{lang}*{split}*.tsv", "topics")
     queries = {}
     with open_text(topics) as f:
         for lineno, line in enumerate(f, start=1):
@@ -65,7 +62,7 @@ def load_miracl(root: str, lang: str, split: str = "dev", strict: bool = True) -
                 report.skip(f"{topics}:{lineno}", "expected 'query-id<TAB>query text'.", strict)
                 continue
             queries[qid] = text
-    qrels_path = _one(os.path.join(root, "qrels", f"*{lang}*{split}*.tsv"), "qrels")
+    qrels_path = _one(storage.join(root, "qrels"), f"*{lang}*{split}*.tsv", "qrels")
     qrels: dict = {}
     with open_text(qrels_path) as f:
         for lineno, line in enumerate(f, start=1):

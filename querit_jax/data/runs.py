@@ -1,8 +1,8 @@
 """Runs: {query id: {doc id: score}}, and their files: TREC (`qid Q0 docid rank score tag`) or JSON."""
 
 import json
-import os
 
+from querit_jax import storage
 from querit_jax.data.io import open_text
 from querit_jax.errors import DataFormatError
 
@@ -19,7 +19,7 @@ def top_k(run: Run, k: int) -> Run:
 
 def read_run(path: str) -> Run:
     """Reads a TREC or JSON run. Raises DataFormatError naming file and line for malformed rows."""
-    if not os.path.exists(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path}: no such run file.")
     if path.endswith(".json"):
         with open_text(path) as f:
@@ -61,11 +61,8 @@ def read_run(path: str) -> Run:
 
 def write_trec(run: Run, path: str, tag: str = "querit_jax") -> None:
     """Writes a TREC run, ranked by score (ties by doc id), atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with storage.atomic_writer(path) as f:
         for qid in sorted(run):
             ranked = top_k({qid: run[qid]}, len(run[qid]))[qid]
             for rank, (doc, score) in enumerate(ranked.items(), start=1):
                 f.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
-    os.replace(tmp, path)

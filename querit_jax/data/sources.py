@@ -1,12 +1,10 @@
-"""Training-data sources named in configs, turned into one validated groups file plus a manifest.
+"""Dataset names in configs: `DIR[:split]` (BEIR), `miracl:ROOT:LANG[:split]`, a groups `FILE.jsonl`
+or a mining output directory; each may be a local path or a gs:// URL.
 
-A source is `DIR[:split]` (a BEIR-layout dataset; groups are mined with BM25 or random negatives) or a
-`FILE.jsonl` of training groups (FlagEmbedding format). The result, `<workdir>/data/train.jsonl`, is
-rebuilt only when the inputs or the mining settings change (the manifest records both).
+How training turns them into groups is `training.inputs`'s job; evaluation loads them here too.
 """
 
-import os
-
+from querit_jax import storage
 from querit_jax.data import beir
 
 
@@ -22,15 +20,15 @@ def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str
     if spec.startswith("miracl:"):
         _, root, lang, *split = spec.split(":")
         return "miracl", f"{root}:{lang}", (split[0] if split else "dev")
-    if os.path.exists(os.path.join(spec, "manifest.json")) and not os.path.exists(
-        os.path.join(spec, "corpus.jsonl")
+    if storage.exists(storage.join(spec, "manifest.json")) and not storage.exists(
+        storage.join(spec, "corpus.jsonl")
     ):
         return "mined", spec, ""
     path, _, split = spec.partition(":")
     if not split:
-        base = os.path.basename(os.path.normpath(path))
+        base = storage.basename(path)
         split = (
-            base if os.path.exists(os.path.join(path, "qrels", f"{base}.tsv")) else default_split
+            base if storage.exists(storage.join(path, "qrels", f"{base}.tsv")) else default_split
         )
     return "beir", path, split
 
@@ -47,8 +45,8 @@ def load_dataset(kind: str, path: str, split: str, strict: bool = True):
 
 def dataset_name(path: str, split: str) -> str:
     """A short display name: the directory (and its parent when the directory is the split)."""
-    norm = os.path.normpath(path)
-    base = os.path.basename(norm)
+    norm = storage.absolute(path)
+    base = storage.basename(norm)
     if base == split:
-        return f"{os.path.basename(os.path.dirname(norm))}/{split}"
+        return f"{storage.basename(storage.dirname(norm))}/{split}"
     return f"{base}:{split}"

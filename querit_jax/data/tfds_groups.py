@@ -7,11 +7,11 @@ input files, so a changed input is rebuilt and an unchanged one is reused.
 """
 
 import os
-import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from querit_jax import storage
 from querit_jax.data.groups import read_groups
 from querit_jax.data.io import fingerprint
 
@@ -68,24 +68,26 @@ class QueritGroups(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
-    """Builds (or reuses) the ArrayRecord dataset for {split name: groups JSONL path}.
+    """Builds (or reuses) the ArrayRecord dataset for {split name: groups JSONL location}.
 
-    Returns the prepared builder; `builder.as_data_source(split)` gives random access.
+    `cache_dir` is a local directory (ArrayRecord files are written and read through the local file
+    system); the groups files may be local or gs://. Returns the prepared builder;
+    `builder.as_data_source(split)` gives random access.
     """
-    for split, path in splits.items():
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Training groups for split {split!r}: {path} does not exist.")
+    for split, location in splits.items():
+        if not storage.isfile(location):
+            raise FileNotFoundError(
+                f"Training groups for split {split!r}: {location} does not exist."
+            )
     key = fingerprint([splits[s] for s in sorted(splits)])[:16]
-    data_dir = os.path.join(cache_dir, key)
-    builder = QueritGroups(data_dir=data_dir, file_format="array_record")
+    builder = QueritGroups(data_dir=storage.join(cache_dir, key), file_format="array_record")
     if not builder.is_prepared():
         tfds.disable_progress_bar()
-        manual = os.path.join(cache_dir, f"{key}.manual")
-        os.makedirs(manual, exist_ok=True)
-        for split, path in splits.items():
-            shutil.copyfile(path, os.path.join(manual, f"{split}.jsonl"))
+        manual = storage.join(cache_dir, f"{key}.manual")
+        for split, location in splits.items():
+            storage.copy_file(location, storage.join(manual, f"{split}.jsonl"))
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual)
         )
-        shutil.rmtree(manual, ignore_errors=True)
+        storage.rmtree(manual)
     return builder

@@ -15,11 +15,11 @@ Data license: CC BY-SA 4.0 (the derived files keep it; see data/xquad_r/README.m
 """
 
 import json
-import os
 from collections.abc import Sequence
 
 from absl import app, flags
 
+from querit_jax import storage
 from querit_jax.data.io import write_jsonl
 from querit_jax.errors import DataFormatError
 
@@ -47,11 +47,10 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
       DataFormatError: naming the question when its answer lies in no sentence, or when the file is
         not XQuAD-R JSON.
     """
-    with open(src_json, encoding="utf-8") as f:
-        try:
-            data = json.load(f)["data"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataFormatError(f"{src_json}: not an XQuAD-R/SQuAD JSON file ({e}).") from None
+    try:
+        data = json.loads(storage.read_text(src_json))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataFormatError(f"{src_json}: not an XQuAD-R/SQuAD JSON file ({e}).") from None
     full = test_every <= 0
     splits = {
         name: {"corpus": [], "queries": [], "qrels": []}
@@ -87,13 +86,13 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
                 split["qrels"].append((qa["id"], doc_id(a, p, s)))
     counts = {}
     for name, split in splits.items():
-        root = out_dir if full else os.path.join(out_dir, name)
-        os.makedirs(os.path.join(root, "qrels"), exist_ok=True)
-        write_jsonl(os.path.join(root, "corpus.jsonl"), split["corpus"])
-        write_jsonl(os.path.join(root, "queries.jsonl"), split["queries"])
-        with open(os.path.join(root, "qrels", f"{name}.tsv"), "w", encoding="utf-8") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            f.writelines(f"{q}\t{d}\t1\n" for q, d in split["qrels"])
+        root = out_dir if full else storage.join(out_dir, name)
+        write_jsonl(storage.join(root, "corpus.jsonl"), split["corpus"])
+        write_jsonl(storage.join(root, "queries.jsonl"), split["queries"])
+        qrels = "".join(f"{q}\t{d}\t1\n" for q, d in split["qrels"])
+        storage.write_text(
+            storage.join(root, "qrels", f"{name}.tsv"), f"query-id\tcorpus-id\tscore\n{qrels}"
+        )
         counts[name] = {"documents": len(split["corpus"]), "queries": len(split["queries"])}
     return counts
 
@@ -103,13 +102,13 @@ def convert(
 ) -> dict:
     """Converts every language file found in `src_dir` (or the given ones); returns counts per language."""
     languages = languages or [
-        lang for lang in LANGUAGES if os.path.exists(os.path.join(src_dir, f"{lang}.json"))
+        lang for lang in LANGUAGES if storage.exists(storage.join(src_dir, f"{lang}.json"))
     ]
     if not languages:
         raise FileNotFoundError(f"{src_dir}: no XQuAD-R language files (<lang>.json) found.")
     return {
         lang: convert_language(
-            os.path.join(src_dir, f"{lang}.json"), os.path.join(out_dir, lang), lang, test_every
+            storage.join(src_dir, f"{lang}.json"), storage.join(out_dir, lang), lang, test_every
         )
         for lang in languages
     }

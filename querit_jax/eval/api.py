@@ -1,8 +1,8 @@
 """Library functions behind the `rerank` and `evaluate` commands (the entry points only parse flags)."""
 
 import functools
-import os
 
+from querit_jax import storage
 from querit_jax.data import beir
 from querit_jax.data.io import iter_jsonl, write_jsonl
 from querit_jax.data.runs import read_run
@@ -53,10 +53,9 @@ def model_labels(model_paths: list[str]) -> list[str]:
     """Short distinct column names: the directory name (a workdir's for `<workdir>/model`)."""
     labels = []
     for path in model_paths:
-        norm = os.path.normpath(os.path.abspath(path))
-        name = os.path.basename(norm)
+        name = storage.basename(path)
         if name == "model":
-            name = os.path.basename(os.path.dirname(norm))
+            name = storage.basename(storage.dirname(path))
         labels.append(name if name not in labels else f"{name}#{len(labels) + 1}")
     return labels
 
@@ -119,8 +118,8 @@ def evaluate_models(
                 {
                     "label": label,
                     "dataset": name,
-                    "model": os.path.abspath(path),
-                    "data": os.path.abspath(data),
+                    "model": storage.absolute(path),
+                    "data": storage.absolute(data),
                     "split": split,
                     "first_stage_run": run,
                     **summary,

@@ -16,10 +16,9 @@ converted by `querit_jax.data.xquad_r`) and a first-stage run, entirely offline:
 Needs the `mteb` extra (`pip install -e .[mteb]`).
 """
 
-import os
-
 import numpy as np
 
+from querit_jax import storage
 from querit_jax.data import beir
 from querit_jax.eval import metrics as metrics_lib
 from querit_jax.eval.rerank import judged_queries
@@ -70,7 +69,7 @@ class MtebCrossEncoder:
         del device, kwargs  # the JAX default backend decides
         self.model = load_model(model_name)
         self.scorer = scorer_for(self.model, batch_size=batch_size, max_length=max_length)
-        name = os.path.basename(os.path.normpath(model_name))
+        name = storage.basename(model_name)
         self.mteb_model_meta = ModelMeta.create_empty(
             overwrites=dict(
                 name=f"querit_jax/{name}",
@@ -115,7 +114,7 @@ def beir_reranking_task(
     if not qids:
         raise ValueError(f"No judged query of {data} has first-stage candidates in the run.")
     top = metrics_lib.top_k({q: run[q] for q in qids}, top_k)
-    parts = os.path.normpath(os.path.abspath(data)).split(os.sep)
+    parts = storage.absolute(data).rstrip("/").split("/")
     language = language or next((p for p in reversed(parts) if p in MTEB_LANGUAGES), None)
     if language not in MTEB_LANGUAGES:
         raise ValueError(
@@ -141,7 +140,7 @@ def beir_reranking_task(
             name=task_name,
             description=f"Reranking the top-{top_k} first-stage candidates of {data} ({split}).",
             reference=None,
-            dataset={"path": os.path.abspath(data), "revision": "local"},
+            dataset={"path": storage.absolute(data), "revision": "local"},
             type="Reranking",
             category="t2t",
             modalities=["text"],

@@ -15,10 +15,9 @@ uses matplotlib's Agg canvas directly (no pyplot), so it never needs a display n
 process-wide backend.
 """
 
-import os
-
 import numpy as np
 
+from querit_jax import storage
 from querit_jax.data.io import read_json, write_json
 from querit_jax.errors import DataFormatError
 
@@ -159,8 +158,9 @@ def to_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(report: dict, path: str, metric: str | None = None) -> str:
-    """Grouped bar chart of `metric` per dataset: first stage, then each model."""
+def plot(report: dict, path, metric: str | None = None):
+    """Grouped bar chart (PNG) of `metric` per dataset: first stage, then each model. `path`: a local
+    file name or a binary file object."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -194,25 +194,24 @@ def plot(report: dict, path: str, metric: str | None = None) -> str:
         frameon=False,
     )
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     return path
 
 
 def write_report(report: dict, out_dir: str, stem: str = "report") -> dict[str, str]:
     """Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into out_dir. Returns {kind: path}."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("json", "md", "png")}
+    paths = {k: storage.join(out_dir, f"{stem}.{k}") for k in ("json", "md", "png")}
     write_json(paths["json"], report)
-    with open(paths["md"], "w", encoding="utf-8") as f:
-        f.write(to_markdown(report))
-    plot(report, paths["png"])
+    storage.write_text(paths["md"], to_markdown(report))
+    with storage.atomic_writer(paths["png"], binary=True) as f:
+        plot(report, f)
     return paths
 
 
 def write_training_report(workdir: str) -> dict[str, str] | None:
     """Writes report.{json,md,png} into a training workdir from its results.json (None: nothing to do)."""
-    results_path = os.path.join(workdir, "results.json")
-    if not os.path.exists(results_path):
+    results_path = storage.join(workdir, "results.json")
+    if not storage.exists(results_path):
         return None
     report = from_training_results(read_json(results_path))
     return write_report(report, workdir) if report else None
@@ -220,7 +219,7 @@ def write_training_report(workdir: str) -> dict[str, str] | None:
 
 def load_report(path: str) -> dict:
     """Reads a report.json, checking it is one (DataFormatError naming the file otherwise)."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(
             f"{path}: no such evaluation report (python -m querit_jax.evaluate writes one)."
         )
@@ -247,13 +246,12 @@ def find_report(model_path: str) -> str | None:
     Any other report.json in the parent directory describes other models (e.g. a comparison written
     next to several merge outputs), so it is never picked up; pass it explicitly instead.
     """
-    own = os.path.join(model_path, "report.json")
-    if os.path.exists(own):
+    own = storage.join(model_path, "report.json")
+    if storage.exists(own):
         return own
-    model_path = os.path.normpath(model_path)
-    if os.path.basename(model_path) != "model":
+    if storage.basename(model_path) != "model":
         return None
-    path = os.path.join(os.path.dirname(model_path), "report.json")
+    path = storage.join(storage.dirname(model_path), "report.json")
     try:
         return path if is_training_report(read_json(path)) else None
     except (OSError, ValueError, DataFormatError):  # missing or unreadable: not the trainer's

@@ -1,10 +1,10 @@
 """The evaluation suite run during and after training: BEIR datasets reranked from a cached BM25 run."""
 
 import hashlib
-import os
 
 import numpy as np
 
+from querit_jax import storage
 from querit_jax.data import beir
 from querit_jax.data.runs import read_run, write_trec
 from querit_jax.data.sources import dataset_name, load_dataset, parse_source
@@ -36,8 +36,8 @@ class EvalSuite:
                 f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{depth}".encode()
             )
             safe = name.replace(":", "_").replace("/", "_")
-            run_path = os.path.join(cache_dir, f"{safe}.bm25-{key.hexdigest()[:8]}.trec")
-            if os.path.exists(run_path):
+            run_path = storage.join(cache_dir, f"{safe}.bm25-{key.hexdigest()[:8]}.trec")
+            if storage.exists(run_path):
                 run = read_run(run_path)
             else:
                 run = bm25_run(ds, tokenizer, depth)

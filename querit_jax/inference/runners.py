@@ -95,7 +95,9 @@ class BatchedRunner:
                 ids, seg, tt = pad_batch(batch, length, self.pad_id, types=batch_types)
                 seg[len(idx) :] = 0
                 ids, seg, tt = (jax.device_put(a, self._sharding) for a in (ids, seg, tt))
-                values = np.asarray(jax.device_get(self._forward(params, ids, seg, tt)), np.float32)
+                # Gathered from every process when the batch is sharded over several (a
+                # collective: every process scores the same sequences in the same order).
+                values = sharding.to_host(self._forward(params, ids, seg, tt)).astype(np.float32)
                 if out is None:
                     out = np.zeros((n, *values.shape[1:]), np.float32)
                 out[idx] = values[: len(idx)]
@@ -126,7 +128,7 @@ class BatchedRunner:
                 types_[:k] = packed.token_type_ids[rows]
                 arrays.append(jax.device_put(types_, self._sharding))
                 values = self._forward_packed(params, *arrays, self.max_pairs)
-                outputs.append(np.asarray(jax.device_get(values), np.float32)[:k])
+                outputs.append(sharding.to_host(values).astype(np.float32)[:k])
                 if progress is not None:
                     row = packed.placement.row
                     progress.update(int(((row >= start) & (row < start + k)).sum()))

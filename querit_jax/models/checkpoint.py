@@ -11,62 +11,68 @@ location (a checkpoint, a training workdir, a Hugging Face directory) is `querit
 """
 
 import json
-import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from querit_jax import storage
 from querit_jax.errors import CheckpointError
 from querit_jax.models.spec import ModelSpec, check_shapes, flatten
+
+MARKER = "model.json"  # written last: a directory without it is not a (complete) checkpoint
 
 
 def save_model(
     path: str, spec: ModelSpec, params: dict, tokenizer, extra: dict | None = None
 ) -> str:
-    """Writes a model checkpoint directory (replacing `path`). Returns the path.
+    """Writes a model checkpoint directory (local or gs://, replacing `path`). Returns the location.
 
-    Every process takes part in the Orbax save (sharded arrays are written collectively into one
-    temporary directory); process 0 writes the metadata and renames the directory when all are done.
+    Every process takes part in the Orbax save (sharded arrays are written collectively); process 0
+    writes the tokenizer and, last, model.json, which commits the directory (storage.DirectoryWriter).
     """
-    path = os.path.abspath(path)
-    tmp = f"{path}.tmp"
-    if jax.process_index() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    multihost_utils.sync_global_devices(f"querit_jax save_model start {path}")
+    first = jax.process_index() == 0
+    writer = storage.DirectoryWriter(path, MARKER, prepare=first)
+    multihost_utils.sync_global_devices(f"querit_jax save_model start {writer.final}")
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(tmp, "params"), params)
+    ckptr.save(storage.join(writer.staging, "params"), params)
     ckptr.wait_until_finished()
-    if jax.process_index() == 0:
-        tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    if first:
+        with storage.temp_dir() as tmp:
+            tokenizer.save_pretrained(tmp)
+            storage.upload_tree(tmp, storage.join(writer.staging, "tokenizer"))
         meta = {**spec.to_json(), "tokenizer": "tokenizer", **(extra or {})}
-        with open(os.path.join(tmp, "model.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    multihost_utils.sync_global_devices(f"querit_jax save_model done {path}")
-    return path
+        writer.commit(json.dumps(meta, indent=2, ensure_ascii=False))
+    multihost_utils.sync_global_devices(f"querit_jax save_model done {writer.final}")
+    return writer.final
 
 
 def is_model_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "model.json"))
+    return storage.is_committed(path, MARKER)
 
 
 def read_spec(path: str) -> tuple[ModelSpec, dict]:
-    meta_path = os.path.join(path, "model.json")
+    meta_path = storage.join(path, MARKER)
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(storage.read_text(meta_path))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_path}: invalid JSON ({e.msg}, line {e.lineno}).") from None
     return ModelSpec.from_json(meta, meta_path), meta
 
 
+def load_tokenizer(path: str, meta: dict):
+    """The tokenizer stored with a checkpoint (copied locally first when the checkpoint is remote)."""
+    from transformers import AutoTokenizer
+
+    location = storage.contained(
+        path, meta.get("tokenizer", "tokenizer"), storage.join(path, MARKER)
+    )
+    return AutoTokenizer.from_pretrained(storage.local_copy(location))
+
+
 def restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:
-    params_dir = os.path.join(os.path.abspath(path), "params")  # Orbax misreads relative paths
-    if not os.path.isdir(params_dir):
+    params_dir = storage.join(path, "params")  # absolute: Orbax misreads relative paths
+    if not storage.isdir(params_dir):
         raise CheckpointError(f"{path}: model.json present but the params/ directory is missing.")
     ckptr = ocp.StandardCheckpointer()
     try:
@@ -78,7 +84,7 @@ def restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:
     check_shapes(
         {k: v.shape for k, v in flatten(stored).items()},
         {k: v.shape for k, v in flatten(abstract).items()},
-        f"{params_dir} (against {os.path.join(path, 'model.json')})",
+        f"{params_dir} (against {storage.join(path, MARKER)})",
     )
     try:
         return ckptr.restore(params_dir, abstract)

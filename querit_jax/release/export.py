@@ -5,8 +5,7 @@ metadata, intended use, loading snippets, the evaluation table, the merge recipe
 before anything is written, so a bad report fails the export without touching `out_dir`.
 """
 
-import os
-
+from querit_jax import storage
 from querit_jax.convert import hf_export
 from querit_jax.models.spec import LoadedModel
 from querit_jax.release import model_card
@@ -28,6 +27,6 @@ def export_hf(
       card: model card fields (license, language, base_model, title), see model_card.render.
     """
     head_format = hf_export.check_head_format(model.spec, head_format)
-    card["title"] = card.get("title") or os.path.basename(os.path.normpath(out_dir))
+    card["title"] = card.get("title") or storage.basename(out_dir)
     readme = model_card.card_text(model, head_format, eval_report, **card)
     return hf_export.write_hf_dir(model, out_dir, head_format, max_length, readme)

@@ -11,9 +11,9 @@ whatever else the manifest holds stays in the manifest).
 """
 
 import json
-import os
 import re
 
+from querit_jax import storage
 from querit_jax.data.io import read_json
 from querit_jax.eval import report as report_lib
 
@@ -40,8 +40,8 @@ def manifest_name() -> str:
 
 def find_merge_manifest(model_path: str) -> dict | None:
     """The manifest `querit_jax.merge` writes into a merged checkpoint; None for other models."""
-    path = os.path.join(model_path, manifest_name())
-    return read_json(path) if os.path.isfile(path) else None
+    path = storage.join(model_path, manifest_name())
+    return read_json(path) if storage.isfile(path) else None
 
 
 def languages_of(report: dict | None) -> list[str]:
@@ -57,7 +57,7 @@ def languages_of(report: dict | None) -> list[str]:
 def base_model_of(metadata: dict) -> str | None:
     """The Hub id the model was initialised from, when it was one (not a local directory)."""
     init = metadata.get("training", {}).get("config", {}).get("model", {}).get("init_from") or ""
-    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", init) and not os.path.exists(init):
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", init) and not storage.exists(init):
         return init
     return metadata.get("base_model")
 
@@ -238,16 +238,14 @@ def _short(value, limit: int = 300) -> str | None:
 
 def _input_line(item) -> str:
     if not isinstance(item, dict):
-        return f"  - `{os.path.basename(os.path.normpath(str(item)))}`"
+        return f"  - `{str(item).rstrip('/').rsplit('/', 1)[-1]}`"
     name = item.get("path") or item.get("name") or item.get("model") or "?"
     extra = [item.get("role"), f"weight {item['weight']}" if "weight" in item else None]
     if item.get("sha256"):
         extra.append(f"sha256 `{item['sha256'][:16]}…`")
     extra = ", ".join(e for e in extra if e)
     # Base names only: a card must not publish local directory layouts.
-    return f"  - `{os.path.basename(os.path.normpath(str(name)))}`" + (
-        f" ({extra})" if extra else ""
-    )
+    return f"  - `{str(name).rstrip('/').rsplit('/', 1)[-1]}`" + (f" ({extra})" if extra else "")
 
 
 def merge_section(manifest: dict) -> str:

@@ -10,6 +10,7 @@ around, written or printed by this module.
 import os
 import re
 
+from querit_jax import storage
 from querit_jax.errors import PublishError
 
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
@@ -19,12 +20,7 @@ _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY", re.IGNOREC
 
 def export_files(out_dir: str) -> list[str]:
     """Every file under out_dir, as sorted relative POSIX paths."""
-    files = []
-    for root, _, names in os.walk(out_dir):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), out_dir)
-            files.append(rel.replace(os.sep, "/"))
-    return sorted(files)
+    return [rel.replace("\\", "/") for rel in storage.files(out_dir)]
 
 
 def _env_secrets() -> list[bytes]:
@@ -36,7 +32,7 @@ def _env_secrets() -> list[bytes]:
 
 
 def _is_pickle(path: str) -> bool:
-    with open(path, "rb") as f:
+    with storage.open_read_raw(path) as f:
         head = f.read(2)
     # Protocol 2+ pickles start with PROTO (0x80) and the protocol number; torch.save is a zip of pickles.
     if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -45,7 +41,7 @@ def _is_pickle(path: str) -> bool:
         import zipfile
 
         try:
-            with zipfile.ZipFile(path) as z:
+            with storage.open_read_raw(path) as f, zipfile.ZipFile(f) as z:
                 return any(n.endswith(".pkl") for n in z.namelist())
         except zipfile.BadZipFile:
             return False
@@ -54,18 +50,17 @@ def _is_pickle(path: str) -> bool:
 
 def check_publishable(out_dir: str) -> list[str]:
     """The files to upload. Raises PublishError naming the first unsafe file."""
-    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+    if not storage.isfile(storage.join(out_dir, "config.json")):
         raise PublishError(f"{out_dir} is not an exported model directory (no config.json).")
     secrets = _env_secrets()
     files = export_files(out_dir)
     for rel in files:
-        path = os.path.join(out_dir, rel)
+        path = storage.join(out_dir, rel)
         if rel.lower().endswith(PICKLE_SUFFIXES) or _is_pickle(path):
             raise PublishError(
                 f"{path}: a pickle file (executes code when loaded); export safetensors only."
             )
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(path)
         if any(p.search(data) for p in _TOKEN_PATTERNS) or any(s in data for s in secrets):
             raise PublishError(f"{path} contains an access token or secret; remove it first.")
     return files
@@ -91,7 +86,7 @@ def push_to_hub(out_dir: str, repo_id: str, private: bool = False) -> str:
         api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id,
-            folder_path=out_dir,
+            folder_path=storage.local_copy(out_dir),
             repo_type="model",
             allow_patterns=files,
             commit_message="Upload reranker exported with querit_jax",

@@ -6,10 +6,10 @@ float32 and transformers runs it in float32: the check is about conversion, not 
 """
 
 import json
-import os
 
 import numpy as np
 
+from querit_jax import storage
 from querit_jax.data.tokenize import pad_batch
 from querit_jax.inference.runners import Embedder, Scorer
 from querit_jax.models.spec import LoadedModel, abstract_params
@@ -38,8 +38,8 @@ def hf_scores(hf_dir: str, sequences, types=None) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
+    hf_dir = storage.local_copy(hf_dir)  # transformers reads local files
+    config = json.loads(storage.read_text(storage.join(hf_dir, "config.json")))
     pad_id = AutoTokenizer.from_pretrained(hf_dir).pad_token_id
     causal = config["architectures"][0].endswith("ForCausalLM")
     ids, seg, tt = pad_batch(
@@ -78,6 +78,7 @@ def verify(
 ) -> dict:
     """Rerankers: {"max_abs_diff_transformers", ["max_abs_diff_sentence_transformers"]} over `pairs`;
     embedders: {"max_abs_diff_sentence_transformers"} over the pairs' queries and documents."""
+    hf_dir = storage.local_copy(hf_dir)  # transformers and sentence-transformers read local files
     spec32 = model.spec.replace(dtype="float32")
     graphdef, _ = abstract_params(spec32)
     if spec32.head.kind == "embed":

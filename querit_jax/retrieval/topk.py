@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from querit_jax import sharding
+
 AXIS = "shard"
 
 
@@ -84,7 +86,9 @@ class ShardedCorpus:
             raise ValueError(
                 f"Corpus embeddings must be a non-empty [N, D] matrix, got shape {embeddings.shape}."
             )
-        devices = list(devices) if devices is not None else jax.devices()
+        # This process's devices by default: a search is then local to the process (each process
+        # may search its own queries); pass global devices for one index spanning every host.
+        devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(devices), (AXIS,))
         self.n, self.dim = embeddings.shape
         shards = len(devices)
@@ -122,8 +126,8 @@ class ShardedCorpus:
                 else q
             )
             v, i = self._search(jnp.asarray(q), k)
-            out_v.append(np.asarray(v)[:rows])
-            out_i.append(np.asarray(i)[:rows])
+            out_v.append(sharding.to_host(v)[:rows])
+            out_i.append(sharding.to_host(i)[:rows])
         return np.concatenate(out_v), np.concatenate(out_i)
 
 

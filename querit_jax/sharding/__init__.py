@@ -51,6 +51,19 @@ def shard(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical))
 
 
+def to_host(x) -> np.ndarray:
+    """The full value of an array on this host, wherever its shards live.
+
+    An array that spans other processes' devices is gathered with `process_allgather`: a collective,
+    so every process must call this for it (in the same order). Host arrays pass through.
+    """
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def axis_size(mesh_shape, target: rules.MeshAxes) -> int:
     """Number of devices a logical axis is split over: the product of its mesh axes' sizes.
 
