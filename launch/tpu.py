@@ -245,6 +245,90 @@ class Job:
         ]
 
 
+# Config fields that name locations, and whether a Hugging Face Hub id is a valid value there.
+LOCATION_FIELDS = {
+    "model.init_from": True,
+    "model.tokenizer": True,
+    "data.train": False,
+    "data.bm25_tokenizer": True,
+    "eval.datasets": False,
+    "eval.reference_models": True,
+    "mining.target": False,
+    "mining.output": False,
+    "mining.teacher": True,
+    "mining.generator_model": True,
+    "mining.first_stage": True,
+    "mining.bm25_tokenizer": True,
+}
+NOT_LOCATIONS = {"", "bm25", "unicode"}  # values of those fields that name no file
+_HUB_ID = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def load_config(config: str, extra: list[str]):
+    """The config as the trainer will see it: the file (path[:variant]) with the `--config.*`
+    overrides among `extra` applied, through the same ml_collections flags."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["launch", f"--config={config}", *(a for a in extra if a.startswith("--config."))]
+    values = flags.FlagValues()
+    # The override flags are found in the argv given at definition (as the trainer's in sys.argv).
+    holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+    try:
+        values(argv)
+    except Exception as err:  # a missing file, a bad variant or override: say which
+        raise LaunchError(f"--config={config}: {err}") from None
+    return holder.value
+
+
+def _entries(value) -> list[str]:
+    """The locations in a field: comma lists, DIR[:split] and miracl:ROOT:LANG[:split] entries."""
+    from querit_jax.data.sources import split_spec
+
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    out = []
+    for item in (str(i).strip() for i in items):
+        parts = split_spec(item) or [""]
+        item = parts[1] if parts[0] == "miracl" and len(parts) > 1 else parts[0]
+        if item not in NOT_LOCATIONS:
+            out.append(item)
+    return out
+
+
+def local_locations(cfg) -> list[str]:
+    """'field=value' for every location in the config that lives on this machine's disk (neither
+    gs:// nor, where a model may be one, a Hugging Face Hub id)."""
+    found = []
+    for field, hub_ok in LOCATION_FIELDS.items():
+        section, name = field.split(".")
+        if section not in cfg or cfg[section] is None or name not in cfg[section]:
+            continue
+        for value in _entries(cfg[section][name]):
+            if value.startswith("gs://") or (hub_ok and _HUB_ID.match(value)):
+                continue
+            found.append(f"{field}={value}")
+    return found
+
+
+def check_locations(job: "Job", config: str, workdir: str, extra: list[str]) -> None:
+    """Every worker reads and writes through gs:// (or the Hub): each host has only its own disk,
+    which a spot preemption deletes, and nothing but the code is shipped to it."""
+    hosts = job.accelerator.hosts * job.num_slices
+    where = f"{hosts} hosts" if hosts > 1 else "a TPU VM"
+    if not workdir.startswith("gs://"):
+        raise LaunchError(
+            f"--workdir={workdir} is not a gs:// location; {where} would write checkpoints to a "
+            "disk that preemption deletes. Use --workdir=gs://BUCKET/runs/NAME."
+        )
+    local = local_locations(load_config(config, extra))
+    if local:
+        raise LaunchError(
+            f"{', '.join(local)}: local paths; {where} cannot read them (only the code is shipped). "
+            "Copy them to a bucket (gsutil -m cp -r DIR gs://BUCKET/...) and override, e.g. "
+            f"-- --config.{local[0].split('=')[0]}=gs://BUCKET/..., or use a Hub id for models."
+        )
+
+
 def make_tarball(root: str, out: str) -> list[str]:
     return ["tar", "czf", out, "-C", root, "--exclude=__pycache__", *SHIPPED]
 
@@ -291,12 +375,10 @@ def plan(args: argparse.Namespace) -> tuple[Job, list[list[str]]]:
         args.runtime,
     )
     if args.action == "run":
-        commands = job.run(
-            _required(args.config, "config", "QUERIT_CONFIG"),
-            _required(args.workdir, "workdir", "QUERIT_WORKDIR"),
-            args.extra,
-            "$COORDINATOR_IP",
-        )
+        config = _required(args.config, "config", "QUERIT_CONFIG")
+        workdir = _required(args.workdir, "workdir", "QUERIT_WORKDIR")
+        check_locations(job, config, workdir, args.extra)
+        commands = job.run(config, workdir, args.extra, "$COORDINATOR_IP")
     elif args.action == "install":
         commands = [
             make_tarball(

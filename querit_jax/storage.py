@@ -198,8 +198,14 @@ def atomic_writer(location, binary: bool = False) -> Iterator[io.IOBase]:
     target = absolute(location)
     mode = "wb" if binary else "w"
     if is_remote(target):
-        with path(target).open(mode) as f:
+        raw = _fs(target).open(_strip_scheme(target), "wb")
+        f = raw if binary else io.TextIOWrapper(raw, encoding="utf-8")
+        try:
             yield f
+            f.close()  # the upload is finalised here
+        except BaseException:
+            raw.discard()  # never finalised: no object appears
+            raise
         return
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))

@@ -7,6 +7,7 @@ afterwards inherit them. Recipe: ../shared/notes/libraries.md section 12.
 """
 
 import atexit
+import logging
 import os
 import socket
 import subprocess
@@ -55,5 +56,7 @@ def start() -> str:
         os.environ["STORAGE_EMULATOR_HOST"] = url
         os.environ["TENSORSTORE_GCS_HTTP_URL"] = url
         os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "test-token"
+        # Without a metadata server google.auth warns on every client; the emulator needs no auth.
+        logging.getLogger("google.auth._default").setLevel(logging.ERROR)
         _server.update(proc=proc, url=url)
     return f"gs://{BUCKET}"

@@ -27,9 +27,15 @@ def test_v5e_8_single_host(capsys):
         "gcloud", "compute", "tpus", "tpu-vm", "create", "rr", "--accelerator-type=v5litepod-8",
         "--zone=us-west4-a", "--version=v2-alpha-tpuv5-lite", "--spot",
     ]  # fmt: skip
+    remote_data = [
+        "--config.data.train=gs://b/xquad_r/en/train",
+        "--config.eval.datasets=gs://b/xquad_r/zh/test",
+        "--config.model.tokenizer=gs://b/tokenizers/xquad_r_bpe",
+    ]
     _, run = _dry(
         capsys, "run", "--name=rr", "--zone=us-west4-a", "--accelerator=v5e-8",
-        "--config=configs/general_relevance.py:demo", "--workdir=gs://b/rr", "--", "--config.train.num_steps=9",
+        "--config=configs/general_relevance.py:demo", "--workdir=gs://b/rr", "--",
+        "--config.train.num_steps=9", *remote_data,
     )  # fmt: skip
     assert run[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "rr"] and "--worker=all" in run
     remote = run[-1]
@@ -69,14 +75,37 @@ def test_two_slice_multislice_job(capsys):
     assert create[3:5] == ["queued-resources", "create"]
     assert {"--node-count=2", "--node-prefix=ms"} <= set(create)
     head, ip, run0, run1 = _dry(
-        capsys, "run", *args, "--config=configs/general_relevance.py", "--workdir=gs://b/ms"
-    )
+        capsys, "run", *args, "--config=configs/general_relevance.py", "--workdir=gs://b/ms",
+        "--", "--config.data.train=gs://b/data/train.jsonl",
+    )  # fmt: skip
     assert "2 x v5p-128" in head and ip[0].startswith("COORDINATOR_IP=$(gcloud")
     for slice_id, run in enumerate((run0, run1)):
         assert run[5] == f"ms-{slice_id}" and "--worker=all" in run
         assert f"MEGASCALE_SLICE_ID={slice_id} " in run[-1]
         assert "MEGASCALE_NUM_SLICES=2 " in run[-1] and "MEGASCALE_PORT=8080" in run[-1]
         assert "MEGASCALE_COORDINATOR_ADDRESS=$COORDINATOR_IP:8080" in run[-1]
+
+
+def test_a_pod_reads_and_writes_only_through_buckets_or_the_hub(capsys):
+    args = ["run", "--name=pod", "--zone=z", "--accelerator=v5p-128"]
+    config = "--config=configs/general_relevance.py"
+    assert tpu.main([*args, config, "--workdir=/tmp/run", "--dry_run"]) == 2
+    assert "--workdir=/tmp/run is not a gs:// location; 16 hosts" in capsys.readouterr().err
+    assert tpu.main([*args, config, "--workdir=gs://b/run", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "data.train=data/general_relevance/train.jsonl: local paths; 16 hosts" in err
+    assert "--config.data.train=gs://BUCKET/" in err
+    overrides = [
+        "--config.data.train=gs://b/data/train.jsonl",
+        "--config.model.init_from=Qwen/Qwen3-0.6B",  # a Hub id: every host downloads it
+        "--config.eval.datasets=gs://b/beir/scifact:test,miracl:gs://b/miracl:de",
+    ]
+    _, run = _dry(capsys, *args, config, "--workdir=gs://b/run", "--", *overrides)
+    assert "--workdir=gs://b/run --config.data.train=gs://b/data/train.jsonl" in run[-1]
+    # The adaptation config names a target corpus, a teacher and a mining output: all must be remote.
+    assert tpu.main([*args, "--config=configs/adapt_beir.py", "--workdir=gs://b/a", "--dry_run",
+                     "--", *overrides]) == 2  # fmt: skip
+    assert "mining.target=" in capsys.readouterr().err
 
 
 def test_errors_are_early_and_clear(capsys, monkeypatch, tmp_path):

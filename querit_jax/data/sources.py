@@ -8,6 +8,22 @@ from querit_jax import storage
 from querit_jax.data import beir
 
 
+def split_spec(spec: str) -> list[str]:
+    """`spec` cut at its colons, except the one of a URL scheme: "gs://b/x:test" -> ["gs://b/x",
+    "test"], "miracl:gs://b/m:de" -> ["miracl", "gs://b/m", "de"]."""
+    parts, rest = [], spec
+    while rest:
+        scheme = rest.find("://")
+        start = scheme + 3 if scheme != -1 and ":" not in rest[:scheme] else 0
+        cut = rest.find(":", start)
+        if cut == -1:
+            parts.append(rest)
+            break
+        parts.append(rest[:cut])
+        rest = rest[cut + 1 :]
+    return parts
+
+
 def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str]:
     """'x.jsonl' -> ("groups", path, ""); a mining output dir -> ("mined", DIR, "");
     'miracl:ROOT:LANG[:split]' -> ("miracl", "ROOT:LANG", split); 'DIR[:split]' -> ("beir", DIR, split).
@@ -18,13 +34,14 @@ def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str
     if spec.endswith((".jsonl", ".jsonl.gz")):
         return "groups", spec, ""
     if spec.startswith("miracl:"):
-        _, root, lang, *split = spec.split(":")
+        _, root, lang, *split = split_spec(spec)
         return "miracl", f"{root}:{lang}", (split[0] if split else "dev")
     if storage.exists(storage.join(spec, "manifest.json")) and not storage.exists(
         storage.join(spec, "corpus.jsonl")
     ):
         return "mined", spec, ""
-    path, _, split = spec.partition(":")
+    path, *split = split_spec(spec)
+    split = split[0] if split else ""
     if not split:
         base = storage.basename(path)
         split = (
