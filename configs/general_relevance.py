@@ -29,9 +29,9 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict()
     # Model family (qwen3).
     c.model.family = "qwen3"
-    # Architecture preset (models/config.py), used when init_from is empty.
+    # Architecture preset (models/decoder_config.py), used when init_from is empty.
     c.model.preset = "qwen3_0p6b"
-    # Preset fields to change, e.g. vocab_size.
+    # Preset fields to change, e.g. moe_impl (prefer a named preset to architecture numbers).
     c.model.overrides = ml_collections.ConfigDict()
     # Model checkpoint or Hugging Face dir to start from; "" = random initialisation.
     c.model.init_from = "checkpoints/qwen3-0.6b"
@@ -142,20 +142,9 @@ def get_config(arg=None):
     c.sharding.rule_overrides = ml_collections.ConfigDict()
 
     if variant in ("demo", "tiny", "tiny_moe"):
-        c.model.preset = "tiny"
+        c.model.preset = "tiny_demo"  # width 64, 2 layers, the tokenizer's 16384-token vocabulary
         c.model.init_from = ""
         c.model.tokenizer = "data/tokenizers/xquad_r_bpe"
-        c.model.overrides = ml_collections.ConfigDict(
-            dict(
-                vocab_size=16384,
-                hidden_size=64,
-                intermediate_size=192,
-                num_layers=2,
-                num_heads=4,
-                num_kv_heads=2,
-                head_dim=16,
-            )
-        )
         c.model.dtype = "float32"
         c.model.remat = False
         c.data.train = DEMO_TRAIN
@@ -176,8 +165,8 @@ def get_config(arg=None):
         c.eval.batch_size = 128
         c.sharding.preset = "dp"
     if variant == "tiny_moe":
-        c.model.preset = "tiny_moe"
-        c.model.overrides = ml_collections.ConfigDict(dict(vocab_size=16384, moe_impl="ep"))
+        c.model.preset = "tiny_moe_demo"  # 8 experts, top-2, the tokenizer's 16384-token vocabulary
+        c.model.overrides = ml_collections.ConfigDict(dict(moe_impl="ep"))  # expert parallel
         c.data.batch_size = 8
         c.data.group_size = 4
         c.data.max_length = 64

@@ -57,11 +57,14 @@ def get_config(arg=None):
     # Vocabulary sizes that differ: refuse, or rectify (other models' embedding/LM-head rows are cut
     # or padded with the base's rows to the base's vocabulary).
     m.vocab_policy = "refuse"
-    # Where tensors live while merging: a sharding preset (fsdp, fsdp+tp, fsdp+ep, dp) and a mesh
-    # (data, fsdp, tensor, expert; one axis -1 = all remaining devices).
+    # Where tensors live while merging, as in training's `sharding` section: a rule preset (fsdp,
+    # fsdp+tp, fsdp+ep, dp), a mesh (data, fsdp, tensor, expert; one axis -1 = all other devices;
+    # every axis of size != 1 must be used by the preset, e.g. dp needs data=-1, fsdp=1) and logical
+    # axis -> mesh axis overrides of the preset, e.g. {"vocab": "tensor"}.
     m.sharding = ml_collections.ConfigDict()
     m.sharding.preset = "fsdp"
     m.sharding.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "expert": 1})
+    m.sharding.rule_overrides = ml_collections.ConfigDict()
     # Merged tensors held before they are appended to the output checkpoint (MiB): bounds host memory.
     m.flush_mb = 256
     # Show a progress bar over tensors.

@@ -9,7 +9,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from querit_jax import cli, distributed, merging
+from querit_jax import cli, config_lib, distributed, merging
 from querit_jax.training.writers import get_logger
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -21,7 +21,7 @@ def main(argv):
     del argv
     distributed.maybe_initialize()
     log = get_logger().info
-    cfg = merging.merge_from_config_dict(_CONFIG.value)
+    cfg = config_lib.merge_from_config_dict(_CONFIG.value)
     manifest = merging.merge(cfg, log=log)
     log(json.dumps({"output": manifest["output"], **manifest["totals"]}, indent=2))
 

@@ -2,11 +2,13 @@
 
 import glob
 import os
+import re
 
 import ml_collections
 import pytest
 
-from querit_jax import config_lib, merging
+from querit_jax import config_lib
+from querit_jax.models.decoder_config import DecoderConfig
 from tests.helpers import ROOT, config_module, load_config
 
 CONFIG_FILES = sorted(
@@ -32,7 +34,7 @@ def test_every_config_and_variant_validates(path):
             assert config_lib.mining_from_config_dict(cfg).output
             continue
         if set(cfg.keys()) == {"merge"}:  # a merge config (python -m querit_jax.merge)
-            assert merging.merge_from_config_dict(cfg).output
+            assert config_lib.merge_from_config_dict(cfg).output
             continue
         exp = config_lib.from_config_dict(cfg)
         assert exp.train.num_steps >= 1
@@ -74,6 +76,61 @@ def test_unknown_field_is_rejected():
     cfg["optim"]["learnin_rate"] = 1.0
     with pytest.raises(config_lib.ConfigError, match="learnin_rate"):
         config_lib.from_config_dict(cfg)
+
+
+def test_misspelt_fields_in_the_mining_and_merge_sections_are_named():
+    cfg = load_config("configs/mine_beir.py", "demo").to_dict()
+    cfg["mining"]["teacherr"] = "x"
+    with pytest.raises(
+        config_lib.ConfigError, match=r"config.mining: unknown field\(s\) \['teacherr'\]"
+    ):
+        config_lib.mining_from_config_dict(cfg)
+    cfg = load_config("configs/adapt_beir.py", "demo").to_dict()
+    cfg["mining"]["num_negative"] = 3
+    with pytest.raises(config_lib.ConfigError, match=r"config.mining: .*\['num_negative'\]"):
+        config_lib.from_config_dict(cfg)
+    for path, key in [
+        ((), "vocab_polcy"),
+        (("sharding",), "presett"),
+        (("sharding", "mesh"), "fdsp"),
+    ]:
+        cfg = load_config("configs/merge_slerp.py", "tiny").to_dict()
+        section = cfg["merge"]
+        for name in path:
+            section = section[name]
+        section[key] = 1
+        where = re.escape(".".join(("config.merge", *path)))
+        with pytest.raises(
+            config_lib.ConfigError, match=rf"{where}: unknown field\(s\) \['{key}'\]"
+        ):
+            config_lib.merge_from_config_dict(cfg)
+
+
+def test_merge_sharding_is_checked_like_training_sharding_and_named_under_merge():
+    cfg = load_config("configs/merge_slerp.py", "tiny")
+    cfg.merge.sharding.rule_overrides = {"vocab": "tensor"}
+    merge = config_lib.merge_from_config_dict(cfg)
+    assert isinstance(merge.sharding, config_lib.ShardingConfig)
+    assert merge.sharding.rule_overrides == (("vocab", "tensor"),)
+    assert merge.sharding.mesh == config_lib.MeshConfig(data=1, fsdp=-1)
+    cfg.merge.sharding.preset = "zero"
+    with pytest.raises(config_lib.ConfigError, match="merge.sharding: Unknown sharding preset"):
+        config_lib.merge_from_config_dict(cfg)
+    cfg.merge.sharding.preset = (
+        "dp"  # maps nothing to fsdp, where the merge's mesh puts every device
+    )
+    with pytest.raises(config_lib.ConfigError, match="merge.sharding.mesh.fsdp: size -1"):
+        config_lib.merge_from_config_dict(cfg)
+
+
+def test_demo_presets_are_the_demo_models():
+    numbers = dict(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=16384)
+    exp = config_lib.from_config_dict(_demo())
+    assert exp.model.backbone_config() == DecoderConfig.tiny(
+        **numbers, hidden_size=64, intermediate_size=192
+    )
+    moe = config_lib.from_config_dict(load_config("configs/general_relevance.py", "tiny_moe"))
+    assert moe.model.backbone_config() == DecoderConfig.tiny_moe(vocab_size=16384, moe_impl="ep")
 
 
 def test_unused_mesh_axis_is_rejected():

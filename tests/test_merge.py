@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from querit_jax import merging, sharding
+from querit_jax import config_lib, merging, sharding
 from querit_jax.errors import CheckpointError, ConfigError
 from querit_jax.loading import load_model
-from querit_jax.merging import checkpoints, plan
+from querit_jax.merging import checkpoints, merger, plan
 from querit_jax.merging import slerp as slerp_lib
 from querit_jax.models.checkpoint import is_model_checkpoint, save_model
 from querit_jax.models.decoder_config import DecoderConfig
@@ -142,17 +142,17 @@ def test_t_specs_positions_and_gradients():
     # A single layer sits at 1, as in mergekit's plan_slice (t = 1 when num_layers == 1).
     assert plan.tensor_position("model.layers.0.mlp.up_proj.kernel", 1) == 1.0
     assert plan.interpolate([0.0, 1.0, 0.5], 0.75) == pytest.approx(0.75)
-    rules = plan.parse_t([{"filter": "self_attn", "value": [0, 1]}, {"value": 0.25}])
+    rules = config_lib.parse_t([{"filter": "self_attn", "value": [0, 1]}, {"value": 0.25}])
     assert plan.resolve(rules, "model.layers.1.self_attn.q_proj.kernel", 0.5) == (0.5, "self_attn")
     assert plan.resolve(rules, "model.layers.1.mlp.up_proj.kernel", 0.5) == (0.25, "")
     with pytest.raises(ConfigError, match=r"no rule matches parameter model.norm.scale"):
-        plan.resolve(plan.parse_t([{"filter": "mlp", "value": 0.5}]), "model.norm.scale", 1.0)
+        plan.resolve(config_lib.parse_t([{"filter": "mlp", "value": 0.5}]), "model.norm.scale", 1.0)
     with pytest.raises(ConfigError, match=r"merge.t=1.5 is outside \[0, 1\]"):
-        plan.parse_t(1.5)
+        config_lib.parse_t(1.5)
     with pytest.raises(ConfigError, match=r"merge.t\[1\].value\[2\]=-0.1 is outside \[0, 1\]"):
-        plan.parse_t([{"filter": "mlp", "value": 0.5}, {"value": [0, 0.5, -0.1]}])
+        config_lib.parse_t([{"filter": "mlp", "value": 0.5}, {"value": [0, 0.5, -0.1]}])
     with pytest.raises(ConfigError, match=r"merge.t\[0\]: missing 'value'"):
-        plan.parse_t([{"filter": "mlp"}])
+        config_lib.parse_t([{"filter": "mlp"}])
 
 
 # ----- tiny checkpoints ----------------------------------------------------------------------------
@@ -274,7 +274,9 @@ def test_sharded_merge_equals_unsharded_dense_and_moe(ckpts):
         outs = []
         for mesh, label in [(ONE, "one"), (sharding.make_mesh(shape), "eight")]:
             cfg = _cfg(ckpts, models, f"sharded_{preset}_{label}", t=0.4)
-            cfg = dataclasses.replace(cfg, sharding_preset=preset)
+            cfg = dataclasses.replace(
+                cfg, sharding=dataclasses.replace(cfg.sharding, preset=preset)
+            )
             merging.merge(cfg, mesh=mesh)
             outs.append((_params(cfg.output), _manifest(cfg.output)["tensors"]))
         (p1, m1), (p8, m8) = outs
@@ -286,6 +288,33 @@ def test_sharded_merge_equals_unsharded_dense_and_moe(ckpts):
     spec = NamedSharding(mesh, PartitionSpec("fsdp", "tensor"))
     x = checkpoints.open_input(ckpts["a"]).read("model.layers.0.mlp.up_proj.kernel", spec)
     assert x.sharding == spec and len({s.device for s in x.addressable_shards}) == 8
+
+
+def test_merge_sharding_rule_overrides_reach_the_placement(ckpts, monkeypatch):
+    section = {
+        "preset": "fsdp+tp",
+        "mesh": {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1},
+        "rule_overrides": {"vocab": "tensor"},
+    }
+    cfg = _cfg(ckpts, "ab", "rule_overrides", sharding=section)
+    assert dict(cfg.sharding.rules())["vocab"] == "tensor"
+    placed = {}
+
+    def spy(spec, mesh, rules):
+        graphdef, abstract = abstract_params(spec, mesh, rules)
+        placed["rules"] = dict(rules)
+        placed["embedding"] = flatten(abstract)["model.embed_tokens.embedding"].sharding.spec
+        return graphdef, abstract
+
+    monkeypatch.setattr(merger, "abstract_params", spy)
+    merging.merge(cfg)  # on the mesh of cfg.sharding: 8 devices, 4 on fsdp and 2 on tensor
+    assert placed["rules"]["vocab"] == "tensor"
+    assert placed["embedding"][0] == "tensor"  # [vocab, embed]: the rows are split over `tensor`
+    name = "model.embed_tokens.embedding"
+    a, b = _params(ckpts["a"])[name], _params(ckpts["b"])[name]
+    np.testing.assert_allclose(
+        _params(cfg.output)[name], np_slerp(0.5, a, b)[0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_moe_experts_merge_one_by_one(ckpts):

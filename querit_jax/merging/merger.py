@@ -28,9 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 from querit_jax import sharding
+from querit_jax.config_lib import MergeConfig
 from querit_jax.errors import ConfigError
 from querit_jax.merging import checkpoints, plan, slerp
-from querit_jax.merging.config import MergeConfig
 from querit_jax.models.spec import abstract_params, flatten
 
 MANIFEST_NAME = "merge_manifest.json"
@@ -158,7 +158,7 @@ def _merge_one(cfg: MergeConfig, info: _Tensor, read, origin) -> tuple[jax.Array
 
 def _mesh(cfg: MergeConfig):
     try:
-        return sharding.make_mesh(cfg.mesh.shape)
+        return sharding.make_mesh(cfg.sharding.mesh.shape)
     except ValueError as e:
         raise ConfigError(f"merge.sharding.mesh: {e}") from None
 
@@ -168,7 +168,7 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
 
     Args:
       cfg: the validated recipe.
-      mesh: device mesh to place tensors on (default: from `cfg.mesh`, all devices).
+      mesh: device mesh to place tensors on (default: from `cfg.sharding.mesh`, all devices).
     Returns:
       The merge manifest (also written to `<output>/merge_manifest.json`).
     Raises:
@@ -179,7 +179,7 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
     """
     start = time.time()
     mesh = mesh or _mesh(cfg)
-    rules = cfg.rules()
+    rules = cfg.sharding.rules()
     inputs = [checkpoints.open_input(p) for p in cfg.models]
     origin = checkpoints.open_input(cfg.base_model) if cfg.base_model else None
     base = origin or inputs[0]
@@ -326,7 +326,10 @@ def _manifest(cfg, inputs, hashes, origin, origin_hash, base, entries, params, l
             "layer i of n -> i/(n-1) (1 when n = 1); names containing 'embed' -> 0; everything else (final "
             "norm, heads) -> 1; a gradient list is read piecewise-linearly at that position"
         ),
-        "sharding": {"preset": cfg.sharding_preset, "mesh": dataclasses.asdict(cfg.mesh)},
+        "sharding": {
+            "preset": cfg.sharding.preset,
+            "mesh": dataclasses.asdict(cfg.sharding.mesh),
+        },
         "totals": {"tensors": len(entries), "parameters": params, "lerp_fallbacks": lerps},
         "tensors": entries,
     }

@@ -1,96 +1,23 @@
 """Which interpolation factor each tensor gets: mergekit's scalar / gradient / filtered parameters.
 
-A `t` is given the way mergekit's YAML gives it:
-
-    t = 0.5                                   # everywhere
-    t = [0.0, 0.5, 1.0]                       # a gradient over depth (piecewise linear)
-    t = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
-         {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
-         {"value": 0.5}]                      # per-name rules, first match wins
+A `t` spec is given the way mergekit's YAML gives it (a number, a gradient over depth, or filter rules;
+see querit_jax/config_lib/merge.py, where `parse_t` turns it into `Rule`s).
 
 A gradient is read at the tensor's relative depth: layer i of n sits at i / (n - 1) (a single layer at
 1), everything before the layers (embeddings) at 0 and everything after them (final norm, scoring or LM
-head) at 1, exactly as mergekit's `MergePlanner.plan_slice` computes it. Filters are substrings of our parameter names, which mirror Hugging Face's
-(`model.layers.3.self_attn.q_proj.kernel`, `model.layers.3.mlp.gate_proj`), so mergekit recipes keep
-their meaning.
+head) at 1, exactly as mergekit's `MergePlanner.plan_slice` computes it. Filters are substrings of our
+parameter names, which mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`,
+`model.layers.3.mlp.gate_proj`), so mergekit recipes keep their meaning.
 """
 
-import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+from querit_jax.config_lib import Rule
 from querit_jax.errors import ConfigError
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One entry of a t spec: tensors whose name contains `filter` ("" = all) get `value`."""
-
-    filter: str
-    value: float | tuple[float, ...]  # a scalar or a gradient over depth
-
-    def to_json(self):
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
-        return {"filter": self.filter, "value": value} if self.filter else {"value": value}
-
-
-def _number(x, where: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ConfigError(f"{where}={x!r} must be a number in [0, 1].")
-    if not 0.0 <= x <= 1.0:
-        raise ConfigError(
-            f"{where}={x!r} is outside [0, 1]; t=0 keeps the base, t=1 the other model."
-        )
-    return float(x)
-
-
-def _value(v, where: str) -> float | tuple[float, ...]:
-    if isinstance(v, (list, tuple)):
-        if not v:
-            raise ConfigError(f"{where}: an empty gradient; give at least one number.")
-        return tuple(_number(x, f"{where}[{i}]") for i, x in enumerate(v))
-    return _number(v, where)
-
-
-def parse_t(spec, where: str = "merge.t") -> tuple[Rule, ...]:
-    """Validates a t spec (scalar, gradient list or list of {filter, value} rules) into Rules.
-
-    Raises:
-      ConfigError: naming the entry, for a value outside [0, 1], an empty list, a rule without
-        `value`, an unknown rule key or a list mixing numbers and rules.
-    """
-    if isinstance(spec, Mapping):
-        spec = [spec]
-    if not isinstance(spec, (list, tuple)):
-        return (Rule("", _value(spec, where)),)
-    if not spec:
-        raise ConfigError(f"{where}: empty; give a number, a gradient list or filter rules.")
-    kinds = {isinstance(e, Mapping) for e in spec}
-    if kinds == {False}:
-        return (Rule("", _value(spec, where)),)
-    if kinds != {True}:
-        raise ConfigError(
-            f"{where}: mixes numbers and {{filter, value}} rules; use one gradient list or a list "
-            "of rules."
-        )
-    rules = []
-    for i, entry in enumerate(spec):
-        entry = dict(entry)
-        unknown = set(entry) - {"filter", "value"}
-        if unknown:
-            raise ConfigError(
-                f"{where}[{i}]: unknown key(s) {sorted(unknown)}; use filter and value."
-            )
-        if "value" not in entry:
-            raise ConfigError(f"{where}[{i}]: missing 'value'.")
-        name_filter = entry.get("filter") or ""
-        if not isinstance(name_filter, str):
-            raise ConfigError(f"{where}[{i}].filter={name_filter!r} must be a string.")
-        rules.append(Rule(name_filter, _value(entry["value"], f"{where}[{i}].value")))
-    return tuple(rules)
 
 
 def layer_index(name: str) -> int | None:

@@ -121,6 +121,20 @@ class DecoderConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def tiny_demo(cls, **overrides) -> "DecoderConfig":
+        """The CPU demo's model: `tiny` at width 64 on the 16384-token XQuAD-R BPE vocabulary."""
+        base = dict(
+            vocab_size=16384,
+            hidden_size=64,
+            intermediate_size=192,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+        )
+        return cls.tiny(**{**base, **overrides})
+
+    @classmethod
     def qwen3_0p6b(cls, **overrides) -> "DecoderConfig":
         """Qwen/Qwen3-0.6B (28 layers, 16 q heads, 8 kv heads, head_dim 128)."""
         base = dict(
@@ -201,6 +215,11 @@ class DecoderConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def tiny_moe_demo(cls, **overrides) -> "DecoderConfig":
+        """`tiny_moe` on the CPU demo's 16384-token XQuAD-R BPE vocabulary."""
+        return cls.tiny_moe(**{"vocab_size": 16384, **overrides})
+
+    @classmethod
     def qwen3_moe_a0p4b(cls, **overrides) -> "DecoderConfig":
         """The paper's compact backbone size: ~4.95B total, ~0.41B active, 24 layers, 16 heads.
 
@@ -273,7 +292,9 @@ class DecoderConfig:
 
 DECODER_PRESETS = (
     "tiny",
+    "tiny_demo",
     "tiny_moe",
+    "tiny_moe_demo",
     "qwen3_moe_a0p4b",
     "qwen3_30b_a3b",
     "qwen3_0p6b",

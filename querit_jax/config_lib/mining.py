@@ -1,0 +1,120 @@
+"""The `mining` section: label-free training data from a target corpus (querit_jax.mining.miner)."""
+
+import dataclasses
+
+from querit_jax.config_lib.parse import require
+from querit_jax.data.prompts import PRESETS
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+    """Label-free training data from a target corpus (querit_jax.mining.miner)."""
+
+    target: str = ""  # BEIR dir: only its corpus is read (never its queries or qrels)
+    output: str = ""  # directory of soft-label shards + manifest.json
+    generator: str = "heuristic"  # heuristic | jax | openai
+    generator_model: str = ""  # jax: Qwen3 causal LM (checkpoint or HF dir); openai: the model name
+    endpoint: str = ""  # openai: base URL, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
+    prompt: str = "web_search"  # prompt preset (data/prompts.py)
+    prompt_text: str = ""  # a custom prompt with {content} (overrides the preset)
+    num_queries: int = 0  # queries asked for per document; 0 = the prompt preset's own count
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    concurrency: int = 4  # openai: requests in flight
+    timeout_s: float = 60.0  # openai: per request
+    max_retries: int = 3  # openai: attempts after the first
+    heuristic_min_len: int = 4  # heuristic: span length in words (characters for CJK)
+    heuristic_max_len: int = 10
+    max_docs: int = 0  # documents used as query sources (0 = all; a seeded sample otherwise)
+    max_doc_chars: int = 4000  # longer documents are cut (counted) before generation
+    shard_size: int = 64  # documents per output shard (the unit of resumption)
+    seed: int = 0
+    min_query_chars: int = 3
+    max_query_chars: int = 300
+    max_copy_overlap: float = 1.0  # drop queries copying more than this share of words (1 = off)
+    dedupe: bool = True
+    first_stage: str = "bm25"  # bm25 or an embedder path: candidates for each synthetic query
+    bm25_tokenizer: str = "unicode"
+    candidates: int = 20  # first-stage depth for candidates
+    round_trip_k: int = 20  # keep a query only if its source is in the top k (0 = off)
+    teacher: str = ""  # reranker or embedder path scoring every (query, candidate)
+    teacher_batch_size: int = 64
+    teacher_max_length: int = 0  # 0 = the teacher's own
+    num_negatives: int = 15  # negatives per training group
+    score_bins: int = 0  # >1: pick negatives spread over this many teacher-score bins
+
+    def validate(self) -> None:
+        require(bool(self.target), "mining.target", "give the BEIR directory of the target corpus.")
+        require(bool(self.output), "mining.output", "give a directory for the mined shards.")
+        self._validate_generator()
+        require(
+            self.num_queries >= 0 and self.shard_size >= 1 and self.candidates >= 2,
+            "mining.num_queries/shard_size/candidates",
+            "num_queries >= 0 (0 = the prompt's own), shard_size >= 1, candidates >= 2.",
+        )
+        require(
+            1 <= self.heuristic_min_len <= self.heuristic_max_len,
+            "mining.heuristic_min_len",
+            "need 1 <= min <= max.",
+        )
+        require(
+            0 <= self.round_trip_k <= self.candidates,
+            "mining.round_trip_k",
+            "must be in [0, candidates].",
+        )
+        require(0 < self.max_copy_overlap <= 1.0, "mining.max_copy_overlap", "must be in (0, 1].")
+        require(
+            bool(self.teacher), "mining.teacher", "a teacher model path is required (soft labels)."
+        )
+        require(self.num_negatives >= 1, "mining.num_negatives", "must be >= 1.")
+        require(
+            self.concurrency >= 1 and self.max_retries >= 0 and self.timeout_s > 0,
+            "mining.concurrency/max_retries/timeout_s",
+            "concurrency >= 1, max_retries >= 0, timeout_s > 0.",
+        )
+        require(
+            self.teacher_batch_size >= 1 and self.max_doc_chars >= 1,
+            "mining.teacher_batch_size/max_doc_chars",
+            "must be >= 1.",
+        )
+        require(
+            self.temperature >= 0 and 0 < self.top_p <= 1,
+            "mining.temperature/top_p",
+            "temperature >= 0, top_p in (0, 1].",
+        )
+
+    def _validate_generator(self) -> None:
+        """The query generator has what it needs, and the prompt exists and has a {content} slot."""
+        require(
+            self.generator in ("heuristic", "jax", "openai"),
+            "mining.generator",
+            "heuristic, jax or openai.",
+        )
+        require(
+            self.generator != "jax" or bool(self.generator_model),
+            "mining.generator_model",
+            "the jax generator needs a causal LM path.",
+        )
+        require(
+            self.generator != "openai" or bool(self.endpoint and self.generator_model),
+            "mining.endpoint",
+            "the openai generator needs an endpoint and a model name (generator_model).",
+        )
+        require(
+            bool(self.prompt_text) or self.prompt in PRESETS,
+            "mining.prompt",
+            f"unknown prompt; presets: {sorted(PRESETS)}.",
+        )
+        require(
+            not self.prompt_text or "{content}" in self.prompt_text,
+            "mining.prompt_text",
+            "needs a {content} slot.",
+        )
+
+
+def validate_mining(c: MiningConfig) -> MiningConfig:
+    """Checks a MiningConfig made in code (e.g. with `dataclasses.replace`); returns it."""
+    c.validate()
+    return c
