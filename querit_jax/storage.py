@@ -88,6 +88,14 @@ def same(a, b) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def inside(location, directory) -> bool:
+    """Whether `location` lies inside `directory` (local symlinks resolved)."""
+    a, b = absolute(location), absolute(directory)
+    if not (is_remote(a) or is_remote(b)):
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    return a.startswith(b.rstrip("/") + "/")
+
+
 def path(location) -> epath.Path:
     return epath.Path(absolute(location))
 
@@ -257,9 +265,32 @@ def upload_tree(local_dir: str, location) -> None:
 
 
 def copy_tree(src, dst) -> None:
-    """Copies every file of the directory `src` into `dst` (any storage to any storage)."""
+    """Copies every file of the directory `src` into `dst` (any storage to any storage; within one
+    object store the copies are server-side)."""
+    src, dst = absolute(src), absolute(dst)
+    remote = is_remote(src) and is_remote(dst) and src.split("://")[0] == dst.split("://")[0]
     for rel in files(src):
-        copy_file(join(src, rel), join(dst, rel))
+        if remote:
+            _fs(src).copy(_strip_scheme(join(src, rel)), _strip_scheme(join(dst, rel)))
+        else:
+            copy_file(join(src, rel), join(dst, rel))
+
+
+def move(src, dst) -> None:
+    """Moves a file or directory to a location that does not exist yet: a rename on a local disk, a
+    copy then a delete on an object store (not atomic there: commit the enclosing directory with a
+    marker)."""
+    src, dst = absolute(src), absolute(dst)
+    if not is_remote(src) and not is_remote(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+        return
+    if isdir(src):
+        copy_tree(src, dst)
+        rmtree(src)
+    else:
+        copy_file(src, dst)
+        remove(src)
 
 
 @contextlib.contextmanager

@@ -1,29 +1,28 @@
 """Reading merge inputs one tensor at a time and writing the merged model checkpoint incrementally.
 
-Inputs are querit_jax model checkpoints (`models/api.py`: model.json + params/ + tokenizer/) or training
-workdirs (their exported `model/`), resolved by `resolve_model_path`. Each tensor is restored on its
+Inputs are querit_jax model checkpoints (`models/checkpoint.py`: model.json + params/ + tokenizer/) or
+training workdirs (their exported `model/`), local or gs://, resolved by `loading.resolve_model_path`. Each tensor is restored on its
 own with Orbax's partial restore (`PyTreeRestore(item=<one leaf>, partial_restore=True)`), straight onto
 its sharding, so host memory never holds a whole input model.
 
 The output is written with Orbax's partial save (`orbax.checkpoint.v1.partial`): merged tensors are
-appended to one pending checkpoint every `flush_bytes`, and finalised at the end. Everything goes into
-`<output>.tmp`, which is renamed to `<output>` only when model.json, the tokenizer and the manifest are
-in place: a killed merge leaves no directory that looks complete, and a rerun starts from scratch.
+appended to one pending checkpoint every `flush_bytes`, and finalised at the end. The output directory
+is committed by its model.json, written last (`storage.DirectoryWriter`): a killed merge leaves no
+directory that looks complete, and a rerun starts from scratch.
 
-An existing `<output>` is replaced by renames only: it is moved to `<output>.old`, `<output>.tmp` is
-moved to `<output>`, and only then is `<output>.old` deleted. A kill at any point leaves either the
-previous or the new complete output under `<output>`, or (between the two renames) the previous one
-under `<output>.old` with no `<output>`; the next merge into the same place first moves such an
-`<output>.old` back to `<output>` (the new merge did not land, so the previous result is the one to
-keep) and deletes an `<output>.old` left beside an `<output>` (a kill while deleting it).
+On a local disk everything goes into `<output>.tmp`, and an existing `<output>` is replaced by renames
+only: it is moved to `<output>.old`, `<output>.tmp` is moved to `<output>`, and only then is
+`<output>.old` deleted. A kill at any point leaves either the previous or the new complete output under
+`<output>`, or (between the two renames) the previous one under `<output>.old` with no `<output>`; the
+next merge into the same place first moves such an `<output>.old` back to `<output>` and deletes an
+`<output>.old` left beside an `<output>` (a kill while deleting it). On an object store (gs://), which
+has no rename, the old model.json is deleted first and the new files are written in place.
 """
 
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 
 import jax
@@ -32,9 +31,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp_v1
 
+from querit_jax import storage
 from querit_jax.errors import CheckpointError
 from querit_jax.loading import resolve_model_path
-from querit_jax.models.checkpoint import is_model_checkpoint, read_spec
+from querit_jax.models.checkpoint import MARKER, is_model_checkpoint, read_spec
 from querit_jax.models.spec import ModelSpec
 
 # Backbone fields that do not change what a parameter means: numerics and runtime choices, token ids,
@@ -69,7 +69,7 @@ class ModelInput:
 
     @property
     def params_dir(self) -> str:
-        return os.path.join(self.resolved, "params")
+        return storage.join(self.resolved, "params")
 
     def read(self, name: str, sharding) -> jax.Array:
         """Restores the single tensor `name` from disk onto `sharding`, in its stored dtype."""
@@ -102,18 +102,14 @@ def open_input(path: str) -> ModelInput:
     Raises:
       CheckpointError: a missing path, a Hugging Face directory, or an unreadable checkpoint.
     """
-    if not os.path.exists(path):
-        raise CheckpointError(
-            f"{path}: no such checkpoint (merge inputs are model checkpoint dirs)."
-        )
-    resolved = resolve_model_path(path)
+    resolved = resolve_model_path(path)  # a local or gs:// checkpoint, a workdir, or a Hub id
     if not is_model_checkpoint(resolved):
         raise CheckpointError(
             f"{path} is a Hugging Face model directory; import it first with "
             "tools/convert_hf/import_hf.py --hf_dir=... --out=CKPT and merge the checkpoint."
         )
     spec, meta = read_spec(resolved)
-    params_dir = os.path.join(resolved, "params")
+    params_dir = storage.join(resolved, "params")
     try:
         tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
     except Exception as e:
@@ -239,35 +235,33 @@ def _check_head_and_template(base: ModelInput, other: ModelInput, where: str) ->
 
 def content_hash(directory: str) -> dict:
     """sha256 over every file of a checkpoint directory (relative path and bytes, in sorted order)."""
-    digest, files, total = hashlib.sha256(), 0, 0
-    for root, dirs, names in os.walk(directory):
-        dirs.sort()
-        for fname in sorted(names):
-            full = os.path.join(root, fname)
-            digest.update(os.path.relpath(full, directory).encode() + b"\0")
-            with open(full, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-                    total += len(chunk)
-            files += 1
-    return {"sha256": digest.hexdigest(), "files": files, "bytes": total}
+    digest, count, total = hashlib.sha256(), 0, 0
+    for rel in storage.files(directory):
+        digest.update(rel.encode() + b"\0")
+        with storage.open_read_raw(storage.join(directory, rel)) as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(chunk)
+                total += len(chunk)
+        count += 1
+    return {"sha256": digest.hexdigest(), "files": count, "bytes": total}
 
 
 class OutputWriter:
-    """Writes the merged model checkpoint tensor by tensor into `<output>.tmp`, renamed at the end."""
+    """Writes the merged model checkpoint tensor by tensor, committed at the end by its model.json.
+
+    Every process takes part in the Orbax saves (each writes its shards); process 0 writes the rest.
+    The directory is a `storage.DirectoryWriter`: staged in `<output>.tmp` and moved in by renames on
+    a local disk, written in place after removing the old marker on an object store.
+    """
 
     def __init__(self, output: str, keys: dict[str, tuple], flush_bytes: int):
-        self.path = os.path.abspath(output)
-        self.tmp = f"{self.path}.tmp"
-        self._partial = os.path.join(self.tmp, "params.partial")
+        self._first = jax.process_index() == 0
+        self._dir = storage.DirectoryWriter(output, MARKER, prepare=self._first)
+        self.path, self.tmp = self._dir.final, self._dir.staging
+        self._partial = storage.join(self.tmp, "params.partial")
         self._keys = keys  # flat name -> key path of the model's own (pure dict) tree
         self._flush_bytes = flush_bytes
         self._pending, self._pending_bytes = {}, 0
-        self.old = f"{self.path}.old"
-        if jax.process_index() == 0:
-            _recover_previous(self.path, self.old)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            os.makedirs(self.tmp)
         multihost_utils.sync_global_devices(f"querit_jax merge start {self.path}")
 
     def add(self, name: str, array: jax.Array) -> None:
@@ -281,50 +275,35 @@ class OutputWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Appends the pending tensors to the checkpoint on disk and drops them from memory."""
+        """Appends the pending tensors to the checkpoint and drops them from memory."""
         if self._pending:
             ocp_v1.partial.save(self._partial, self._pending)
         self._pending, self._pending_bytes = {}, 0
 
     def finish(self, model_json: dict, tokenizer_dir: str, manifest: dict, manifest_name: str):
-        """Finalises params/, writes model.json, the tokenizer and the manifest, renames into place."""
+        """Finalises params/, writes the tokenizer and the manifest, then model.json (the commit)."""
         self.flush()
         ocp_v1.partial.finalize(self._partial)
-        if jax.process_index() == 0:
+        if self._first:
             # The finalised checkpoint keeps the tree under `state/`: that directory is a complete
             # Orbax PyTree checkpoint, the same layout `save_model` writes to params/.
-            params = os.path.join(self.tmp, "params")
-            os.replace(os.path.join(self._partial, "state"), params)
-            shutil.rmtree(self._partial)
+            params = storage.join(self.tmp, "params")
+            storage.move(storage.join(self._partial, "state"), params)
+            storage.rmtree(self._partial)
             _write_checkpoint_metadata(params)
-            shutil.copytree(tokenizer_dir, os.path.join(self.tmp, "tokenizer"))
-            with open(os.path.join(self.tmp, "model.json"), "w", encoding="utf-8") as f:
-                json.dump(model_json, f, indent=2, ensure_ascii=False)
-            with open(os.path.join(self.tmp, manifest_name), "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2, ensure_ascii=False)
-            # Renames only until the new output is in place (see the module docstring).
-            if os.path.lexists(self.path):
-                shutil.rmtree(self.old, ignore_errors=True)
-                os.replace(self.path, self.old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(self.old, ignore_errors=True)
+            storage.copy_tree(tokenizer_dir, storage.join(self.tmp, "tokenizer"))
+            storage.write_text(
+                storage.join(self.tmp, manifest_name),
+                json.dumps(manifest, indent=2, ensure_ascii=False),
+            )
+            self._dir.commit(json.dumps(model_json, indent=2, ensure_ascii=False))
         multihost_utils.sync_global_devices(f"querit_jax merge done {self.path}")
 
     def abort(self) -> None:
-        """Removes `<output>.tmp` after a failed merge; an existing `<output>` is left as it was."""
-        if jax.process_index() == 0:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _recover_previous(path: str, old: str) -> None:
-    """Undoes a replacement killed half-way: an `<output>.old` without `<output>` is the previous
-    complete output (moved back); one beside `<output>` was being deleted (deleted)."""
-    if not os.path.lexists(old):
-        return
-    if os.path.lexists(path):
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(old, path)
+        """Removes the partial output after a failed merge; an existing local `<output>` is left as it
+        was (on an object store it was uncommitted when the merge started)."""
+        if self._first:
+            self._dir.abort()
 
 
 def _write_checkpoint_metadata(params_dir: str) -> None:
@@ -340,5 +319,4 @@ def _write_checkpoint_metadata(params_dir: str) -> None:
         "commit_timestamp_nsecs": now,
         "custom_metadata": {"written_by": "querit_jax.merging"},
     }
-    with open(os.path.join(params_dir, "_CHECKPOINT_METADATA"), "w", encoding="utf-8") as f:
-        json.dump(meta, f)
+    storage.write_text(storage.join(params_dir, "_CHECKPOINT_METADATA"), json.dumps(meta))

@@ -18,8 +18,6 @@ tensor, as mergekit sees the Hugging Face layout).
 
 import dataclasses
 import functools
-import itertools
-import os
 import time
 
 import jax
@@ -27,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from querit_jax import sharding
+from querit_jax import sharding, storage
 from querit_jax.config_lib import MergeConfig
 from querit_jax.errors import ConfigError
 from querit_jax.merging import checkpoints, plan, slerp
@@ -211,8 +209,10 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
                 steps,
             )
         )
-    hashes = [checkpoints.content_hash(x.resolved) for x in inputs]
-    origin_hash = checkpoints.content_hash(origin.resolved) if origin else None
+    # Recorded in the manifest, which process 0 writes: the others need not read every input twice.
+    first = jax.process_index() == 0
+    hashes = [checkpoints.content_hash(x.resolved) if first else None for x in inputs]
+    origin_hash = checkpoints.content_hash(origin.resolved) if origin and first else None
 
     writer = checkpoints.OutputWriter(cfg.output, own_keys, cfg.flush_mb << 20)
     try:
@@ -230,12 +230,9 @@ def merge(cfg: MergeConfig, mesh=None, log=print) -> dict:
 def _check_no_overlap(output: str, x) -> None:
     """Refuses an input that is, contains or lies inside the output or its `.tmp` / `.old` siblings,
     which the writer deletes or replaces."""
-    outs = {os.path.abspath(output), os.path.realpath(output)}
-    inps = {os.path.abspath(x.resolved), os.path.realpath(x.resolved)}
-    for target, inp in itertools.product(
-        [t for out in sorted(outs) for t in (out, f"{out}.tmp", f"{out}.old")], sorted(inps)
-    ):
-        if os.path.commonpath([target, inp]) in (target, inp):
+    out, inp = storage.absolute(output), storage.absolute(x.resolved)
+    for target in (out, f"{out}.tmp", f"{out}.old"):
+        if storage.same(target, inp) or storage.inside(inp, target) or storage.inside(target, inp):
             raise ConfigError(
                 f"merge.output={output} overlaps the input {x.path} (the merge writes {target}); "
                 "write the merge elsewhere."
@@ -276,7 +273,11 @@ def _write(cfg, inputs, hashes, origin, origin_hash, base, tensors, writer) -> d
         "tokenizer": "tokenizer",
         "merge": {"manifest": MANIFEST_NAME, "method": cfg.method, "models": list(cfg.models)},
     }
-    tokenizer_dir = os.path.join(base.resolved, base.meta.get("tokenizer", "tokenizer"))
+    tokenizer_dir = storage.contained(
+        base.resolved,
+        base.meta.get("tokenizer", "tokenizer"),
+        storage.join(base.resolved, "model.json"),
+    )
     writer.finish(model_json, tokenizer_dir, manifest, MANIFEST_NAME)
     return manifest
 
@@ -309,7 +310,7 @@ def _manifest(cfg, inputs, hashes, origin, origin_hash, base, entries, params, l
         "format_version": 1,
         "method": cfg.method,
         "summary": _summary(cfg),
-        "output": os.path.abspath(cfg.output),
+        "output": storage.absolute(cfg.output),
         "inputs": described,
         "output_spec_from": base.path,
         "parameters": {
@@ -339,10 +340,10 @@ def _describe(x, h, role, weight) -> dict:
     d = {
         "role": role,
         "path": x.path,
-        "resolved_path": os.path.abspath(x.resolved),
+        "resolved_path": storage.absolute(x.resolved),
         "family": x.spec.family,
         "vocab_size": x.spec.backbone.vocab_size,
-        **h,
+        **(h or {}),  # None on processes other than 0 (they do not write the manifest)
     }
     if weight is not None:
         d["weight"] = weight
@@ -372,5 +373,5 @@ def _summary(cfg: MergeConfig) -> str:
 
 def _short_name(path: str) -> str:
     """workdirs/adapt_beir/model -> adapt_beir; /ckpts/merged -> merged."""
-    parts = os.path.normpath(path).split(os.sep)
+    parts = storage.absolute(path).rstrip("/").split("/")
     return parts[-2] if parts[-1] == "model" and len(parts) > 1 else parts[-1]

@@ -29,6 +29,12 @@ FORMAT = "querit_jax.model"
 FORMAT_VERSION = 1
 
 
+# Backbone fields that say how a model runs, not what its parameters are: a loaded or imported
+# checkpoint may change them (a training config's `model.overrides` with `init_from`, load_model's
+# spec fields). Any other backbone field is architecture.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "moe_impl")
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A model family: its config class, its reranker and embedder modules, the template kinds it reads."""
