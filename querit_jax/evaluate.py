@@ -2,8 +2,11 @@
 
     python -m querit_jax.evaluate --model=PATH[,PATH...] --data=DATASET_DIR[,DIR...] [--run=bm25] [--top_k=100]
 
-`--run` is a TREC or JSON run file (one, or one per dataset), or `bm25` to compute BM25 with the first
-model's tokenizer; every model reranks the same candidates. Prints the first stage's and the reranked
+`--run` is a TREC or JSON run file (one, or one per dataset), or `bm25` to compute BM25 with an analyser
+that does not depend on the models (`--bm25_tokenizer`, the built-in Unicode one by default); every
+model reranks the same candidates. `--fusion` also reports each model fused with the first stage:
+`model` (the weight recorded with each model, chosen label-free during adaptation), `interpolate`
+(with `--alpha`) or `rrf`. Prints the first stage's and the reranked
 metrics (nDCG@10, MRR@10, Recall@100) and writes them as JSON (`--output`, default
 `<dataset>_<split>.metrics.json` in the current directory; one model on one dataset gives the summary
 itself, otherwise {"results": [summary per model and dataset]}), plus a report (`report.json`,
@@ -20,9 +23,10 @@ from querit_jax import cli, storage
 from querit_jax.data.io import write_json
 from querit_jax.data.runs import write_trec
 from querit_jax.data.sources import dataset_name
-from querit_jax.errors import DataFormatError
+from querit_jax.errors import ConfigError, DataFormatError
 from querit_jax.eval import report as report_lib
 from querit_jax.eval.api import evaluate_models
+from querit_jax.eval.fusion import Fusion
 from querit_jax.training.writers import get_logger
 
 _MODEL = flags.DEFINE_multi_string(
@@ -52,10 +56,30 @@ _REPORT_DIR = flags.DEFINE_string(
     "report_dir", None, "Write report.{json,md,png} here (default: beside --output)."
 )
 _RERANK_OUTPUT = flags.DEFINE_string("rerank_output", None, "Where to write the reranked TREC run.")
+_BM25_TOKENIZER = flags.DEFINE_string(
+    "bm25_tokenizer", "unicode", "BM25 analyser: 'unicode' (built in) or a tokenizer directory."
+)
+_FUSION = flags.DEFINE_enum(
+    "fusion",
+    "model",
+    ["none", "model", "interpolate", "rrf"],
+    "Also report each model fused with the first stage: the fusion recorded with the model, an "
+    "interpolation with --alpha, or reciprocal-rank fusion.",
+)
+_ALPHA = flags.DEFINE_float("alpha", 0.5, "--fusion=interpolate: the reranker's weight in [0, 1].")
 
 
 def _split_list(values: list[str]) -> list[str]:
     return [v for value in values for v in value.split(",") if v]
+
+
+def _fusion():
+    if _FUSION.value in ("none", "model"):
+        return None if _FUSION.value == "none" else "model"
+    try:
+        return Fusion(method=_FUSION.value, alpha=_ALPHA.value)
+    except ValueError as e:
+        raise ConfigError(f"--fusion/--alpha: {e}") from None
 
 
 def main(argv):
@@ -75,6 +99,8 @@ def main(argv):
         _MAX_LENGTH.value,
         _MAX_QUERIES.value,
         labels=_LABELS.value,
+        bm25_tokenizer=_BM25_TOKENIZER.value,
+        fusion=_fusion(),
     )
     name = dataset_name(data[0], _SPLIT.value).replace("/", "_").replace(":", "_")
     output = _OUTPUT.value or f"{name}.metrics.json"

@@ -5,6 +5,7 @@ order, lowest first, and why each layer sits where it does:
 
   errors, distributed      nothing below them: every layer may raise a user error
   sharding, storage        mesh and logical axes; every location (local or gs://)
+  logs                     the project logger, log files, progress lines
   models                   families, layers, spec, templates, the model checkpoint format
   data                     formats (BEIR, MIRACL, groups, runs, mined shards, prompts), tokenisation,
                            packing, grain pipelines
@@ -29,6 +30,7 @@ from tests.helpers import ROOT
 LAYERS = (
     ("errors", "distributed"),
     ("sharding", "storage"),
+    ("logs",),
     ("models",),
     ("data",),
     ("convert",),

@@ -140,6 +140,9 @@ class EvalConfig:
     top_k: int = 100  # first-stage depth that is reranked
     batch_size: int = 64  # pairs per scoring call
     first_stage: str = "bm25"
+    # BM25's analyser: "unicode" (built in, any language), a tokenizer directory, or "model" (the
+    # evaluated model's tokenizer). The first stage must not depend on the model: keep "unicode".
+    bm25_tokenizer: str = "unicode"
     max_queries: int = 0  # 0 = all
     # Models (e.g. the teacher) evaluated once for comparison.
     reference_models: tuple[str, ...] = ()
@@ -147,3 +150,4 @@ class EvalConfig:
     def validate(self) -> None:
         require(self.top_k >= 1 and self.batch_size >= 1, "eval.top_k/batch_size", "must be >= 1.")
         require(self.first_stage == "bm25", "eval.first_stage", "only 'bm25' is available.")
+        require(bool(self.bm25_tokenizer), "eval.bm25_tokenizer", "'unicode', 'model' or a path.")

@@ -21,6 +21,7 @@ import numpy as np
 from querit_jax import storage
 from querit_jax.data import beir
 from querit_jax.eval import metrics as metrics_lib
+from querit_jax.eval.fusion import Fusion
 from querit_jax.eval.rerank import judged_queries
 
 # MTEB names languages ISO 639-3 + script.
@@ -59,6 +60,8 @@ class MtebCrossEncoder:
         device: str | None = None,
         batch_size: int = 64,
         max_length: int | None = None,
+        fusion: Fusion | str = "none",
+        first_stage_scores: dict[tuple[str, str], float] | None = None,
         **kwargs,
     ):
         from mteb.models import ModelMeta
@@ -68,6 +71,15 @@ class MtebCrossEncoder:
 
         del device, kwargs  # the JAX default backend decides
         self.model = load_model(model_name)
+        if fusion == "model":
+            fusion = Fusion.from_dict(self.model.metadata.get("fusion"))
+        self.fusion = fusion if isinstance(fusion, Fusion) else Fusion(method=fusion)
+        if self.fusion.active and not first_stage_scores:
+            raise ValueError(
+                "Fusing with the first stage needs its scores: pass first_stage_scores "
+                "(see first_stage_scores_of)."
+            )
+        self.first_stage_scores = first_stage_scores or {}
         self.scorer = scorer_for(self.model, batch_size=batch_size, max_length=max_length)
         name = storage.basename(model_name)
         self.mteb_model_meta = ModelMeta.create_empty(
@@ -87,7 +99,31 @@ class MtebCrossEncoder:
             raise ValueError(f"{len(queries)} queries but {len(documents)} documents to pair.")
         if not queries:
             return np.zeros((0,), np.float32)
-        return np.asarray(self.scorer.score(self.model.params, queries, documents), np.float32)
+        scores = np.asarray(self.scorer.score(self.model.params, queries, documents), np.float32)
+        if not self.fusion.active:
+            return scores
+        # MTEB hands over text pairs: a query's candidates are the pairs with its text.
+        first, reranked = {}, {}
+        for i, (q, d, s) in enumerate(zip(queries, documents, scores)):
+            if (q, d) not in self.first_stage_scores:
+                raise KeyError(f"No first-stage score for the pair ({q[:40]!r}, {d[:40]!r}).")
+            first.setdefault(q, {})[str(i)] = self.first_stage_scores[q, d]
+            reranked.setdefault(q, {})[str(i)] = float(s)
+        fused = self.fusion.apply(first, reranked)
+        return np.asarray([fused[q][str(i)] for i, q in enumerate(queries)], np.float32)
+
+
+def first_stage_scores_of(data: str, run: metrics_lib.Run, split: str = "test") -> dict:
+    """{(query text, document text): first-stage score} for a BEIR directory and its run: what
+    `MtebCrossEncoder(fusion=...)` reads, since MTEB passes texts, not ids."""
+    ds = beir.load_beir(data, split)
+    return {
+        (ds.queries[q], ds.doc_text(d)): float(s)
+        for q, docs in run.items()
+        if q in ds.queries
+        for d, s in docs.items()
+        if d in ds.corpus
+    }
 
 
 def beir_reranking_task(

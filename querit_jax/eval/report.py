@@ -78,13 +78,27 @@ def build_report(
 
 
 def from_summaries(summaries: list[dict], first_stage_name: str = "BM25") -> dict:
-    """A report from `evaluate_rerank` summaries carrying "label" and "dataset" keys (evaluate CLI)."""
+    """A report from `evaluate_rerank` summaries carrying "label" and "dataset" keys (evaluate CLI).
+
+    A summary with fused metrics adds a column `<label> + <first stage> (<fusion>)` next to the model's.
+    """
     first, models, details = {}, {}, {}
     for s in summaries:
         first.setdefault(s["dataset"], s["first_stage"])
         models.setdefault(s["label"], {})[s["dataset"]] = s["reranked"]
+        if "fused" in s:
+            models.setdefault(fused_label(s["label"], first_stage_name, s["fusion"]), {})[
+                s["dataset"]
+            ] = s["fused"]
         details[s["dataset"]] = {"queries": s["queries"], "top_k": s["top_k"]}
     return build_report(first, models, first_stage_name, details)
+
+
+def fused_label(label: str, first_stage_name: str, fusion: dict) -> str:
+    """The column of a model fused with the first stage, e.g. "merged + BM25 (α=0.40)"."""
+    if fusion.get("method") == "rrf":
+        return f"{label} + {first_stage_name} (RRF)"
+    return f"{label} + {first_stage_name} (α={fusion.get('alpha', 1.0):.2f})"
 
 
 def training_label(key: str) -> str | None:

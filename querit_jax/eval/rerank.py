@@ -9,7 +9,9 @@ As `beir/reranking/rerank.py`: candidates are the first stage's k best documents
 
 from querit_jax.data.beir import BeirDataset
 from querit_jax.eval import metrics as metrics_lib
+from querit_jax.eval.fusion import Fusion
 from querit_jax.eval.metrics import Run
+from querit_jax.logs import Progress
 
 
 def judged_queries(dataset: BeirDataset, max_queries: int = 0) -> list[str]:
@@ -35,10 +37,21 @@ def candidate_pairs(dataset: BeirDataset, run: Run, top_k: int, qids: list[str])
     return pq, pd, tq, td
 
 
-def rerank(score_fn, dataset: BeirDataset, run: Run, top_k: int, max_queries: int = 0) -> Run:
-    """The reranked run: `score_fn(queries, documents)` for each judged query's top-k candidates."""
+CHUNK = 4096  # pairs scored per call: a progress line between calls
+
+
+def rerank(
+    score_fn, dataset: BeirDataset, run: Run, top_k: int, max_queries: int = 0, log=None
+) -> Run:
+    """The reranked run: `score_fn(queries, documents)` for each judged query's top-k candidates,
+    with a progress line (pairs/s, ETA) through `log` (the project logger by default)."""
     pq, pd, tq, td = candidate_pairs(dataset, run, top_k, judged_queries(dataset, max_queries))
-    scores = score_fn(tq, td)
+    progress = Progress(len(tq), f"reranking {dataset.name}", log=log)
+    scores = []
+    for start in range(0, len(tq), CHUNK):
+        chunk = slice(start, start + CHUNK)
+        scores.extend(float(s) for s in score_fn(tq[chunk], td[chunk]))
+        progress.update(len(tq[chunk]))
     out: Run = {}
     for q, d, s in zip(pq, pd, scores):
         out.setdefault(q, {})[d] = float(s)
@@ -52,8 +65,13 @@ def evaluate_rerank(
     top_k: int,
     metrics=metrics_lib.DEFAULT_METRICS,
     max_queries: int = 0,
+    fusion: Fusion | None = None,
 ) -> tuple[dict, Run]:
-    """(metrics of the first stage and of the reranked run on the same queries, reranked run)."""
+    """(metrics of the first stage and of the reranked run on the same queries, reranked run).
+
+    With an active `fusion`, the summary also holds the metrics of the reranker fused with the first
+    stage ("fused") and the fusion used ("fusion").
+    """
     qids = judged_queries(dataset, max_queries)
     qrels = {q: dataset.qrels[q] for q in qids}
     reranked = rerank(score_fn, dataset, run, top_k, max_queries)
@@ -66,4 +84,7 @@ def evaluate_rerank(
         "top_k": top_k,
         "pairs": sum(len(v) for v in reranked.values()),
     }
+    if fusion is not None and fusion.active:
+        summary["fused"], _ = metrics_lib.evaluate(qrels, fusion.apply(run, reranked), metrics)
+        summary["fusion"] = fusion.to_dict()
     return summary, reranked

@@ -215,6 +215,43 @@ def usage(spec, head_format: str) -> str:
     )
 
 
+def fusion_section(fusion: dict) -> str:
+    """How to combine the reranker with its first stage, with the weight recorded in the model."""
+    method = fusion.get("method", "none")
+    where = fusion.get("chosen_on") or "held-out synthetic queries"
+    if method == "rrf":
+        rule = f"reciprocal-rank fusion, `1 / ({fusion.get('rrf_k', 60)} + rank)` summed over both rankings"
+        code = "fused = rrf(first_stage_ranking, reranker_ranking)"
+    else:
+        alpha = float(fusion.get("alpha", 1.0))
+        rule = (
+            f"`{alpha:.2f} * minmax(reranker) + {1 - alpha:.2f} * minmax(first stage)`, both scores "
+            "min-max normalised over each query's candidates"
+        )
+        code = "\n".join(
+            [
+                "def minmax(xs):",
+                "    lo, hi = min(xs), max(xs)",
+                "    return [(x - lo) / (hi - lo) if hi > lo else 0.0 for x in xs]",
+                "",
+                f"fused = [{alpha:.2f} * r + {1 - alpha:.2f} * f "
+                "for r, f in zip(minmax(reranker_scores), minmax(first_stage_scores))]",
+            ]
+        )
+    return "\n".join(
+        [
+            "Rerank the first stage's candidates and combine both scores per query: "
+            f"{rule}. The weight was chosen without labels on {where}, never on test questions; "
+            "`python -m querit_jax.rerank` computes it (`fused_score`) when the input lines carry "
+            "`first_stage_score`.",
+            "",
+            "```python",
+            code,
+            "```",
+        ]
+    )
+
+
 def evaluation_section(report: dict) -> str:
     first = next(iter(report["datasets"].values()))
     bits = [f"{report['first_stage']} first stage"]
@@ -320,6 +357,9 @@ def render(
         "",
         usage(spec, head_format),
     ]
+    fusion = metadata.get("fusion") or {}
+    if fusion.get("method", "none") != "none" and spec.head.kind != "embed":
+        parts += ["", "### With the first stage", "", fusion_section(fusion)]
     if eval_report:
         parts += ["", "## Evaluation", "", evaluation_section(eval_report)]
     if manifest:
