@@ -14,6 +14,8 @@ Variants:
           BM25 and the teacher.
 """
 
+import ml_collections
+
 from querit_jax import config_lib
 
 VARIANTS = (None, "demo")
@@ -66,4 +68,7 @@ def get_config(arg=None):
         c.eval.top_k = 20
         c.eval.batch_size = 64
         c.sharding.preset = "dp"
+        c.sharding.mesh = ml_collections.ConfigDict(
+            dict(data=-1, fsdp=1, tensor=1, expert=1, dcn_data=1)
+        )
     return c

@@ -10,19 +10,29 @@ Variants (`--config=configs/general_relevance.py:VARIANT`):
   tiny    the demo's model and data for a few steps (smoke tests).
   tiny_moe  a tiny Qwen3-MoE (8 experts, top-2) on the demo data, experts sharded with fsdp+ep over
           all devices (`--config.sharding.mesh.expert=N`), the load-balancing loss on.
+  qwen3_4b  TPU/GPU pod: Qwen3-4B from checkpoints/qwen3-4b, parameters and optimiser state sharded
+          over all devices (fsdp), layers rematerialised. Tensor parallelism on top for long inputs or
+          small batches: --config.sharding.preset=fsdp+tp --config.sharding.mesh.tensor=4 (heads
+          and MLP width split 4 ways; the fsdp axis takes the remaining devices).
+  qwen3_30b_a3b  TPU/GPU pod: Qwen3-30B-A3B from checkpoints/qwen3-30b-a3b, experts split over 8
+          devices (fsdp+ep, expert parallel with a capacity factor of 1.25), the rest fsdp.
+
+Memory: `python -m querit_jax.plan --config=configs/general_relevance.py:VARIANT --mesh=fsdp=64
+--num_devices=64` prints the per-device bytes (parameters, optimiser state, gradients, activations)
+of any variant on any mesh; the trainer prints the same plan and refuses a run that cannot fit.
 """
 
 import ml_collections
 
-VARIANTS = (None, "demo", "tiny", "tiny_moe")  # documented above; tests load and validate each
+VARIANTS = (None, "demo", "tiny", "tiny_moe", "qwen3_4b", "qwen3_30b_a3b")  # documented above; tests load and validate each
 DEMO_TRAIN = ",".join(f"data/xquad_r/{lang}/train" for lang in ("en", "ru", "zh", "ar"))
 DEMO_EVAL = ",".join(f"data/xquad_r/{lang}/test" for lang in ("de", "es", "tr", "vi", "en", "zh"))
 
 
 def get_config(arg=None):
     variant = arg or "default"
-    if variant not in ("default", "demo", "tiny", "tiny_moe"):
-        raise ValueError(f"Unknown variant {variant!r}; use demo, tiny or tiny_moe (or none).")
+    if variant not in ("default", *VARIANTS[1:]):
+        raise ValueError(f"Unknown variant {variant!r}; use one of {VARIANTS[1:]} (or none).")
     c = ml_collections.ConfigDict()
     c.name = f"general_relevance_{variant}"
 
@@ -31,7 +41,10 @@ def get_config(arg=None):
     c.model.family = "qwen3"
     # Architecture preset (models/decoder_config.py), used when init_from is empty.
     c.model.preset = "qwen3_0p6b"
-    # Preset fields to change, e.g. moe_impl (prefer a named preset to architecture numbers).
+    # Preset fields to change (prefer a named preset to architecture numbers). Runtime fields also
+    # apply to a model loaded from init_from (models/spec.py RUNTIME_FIELDS): moe_impl (dense,
+    # grouped, ep), moe_capacity_factor (ep: expert buffer size over the even share; <= 0 dropless),
+    # attention_impl (auto: the backend's fused kernel; xla; cudnn; splash; reference).
     c.model.overrides = ml_collections.ConfigDict()
     # Model checkpoint or Hugging Face dir to start from; "" = random initialisation.
     c.model.init_from = "checkpoints/qwen3-0.6b"
@@ -131,12 +144,16 @@ def get_config(arg=None):
     c.eval.max_queries = 0
 
     c.sharding = ml_collections.ConfigDict()
-    # dp, fsdp or fsdp+tp (sharding/rules.py).
+    # dp, fsdp, fsdp+tp or fsdp+ep (sharding/rules.py). fsdp splits every weight and its AdamW moments
+    # along the model width over the `fsdp` axis (the batch over data x fsdp); fsdp+tp also splits
+    # heads and the MLP width over `tensor` (for 4B+ models with few sequences per device).
     c.sharding.preset = "fsdp"
-    # Mesh axis sizes; -1 = all remaining devices. dcn_data = slices of a multislice job that the data
-    # axis spans (launch/tpu.py --num_slices=N; 1 = one slice).
+    # Mesh axis sizes; -1 = all remaining devices. Parameters and optimiser state are sharded over
+    # all devices (fsdp=-1, data=1): fp32 Qwen3-4B + AdamW is ~64 GB, which no chip holds replicated.
+    # dcn_data = slices of a multislice job that the data axis spans (launch/tpu.py --num_slices=N;
+    # 1 = one slice; then set data=N and fsdp=-1: fsdp stays inside a slice).
     c.sharding.mesh = ml_collections.ConfigDict(
-        dict(data=-1, fsdp=1, tensor=1, expert=1, dcn_data=1)
+        dict(data=1, fsdp=-1, tensor=1, expert=1, dcn_data=1)
     )
     # Logical axis -> mesh axis overrides of the preset, e.g. {"vocab": "tensor"}.
     c.sharding.rule_overrides = ml_collections.ConfigDict()
@@ -164,6 +181,9 @@ def get_config(arg=None):
         c.eval.top_k = 20
         c.eval.batch_size = 128
         c.sharding.preset = "dp"
+        c.sharding.mesh = ml_collections.ConfigDict(
+            dict(data=-1, fsdp=1, tensor=1, expert=1, dcn_data=1)
+        )
     if variant == "tiny_moe":
         c.model.preset = "tiny_moe_demo"  # 8 experts, top-2, the tokenizer's 16384-token vocabulary
         c.model.overrides = ml_collections.ConfigDict(dict(moe_impl="ep"))  # expert parallel
@@ -178,6 +198,21 @@ def get_config(arg=None):
         c.eval.top_k = 10
         c.sharding.preset = "fsdp+ep"
         c.sharding.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=-1))
+    if variant == "qwen3_4b":
+        c.model.preset = "qwen3_4b"  # the architecture when init_from has none (planning)
+        c.model.init_from = "checkpoints/qwen3-4b"  # import_hf.py --hf_dir=Qwen/Qwen3-4B
+    if variant == "qwen3_30b_a3b":
+        c.model.preset = "qwen3_30b_a3b"
+        c.model.init_from = "checkpoints/qwen3-30b-a3b"
+        # Expert parallel: each token copy goes to its expert's device (all-to-all); each expert
+        # takes at most 1.25x its even share of a device's copies (dropped copies are counted).
+        c.model.overrides = ml_collections.ConfigDict(
+            dict(moe_impl="ep", moe_capacity_factor=1.25)
+        )
+        c.sharding.preset = "fsdp+ep"
+        c.sharding.mesh = ml_collections.ConfigDict(
+            dict(data=1, fsdp=-1, tensor=1, expert=8, dcn_data=1)
+        )
     if variant == "tiny":
         c.data.batch_size = 4
         c.data.group_size = 4

@@ -317,3 +317,232 @@ def test_a0p4b_preset_matches_the_published_parameter_counts():
     active = total - cfg.num_layers * (cfg.num_experts - cfg.num_experts_per_tok) * expert
     assert 4.8e9 < total < 5.1e9 and 0.38e9 < active < 0.45e9  # card: 4.92B total, 0.43B active
     assert cfg.num_layers == 24 and cfg.num_heads == 16
+
+
+# ----- dispatch at scale: grouped per device, ep with a capacity factor -----------------------------
+
+
+def _layer_inputs(rows=8, t=16, h=32, inter=16, e=8, k=2, seed=0):
+    """Random MoE layer inputs [rows, t, ...] with crafted routing: row 0 uses only experts 0 and 1
+    (idle experts on that device), no token anywhere picks expert e-1 (idle everywhere)."""
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, e - 1, size=(rows, t))
+    second = (first + 1 + rng.integers(0, e - 2, size=(rows, t))) % (e - 1)
+    experts = np.stack([first, second], -1)
+    experts[0] = [0, 1]
+    weights = rng.uniform(0.1, 1.0, size=(rows, t, k)).astype(np.float32)
+    x = rng.standard_normal((rows, t, h)).astype(np.float32)
+    ws = [
+        (rng.standard_normal(s) * 0.2).astype(np.float32)
+        for s in ((e, h, inter), (e, h, inter), (e, inter, h))
+    ]
+    return x, weights, experts.astype(np.int32), ws
+
+
+def _dense_layer(x, weights, experts, *ws):
+    from querit_jax.models.moe import experts_dense
+
+    b, t, h = x.shape
+    return experts_dense(
+        x.reshape(b * t, h), weights.reshape(b * t, -1), experts.reshape(b * t, -1), *ws
+    ).reshape(b, t, h)
+
+
+def _layer_value_and_grads(fn, mesh, preset, x, weights, experts, ws):
+    """fn(x, weights, experts, *ws) -> (y, dropped); returns y, dropped, grads wrt x, weights, ws."""
+    cot = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)
+
+    def loss(x, w, *ws):
+        y, dropped = fn(x, w, jnp.asarray(experts), *ws)
+        return jnp.sum(y * cot), (y, dropped)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
+    if mesh is None:
+        grads, (y, dropped) = grad(x, weights, *ws)
+    else:
+        with sharding.use_rules(mesh, sharding.rules.resolve_rules(preset)):
+            grads, (y, dropped) = grad(x, weights, *ws)
+    return np.asarray(y), float(dropped), [np.asarray(g) for g in grads]
+
+
+def _assert_close(got, want):
+    for name, a, b in zip(("y", "dx", "dweights", "dgate", "dup", "ddown"), got, want):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=0, err_msg=name)
+
+
+def test_ep_with_capacity_equals_dense_when_nothing_is_dropped_even_with_idle_experts():
+    from querit_jax.models.moe_parallel import experts_expert_parallel
+
+    x, weights, experts, ws = _layer_inputs()
+    valid = jnp.ones(x.shape[:2], bool)
+    ref = _layer_value_and_grads(
+        lambda *a: (_dense_layer(*a), 0.0), None, None, x, weights, experts, ws
+    )
+    for factor in (4.0, 0.0):  # E / k: an expert can take every local copy; 0: dropless buffers
+        y, dropped, grads = _layer_value_and_grads(
+            lambda x, w, e, *p, cf=factor: experts_expert_parallel(
+                x, w, e, valid, *p, capacity_factor=cf
+            ),
+            sharding.make_mesh((2, 1, 1, 4)),
+            "fsdp+ep",
+            x,
+            weights,
+            experts,
+            ws,
+        )
+        assert dropped == 0.0
+        _assert_close([y, *grads], [ref[0], *ref[2]])
+
+
+def _expected_keep(experts, valid, shards, num_experts, factor):
+    """numpy: which copies the capacity path keeps (per batch shard: real copies first, in token and
+    top-k order, then padding; the first `cap` of each expert stay)."""
+    rows, t, k = experts.shape
+    keep = np.zeros(experts.shape, bool)
+    per = rows // shards
+    n = per * t
+    cap = max(1, int(np.ceil(factor * n * k / num_experts)))
+    for s in range(shards):
+        e = experts[s * per : (s + 1) * per].reshape(-1)
+        real = np.repeat(valid[s * per : (s + 1) * per].reshape(-1), k)
+        kept = np.zeros(e.shape, bool)
+        for ex in range(num_experts):
+            order = [i for i in range(len(e)) if e[i] == ex and real[i]]
+            order += [i for i in range(len(e)) if e[i] == ex and not real[i]]
+            kept[order[:cap]] = True
+        keep[s * per : (s + 1) * per] = kept.reshape(per, t, k)
+    return keep
+
+
+def test_ep_capacity_drops_overflow_padding_first_and_counts_it():
+    """Every token's first choice is expert 0 (an overloaded expert); the first 3 tokens of each
+    row are padding. The capacity path must equal the dense layer with exactly the dropped copies'
+    weights zeroed, and report the share of real copies dropped."""
+    from querit_jax.models.moe_parallel import experts_expert_parallel
+
+    x, weights, experts, ws = _layer_inputs(seed=1)
+    experts[..., 0] = 0
+    experts[..., 1] = np.where(experts[..., 1] == 0, 3, experts[..., 1])
+    valid = np.ones(x.shape[:2], bool)
+    valid[:, :3] = False
+    keep = _expected_keep(experts, valid, shards=8, num_experts=8, factor=1.0)
+    real = np.repeat(valid[..., None], 2, -1)
+    assert (~keep & real).any() and (keep[..., 0] & real[..., 0]).sum() == 8 * 4  # cap 4 per row
+    y, dropped, grads = _layer_value_and_grads(
+        lambda x, w, e, *p: experts_expert_parallel(
+            x, w, e, jnp.asarray(valid), *p, capacity_factor=1.0
+        ),
+        sharding.make_mesh((2, 1, 1, 4)),
+        "fsdp+ep",
+        x,
+        weights,
+        experts,
+        ws,
+    )
+    ref = _layer_value_and_grads(
+        lambda x, w, e, *p: (_dense_layer(x, w * jnp.asarray(keep), e, *p), 0.0),
+        None,
+        None,
+        x,
+        weights,
+        experts,
+        ws,
+    )
+    np.testing.assert_allclose(dropped, (~keep & real).sum() / real.sum(), rtol=1e-6)
+    mask = valid[..., None]  # padding outputs are never read (and lost capacity first)
+    _assert_close([y * mask, grads[0] * mask], [ref[0] * mask, ref[2][0] * mask])
+    for a, b in zip(grads[2:], ref[2][2:]):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=0)
+
+
+def test_grouped_in_shard_map_equals_dense_forward_and_gradients():
+    from querit_jax.models.moe_parallel import experts_grouped_sharded
+
+    x, weights, experts, ws = _layer_inputs(seed=2)
+    ref = _layer_value_and_grads(
+        lambda *a: (_dense_layer(*a), 0.0), None, None, x, weights, experts, ws
+    )
+    got = _layer_value_and_grads(
+        lambda *a: (experts_grouped_sharded(*a), 0.0),
+        sharding.make_mesh((2, 4, 1, 1)),
+        "fsdp",
+        x,
+        weights,
+        experts,
+        ws,
+    )
+    _assert_close([got[0], *got[2]], [ref[0], *ref[2]])
+
+
+def _layer_temp_bytes(fn, preset, mesh_shape, rows=16, t=64, h=64, inter=32, e=16, k=2):
+    """Per-device temporary bytes of the compiled forward + backward of one MoE layer."""
+    from jax.sharding import NamedSharding
+
+    from querit_jax.models.moe import route
+
+    mesh = sharding.make_mesh(mesh_shape)
+    rules = sharding.rules.resolve_rules(preset)
+    router = jnp.asarray(np.random.default_rng(0).standard_normal((h, e)), jnp.float32)
+
+    def loss(x, wg, wu, wd):
+        _, w, ex = route(x.reshape(-1, h), router, k, True)
+        return jnp.sum(fn(x, w.reshape(rows, t, k), ex.reshape(rows, t, k), wg, wu, wd) ** 2)
+
+    def arg(shape, logical):
+        spec = sharding.logical_to_spec(logical, rules)
+        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(mesh, spec))
+
+    w_in = arg((e, h, inter), (axes.EXPERT, axes.EMBED, None))
+    with sharding.use_rules(mesh, rules):
+        compiled = (
+            jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+            .lower(
+                arg((rows, t, h), (axes.BATCH, None, None)),
+                w_in,
+                w_in,
+                arg((e, inter, h), (axes.EXPERT, None, axes.EMBED)),
+            )
+            .compile()
+        )
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_ep_capacity_buffers_use_4x_less_memory_than_dropless():
+    """Compiled memory_analysis on 8 CPU devices, forward + backward of one layer (benchmarks/
+    moe_memory.py prints the same at larger shapes)."""
+    from querit_jax.models.moe_parallel import experts_expert_parallel
+
+    def ep(factor):
+        def fn(x, w, e, *p):
+            valid = jnp.ones(x.shape[:2], bool)
+            return experts_expert_parallel(x, w, e, valid, *p, capacity_factor=factor)[0]
+
+        return fn
+
+    dropless = _layer_temp_bytes(ep(0.0), "fsdp+ep", (1, 1, 1, 8))
+    capacity = _layer_temp_bytes(ep(1.25), "fsdp+ep", (1, 1, 1, 8))
+    assert dropless >= 4 * capacity, (dropless, capacity)
+
+
+def test_router_overload_is_reported_by_the_model():
+    """A zero router ties every expert, so top-2 sends every token to experts 0 and 1: with
+    capacity factor 1 each keeps a quarter of the copies, which the model reports per layer."""
+    batch = _batch(q=2, g=2, t=16)
+    rules = sharding.rules.resolve_rules("fsdp+ep")
+    mesh = sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1])
+    backbone = dataclasses.replace(
+        SPEC.backbone, num_layers=1, moe_impl="ep", moe_capacity_factor=1.0
+    )
+    spec = dataclasses.replace(SPEC, backbone=backbone)
+    host = jax.tree.map(np.asarray, init_params(spec, mesh, rules, seed=0)[1])
+    host["model"]["layers"][0]["mlp"]["gate"] = np.zeros_like(
+        host["model"]["layers"][0]["mlp"]["gate"]
+    )
+    real, n = int(batch["segment_ids"].sum()), batch["segment_ids"].size
+    graphdef, abstract = abstract_params(spec, mesh, rules)
+    with sharding.use_rules(mesh, rules):
+        _, aux = jax.jit(lambda p, b: steps.group_scores(graphdef, p, b, return_aux=True))(
+            place_params(host, abstract), batch
+        )
+    (share,) = aux["moe_dropped"]
+    np.testing.assert_allclose(float(share), 1 - min(-(-2 * n // 8), real) / real, rtol=1e-6)

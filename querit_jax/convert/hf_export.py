@@ -1,12 +1,17 @@
 """querit_jax model -> a Hugging Face directory that transformers and sentence-transformers load.
 
-Rerankers: config.json, model.safetensors (Qwen3ForSequenceClassification, Qwen3ForCausalLM for yes/no
+Rerankers: config.json, the weights (Qwen3ForSequenceClassification, Qwen3ForCausalLM for yes/no
 models on request, BertForSequenceClassification, XLMRobertaForSequenceClassification), the tokenizer
 (decoders: with a `chat_template.jinja` rendering the pair template from ("query", "document")
 messages), and the sentence-transformers CrossEncoder files with an identity activation, so
 `CrossEncoder(dir).predict` returns the raw scores this project computes. Embedders: the bare model
 (Qwen3Model, BertModel, XLMRobertaModel) with sentence-transformers' Pooling (and Normalize) modules
 and the query/document prompts. The model card and the publishing checks are `querit_jax.release`'s.
+
+Weights are converted and written tensor by tensor, from memory (`LoadedModel`) or straight from a
+model checkpoint (`checkpoint.StoredModel`: each tensor restored on its own), into safetensors shards
+of at most 5 GB (`model.safetensors`, or `model-0000i-of-0000N.safetensors` with
+`model.safetensors.index.json`, transformers' layout), optionally cast (bf16 for release).
 
 Pooling contract: the score is read at the last real token. transformers' Qwen3ForSequenceClassification
 reads the rightmost token whose id != pad_token_id, which is the same token only if the pad id never
@@ -15,6 +20,7 @@ with the `<|endoftext|>` it appends), the export switches the pad token to an un
 """
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -22,12 +28,20 @@ import numpy as np
 from querit_jax import sharding, storage
 from querit_jax.convert import encoder_table
 from querit_jax.convert import qwen3 as qwen3_table
-from querit_jax.convert.safetensors_io import write_file
+from querit_jax.convert.safetensors_io import (
+    cast_floats,
+    shard_names,
+    shard_plan,
+    write_file,
+    write_index,
+)
 from querit_jax.data.io import write_json
 from querit_jax.errors import CheckpointError
 from querit_jax.models.decoder_config import DecoderConfig
-from querit_jax.models.spec import LoadedModel, flatten, yes_no_to_score
+from querit_jax.models.heads import HeadConfig
+from querit_jax.models.spec import LoadedModel, flatten
 
+MAX_SHARD_BYTES = 5 * 10**9  # transformers' max_shard_size="5GB"
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 ST_LOGIT_SCORE = "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"
 ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
@@ -92,31 +106,114 @@ def choose_pad_token(tokenizer, template, vocab_size: int) -> tuple[str, int]:
     )
 
 
-def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
-    """The transformers state dict for `head_format` ('seq_cls', 'causal_lm' or 'embed')."""
-    spec, params = model.spec, model.params
+@dataclasses.dataclass(frozen=True)
+class YesNoScoreEntry:
+    """`score.weight` [1, H] of a yes/no model exported as a linear head: the yes row minus the no
+    row of its output matrix (the tied embedding [V, H] or the LM head kernel [H, V]), exactly
+    `spec.yes_no_to_score`, computed from that one tensor."""
+
+    hf_name: str
+    path: tuple
+    yes: int
+    no: int
+    rows: bool  # True: token rows (embedding); False: token columns (kernel)
+
+    def to_hf(self, matrix: np.ndarray) -> np.ndarray:
+        m = matrix if self.rows else matrix.T
+        w = m[self.yes].astype(np.float32) - m[self.no].astype(np.float32)
+        return np.ascontiguousarray(w.astype(matrix.dtype)[None, :])
+
+    def numel(self, shape) -> int:
+        return int(shape[1] if self.rows else shape[0])
+
+
+def export_entries(spec, head_format: str) -> tuple:
+    """(the exported model's spec, its weight-table entries) for `head_format`."""
     if head_format == "causal_lm" and spec.head.kind != "yes_no":
         raise CheckpointError("Only a yes/no model has an LM head to export as Qwen3ForCausalLM.")
-    if head_format == "seq_cls" and spec.head.kind == "yes_no":
-        spec, params = yes_no_to_score(spec, params)  # exact: w = lm_head[yes] - lm_head[no]
     cfg = spec.backbone
-    if spec.family in ("qwen3", "qwen3_moe"):
-        prefix = "" if spec.head.kind == "embed" else "model."
-        entries = qwen3_table.backbone_entries(cfg, prefix)
-        if spec.head.kind != "embed":
-            entries += qwen3_table.head_entries(cfg, spec.head)
-    elif spec.head.kind == "embed":
-        entries = encoder_table.backbone_entries(cfg, "")
-    else:
-        entries = encoder_table.backbone_entries(
-            cfg, encoder_table.model_prefix(cfg)
-        ) + encoder_table.head_entries(cfg)
-    flat = {k: sharding.to_host(v) for k, v in flatten(params).items()}  # collective
-    out = {}
-    for e in entries:
-        value = e.to_hf(flat[".".join(str(p) for p in e.path)])
-        out.update(zip(e.hf_names, value) if hasattr(e, "hf_names") else [(e.hf_name, value)])
-    return out
+    if spec.family not in ("qwen3", "qwen3_moe"):
+        if spec.head.kind == "embed":
+            return spec, encoder_table.backbone_entries(cfg, "")
+        prefix = encoder_table.model_prefix(cfg)
+        return spec, encoder_table.backbone_entries(cfg, prefix) + encoder_table.head_entries(cfg)
+    embed = spec.head.kind == "embed"
+    entries = qwen3_table.backbone_entries(cfg, "" if embed else "model.")
+    if head_format == "seq_cls" and spec.head.kind == "yes_no":
+        tied = cfg.tie_word_embeddings
+        path = ("model", "embed_tokens", "embedding") if tied else ("lm_head", "kernel")
+        head = spec.head
+        entries.append(
+            YesNoScoreEntry("score.weight", path, head.yes_token_id, head.no_token_id, tied)
+        )
+        return dataclasses.replace(spec, head=HeadConfig(kind="score")), entries
+    if not embed:
+        entries += qwen3_table.head_entries(cfg, spec.head)
+    return spec, entries
+
+
+def _name(entry) -> str:
+    return ".".join(str(p) for p in entry.path)
+
+
+def entry_tensors(entry, read) -> list[tuple[str, np.ndarray]]:
+    """The Hugging Face tensors of one entry; `read(flat name)` gives our tensor as numpy."""
+    value = entry.to_hf(read(_name(entry)))
+    return (
+        list(zip(entry.hf_names, value)) if hasattr(entry, "hf_names") else [(entry.hf_name, value)]
+    )
+
+
+def _source(model):
+    """(read(name) -> numpy, {name: shape}, {name: dtype}) of a LoadedModel (arrays in memory; a
+    collective on multi-host meshes, in the same order everywhere) or a checkpoint.StoredModel."""
+    if hasattr(model, "stored"):
+        return model.read, model.stored.shapes, model.stored.dtypes
+    flat = flatten(model.params)
+    shapes = {k: tuple(np.shape(v)) for k, v in flat.items()}
+    return (
+        (lambda name: sharding.to_host(flat[name])),
+        shapes,
+        {k: v.dtype for k, v in flat.items()},
+    )
+
+
+def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
+    """The transformers state dict for `head_format` ('seq_cls', 'causal_lm' or 'embed'), in memory."""
+    _, entries = export_entries(model.spec, head_format)
+    read = _source(model)[0]
+    return {name: value for e in entries for name, value in entry_tensors(e, read)}
+
+
+def write_weights(
+    model, out_dir: str, head_format: str, dtype=None, max_shard_bytes: int = MAX_SHARD_BYTES
+) -> str:
+    """Writes the weights tensor by tensor into safetensors shards of at most `max_shard_bytes`
+    (model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json), in
+    `dtype` (None: as stored). Host memory holds one shard at most. Returns the dtype name."""
+    _, entries = export_entries(model.spec, head_format)
+    read, shapes, dtypes = _source(model)
+    itemsize = lambda name: np.dtype(dtype or dtypes[name]).itemsize  # noqa: E731
+    sizes = [
+        (e.numel(shapes[_name(e)]) if hasattr(e, "numel") else int(np.prod(shapes[_name(e)])))
+        * itemsize(_name(e))
+        for e in entries
+    ]
+    shards = shard_plan(sizes, max_shard_bytes)
+    files = shard_names(len(shards))
+    weight_map, written = {}, None
+    for file, shard in zip(files, shards):
+        tensors = {}
+        for i in shard:
+            for name, value in entry_tensors(entries[i], read):
+                tensors[name] = cast_floats(value, dtype)
+        write_file(storage.join(out_dir, file), tensors, {"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, file))
+        written = written or str(np.dtype(next(iter(tensors.values())).dtype))
+        del tensors
+    if len(files) > 1:
+        write_index(out_dir, weight_map, sum(sizes))
+    return str(np.dtype(dtype)) if dtype is not None else written
 
 
 def architecture_name(spec, head_format: str) -> str:
@@ -153,17 +250,24 @@ def check_head_format(spec, head_format: str | None) -> str:
 
 
 def write_hf_dir(
-    model: LoadedModel,
+    model,
     out_dir: str,
     head_format: str | None = None,
     max_length: int | None = None,
     readme: str | None = None,
+    *,
+    dtype=None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> str:
     """Writes a Hugging Face directory for `model` (and `readme` as its README.md). Returns out_dir.
 
     Args:
+      model: a `spec.LoadedModel` (parameters in memory) or a `checkpoint.StoredModel` (tensors
+        streamed from the checkpoint one by one).
       head_format: see `check_head_format`.
       max_length: the tokenizer's model_max_length (default: the model's token budget).
+      dtype: the weights' dtype ("bfloat16", "float32", ...); None keeps the parameters' dtype.
+      max_shard_bytes: the largest safetensors shard (5 GB, transformers' default).
     """
     spec, tokenizer = model.spec, copy.deepcopy(model.tokenizer)
     embed = spec.head.kind == "embed"
@@ -185,9 +289,7 @@ def write_hf_dir(
     with storage.temp_dir() as tmp:
         tokenizer.save_pretrained(tmp)
         storage.upload_tree(tmp, out)
-    tensors = hf_tensors(model, head_format)
-    write_file(storage.join(out, "model.safetensors"), tensors, {"format": "pt"})
-    dtype = str(next(iter(tensors.values())).dtype)
+    dtype = write_weights(model, out, head_format, dtype, max_shard_bytes)
     config = {
         **hf_config(spec.backbone),
         "architectures": [architecture_name(spec, head_format)],

@@ -108,3 +108,46 @@ def write_file(
         f.write(raw)
         for a in arrays:
             f.write(a.tobytes())
+
+
+# ----- sharded checkpoints (transformers' layout) ----------------------------------------------------
+
+INDEX = "model.safetensors.index.json"
+FLOAT_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16)}
+
+
+def shard_plan(sizes: list[int], max_bytes: int) -> list[list[int]]:
+    """Groups consecutive items (their byte sizes) into shards of at most `max_bytes`; an item larger
+    than that gets a shard of its own (as transformers' `save_pretrained` does)."""
+    shards: list[list[int]] = []
+    used = 0
+    for i, size in enumerate(sizes):
+        if not shards or (used + size > max_bytes and shards[-1]):
+            shards.append([])
+            used = 0
+        shards[-1].append(i)
+        used += size
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    """model.safetensors for one shard, else model-00001-of-0000N.safetensors, ..."""
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def write_index(directory: str, weight_map: dict[str, str], total_size: int) -> None:
+    """model.safetensors.index.json: which shard holds each tensor, and the bytes of all tensors."""
+    index = {
+        "metadata": {"total_size": int(total_size)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    storage.write_text(storage.join(directory, INDEX), json.dumps(index, indent=2) + "\n")
+
+
+def cast_floats(array: np.ndarray, dtype) -> np.ndarray:
+    """`array` in `dtype` when it is a floating-point tensor (ids and masks keep theirs)."""
+    if dtype is None or np.dtype(array.dtype) not in FLOAT_DTYPES:
+        return array
+    return array.astype(dtype, copy=False)

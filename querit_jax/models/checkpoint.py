@@ -10,15 +10,18 @@ so `rerank`, `evaluate`, `merge` and `export_hf.py` need nothing but the path. L
 location (a checkpoint, a training workdir, a Hugging Face directory) is `querit_jax.loading`'s job.
 """
 
+import dataclasses
 import json
+from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from querit_jax import storage
 from querit_jax.errors import CheckpointError
-from querit_jax.models.spec import ModelSpec, check_shapes, flatten
+from querit_jax.models.spec import ModelSpec, abstract_params, check_shapes, flatten
 
 MARKER = "model.json"  # written last: a directory without it is not a (complete) checkpoint
 
@@ -92,3 +95,100 @@ def restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:
         raise CheckpointError(
             f"{params_dir}: restoring failed ({type(e).__name__}: {e})."
         ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredParams:
+    """The tensors of a checkpoint's params/, listed from metadata and read one at a time (Orbax
+    partial restore: only that tensor's bytes are read), so no whole model is ever in memory."""
+
+    params_dir: str
+    keys: dict[str, tuple]  # flat name -> key path in the stored tree
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+
+    @classmethod
+    def open(cls, path: str) -> "StoredParams":
+        params_dir = storage.join(path, "params")
+        try:
+            tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
+        except Exception as e:  # Orbax raises many types for unreadable checkpoints
+            raise CheckpointError(
+                f"{params_dir}: not a readable Orbax checkpoint ({type(e).__name__}: {e})."
+            ) from None
+        keys, shapes, dtypes = {}, {}, {}
+        for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            stored = tuple(k.key for k in keypath)
+            name = ".".join(str(k) for k in stored)
+            keys[name], shapes[name], dtypes[name] = stored, tuple(leaf.shape), str(leaf.dtype)
+        return cls(params_dir, keys, shapes, dtypes)
+
+    def abstract(self) -> dict:
+        """The stored tree as ShapeDtypeStructs (nested dicts, stored keys)."""
+        out: dict = {}
+        for name, keys in self.keys.items():
+            node = out
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = jax.ShapeDtypeStruct(self.shapes[name], self.dtypes[name])
+        return out
+
+    def read(self, name: str, sharding=None) -> jax.Array:
+        """The tensor `name` ("model.layers.0.mlp.gate_proj.kernel"), in its stored dtype, on
+        `sharding` (default: this host's first CPU device: host memory, whatever the accelerator)."""
+        if name not in self.keys:
+            raise CheckpointError(f"{self.params_dir}: no parameter {name}.")
+        sharding = sharding or jax.sharding.SingleDeviceSharding(
+            jax.local_devices(backend="cpu")[0]
+        )
+        item = jax.ShapeDtypeStruct(self.shapes[name], self.dtypes[name], sharding=sharding)
+        for key in reversed(self.keys[name]):
+            item = {key: item}
+        args = ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        )
+        try:
+            restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+                self.params_dir, args=args
+            )
+        except Exception as e:  # Orbax raises many types for unreadable data
+            raise CheckpointError(
+                f"{self.params_dir}: reading {name} failed ({type(e).__name__}: {e})."
+            ) from None
+        for key in self.keys[name]:
+            restored = restored[key]
+        return restored
+
+
+@dataclasses.dataclass
+class StoredModel:
+    """A model checkpoint opened without reading its tensors: what a streaming export needs (the
+    counterpart of `spec.LoadedModel`, whose `params` here are ShapeDtypeStructs)."""
+
+    spec: ModelSpec
+    tokenizer: Any
+    path: str
+    metadata: dict
+    stored: StoredParams
+
+    @property
+    def params(self) -> dict:
+        return self.stored.abstract()
+
+    def read(self, name: str) -> np.ndarray:
+        return np.asarray(self.stored.read(name))
+
+
+def open_model(path: str) -> StoredModel:
+    """Opens the model checkpoint at `path` (local or gs://): spec, tokenizer, tensor list."""
+    spec, meta = read_spec(path)
+    stored = StoredParams.open(path)
+    _, abstract = abstract_params(spec)
+    check_shapes(
+        stored.shapes,
+        {k: v.shape for k, v in flatten(abstract).items()},
+        f"{stored.params_dir} (against {storage.join(path, MARKER)})",
+    )
+    return StoredModel(spec, load_tokenizer(path, meta), path, meta, stored)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from querit_jax.models.attention import Attention, attention_mask
+from querit_jax.models.attention import Attention
 from querit_jax.models.decoder_config import DecoderConfig, dtype_of
 from querit_jax.models.layers import Embed, RMSNorm, SwiGLU, run_layers
 from querit_jax.models.moe import MoeBlock
@@ -29,23 +29,24 @@ class DecoderLayer(nnx.Module):
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, param_dtype=pdt)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array):
-        """Returns (x, router logits [B, T, E] or None)."""
-        x = x + self.self_attn(self.input_layernorm(x), positions, mask)
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array):
+        """Returns (x, None), or for a sparse layer (x, (router logits [B, T, E], dropped share))."""
+        x = x + self.self_attn(self.input_layernorm(x), positions, segment_ids)
         h = self.post_attention_layernorm(x)
-        logits = None
+        aux = None
         if self.sparse:
-            h, logits = self.mlp(h)
+            h, logits, dropped = self.mlp(h, segment_ids > 0)
+            aux = (logits, dropped)
         else:
             h = self.mlp(h)
-        return shard(x + h, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED)), logits
+        return shard(x + h, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED)), aux
 
     def decode(self, x, positions, mask, cache, index):
         """One incremental step with a KV cache (see `Attention.decode`). Returns (x, cache)."""
         a, cache = self.self_attn.decode(self.input_layernorm(x), positions, mask, cache, index)
         x = x + a
         h = self.post_attention_layernorm(x)
-        h = self.mlp(h)[0] if self.sparse else self.mlp(h)
+        h = self.mlp(h)[0] if self.sparse else self.mlp(h)  # every token: a real one
         return x + h, cache
 
 
@@ -81,28 +82,34 @@ class Qwen3Decoder(nnx.Module):
         input_ids: jax.Array,
         segment_ids: jax.Array,
         positions: jax.Array | None = None,
-        return_router_logits: bool = False,
+        return_aux: bool = False,
     ):
         """Args: input_ids, segment_ids [B, T] int; positions [B, T] (derived from segments if None).
 
-        Returns hidden states [B, T, H], and with `return_router_logits` also the tuple of the sparse
-        layers' router logits [B, T, E] (what the load-balancing loss reads).
+        Returns hidden states [B, T, H], and with `return_aux` also {"router_logits": the sparse
+        layers' router logits [B, T, E] (what the load-balancing loss reads), "moe_dropped": their
+        shares of real token copies dropped over capacity (float32 scalars)}.
         """
         if positions is None:
             positions = positions_from_segments(segment_ids)
         x = self.embed_tokens(input_ids, dtype_of(self.cfg.dtype))
         x = shard(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-        mask = attention_mask(segment_ids, causal=True)
-        x, logits = run_layers(
+        x, outs = run_layers(
             self.layers,
-            lambda lyr, h: lyr(h, positions, mask),
+            lambda lyr, h: lyr(h, positions, segment_ids),
             x,
             remat=self.cfg.remat,
             scan=self.cfg.scan_layers,
         )
-        router_logits = [lg for lg in logits if lg is not None]
+        sparse = [out for out in outs if out is not None]
         x = self.norm(x)
-        return (x, tuple(router_logits)) if return_router_logits else x
+        if not return_aux:
+            return x
+        aux = {
+            "router_logits": tuple(lg for lg, _ in sparse),
+            "moe_dropped": tuple(d for _, d in sparse),
+        }
+        return x, aux
 
     def init_cache(self, batch: int, length: int, dtype=jnp.float32) -> list:
         """Empty (keys, values) [B, S, K, D] per layer for `decode`."""

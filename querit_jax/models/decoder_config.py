@@ -10,6 +10,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from querit_jax.models.attention import ATTENTION_IMPLS
 from querit_jax.models.layers import remat_name
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -53,6 +54,9 @@ class DecoderConfig:
     # compile time flat in depth) instead of a Python loop; costs one stacked copy of the layer
     # weights during the step. The parameter layout (layers.0, layers.1, ...) does not change.
     scan_layers: bool = False
+    # Attention kernel (models/attention.py): "auto" (cuDNN flash attention on GPU in bf16/fp16,
+    # Pallas splash attention on TPU, XLA elsewhere), "xla", "cudnn", "splash" or "reference".
+    attention_impl: str = "auto"
     # Sparse MoE (Qwen3-MoE): layer i is sparse iff num_experts > 0, i not in mlp_only_layers and
     # (i + 1) % decoder_sparse_step == 0; dense layers keep the SwiGLU of `intermediate_size`.
     num_experts: int = 0
@@ -63,9 +67,14 @@ class DecoderConfig:
     mlp_only_layers: tuple[int, ...] = ()
     router_aux_loss_coef: float = 0.001  # load-balancing loss weight in training
     router_z_loss_coef: float = 0.0  # optional router z-loss weight
-    # How experts run: "dense" (reference: every expert on every token), "grouped" (sort + ragged_dot,
-    # dropless) or "ep" (expert parallel: shard_map all-to-all over the `expert` mesh axis, dropless).
+    # How experts run: "dense" (reference: every expert on every token), "grouped" (sort + ragged_dot
+    # on each device's own tokens, dropless) or "ep" (expert parallel: shard_map all-to-all over the
+    # `expert` mesh axis).
     moe_impl: str = "grouped"
+    # ep: slots per expert = ceil(capacity_factor * token copies per device / num_experts); copies
+    # over capacity are dropped (padding first) and their share is reported. <= 0: dropless, with
+    # worst-case buffers ep times larger (for exactness checks).
+    moe_capacity_factor: float = 0.0
     family: str = "qwen3"
 
     def is_sparse(self, layer: int) -> bool:
@@ -90,6 +99,10 @@ class DecoderConfig:
                 raise ValueError(f"decoder_sparse_step={self.decoder_sparse_step} must be >= 1.")
         if self.moe_impl not in ("dense", "grouped", "ep"):
             raise ValueError(f"moe_impl={self.moe_impl!r}; choose dense, grouped or ep.")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}."
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (GQA)."

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from querit_jax.models.attention import attention_mask, dot_product_attention
+from querit_jax.models.attention import segment_attention
 from querit_jax.models.decoder import positions_from_segments
 from querit_jax.models.decoder_config import dtype_of
 from querit_jax.models.encoder_config import EncoderConfig
@@ -93,12 +93,16 @@ class SelfAttention(nnx.Module):
         )
         self.LayerNorm = LayerNorm(h, cfg.layer_norm_eps, param_dtype=pdt)
         self.scale = d**-0.5
+        self.impl = cfg.attention_impl
 
-    def __call__(self, x, mask):
+    def __call__(self, x, segment_ids):
         q = shard(self.query(x), (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None))
         k = shard(self.key(x), (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None))
         v = shard(self.value(x), (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None))
-        return self.LayerNorm(x + self.output(dot_product_attention(q, k, v, mask, self.scale)))
+        out = segment_attention(
+            q, k, v, segment_ids, causal=False, scale=self.scale, impl=self.impl
+        )  # bidirectional within each segment
+        return self.LayerNorm(x + self.output(out))
 
 
 class EncoderLayer(nnx.Module):
@@ -124,8 +128,8 @@ class EncoderLayer(nnx.Module):
         )
         self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype=pdt)
 
-    def __call__(self, x, mask):
-        h = self.attention(x, mask)
+    def __call__(self, x, segment_ids):
+        h = self.attention(x, segment_ids)
         m = shard(self.act(self.intermediate(h)), (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
         return shard(self.LayerNorm(h + self.output(m)), (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
 
@@ -147,10 +151,9 @@ class Encoder(nnx.Module):
             self.embeddings(input_ids, positions, token_type_ids),
             (axes.BATCH, axes.LENGTH, axes.ACT_EMBED),
         )
-        mask = attention_mask(segment_ids, causal=False)
         x, _ = run_layers(
             self.layers,
-            lambda lyr, h: (lyr(h, mask), None),
+            lambda lyr, h: (lyr(h, segment_ids), None),
             x,
             remat=self.cfg.remat,
             scan=self.cfg.scan_layers,

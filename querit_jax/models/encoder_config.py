@@ -8,6 +8,7 @@ positions start (0 for BERT, padding_idx + 1 = 2 for XLM-RoBERTa, whose position
 import dataclasses
 from typing import Any
 
+from querit_jax.models.attention import ATTENTION_IMPLS
 from querit_jax.models.decoder_config import dtype_of
 from querit_jax.models.layers import remat_name
 
@@ -37,6 +38,7 @@ class EncoderConfig:
     param_dtype: str = "float32"
     remat: bool | str = False  # False/"none", True/"full" or a layers.REMAT_POLICIES name
     scan_layers: bool = False  # jax.lax.scan over the layers (see DecoderConfig.scan_layers)
+    attention_impl: str = "auto"  # attention kernel (see DecoderConfig.attention_impl)
 
     def __post_init__(self):
         if self.family not in ENCODER_FAMILIES:
@@ -54,6 +56,10 @@ class EncoderConfig:
         dtype_of(self.dtype)
         dtype_of(self.param_dtype)
         remat_name(self.remat)
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}."
+            )
 
     @property
     def head_dim(self) -> int:

@@ -4,12 +4,16 @@ Routing: logits = x @ W_router; p = softmax(logits) over all experts (float32); 
 chosen experts; with `norm_topk_prob` their weights are renormalised to sum to one (otherwise they stay
 full-softmax probabilities: HF semantics, not MaxText's softmax over the top-k logits); the weights are
 cast back to the activation dtype. Every chosen expert computes `down(silu(gate(x)) * up(x))` and the
-outputs are summed with the weights. No token is ever dropped.
+outputs are summed with the weights.
 
 Execution paths (one semantics, `DecoderConfig.moe_impl`):
   * `dense`: every expert on every token, masked combine (the reference; E times the FLOPs);
   * `grouped`: token copies sorted by expert, one grouped matmul (`jax.lax.ragged_dot`) per weight;
-  * `ep`: expert parallelism over the `expert` mesh axis (`moe_parallel.py`).
+    dropless. Under a mesh it runs inside a `shard_map` over the batch axes, so each device sorts and
+    computes only its own tokens (`moe_parallel.experts_grouped_sharded`);
+  * `ep`: expert parallelism over the `expert` mesh axis (`moe_parallel.py`): dropless with
+    worst-case buffers (`moe_capacity_factor <= 0`), or with a fixed capacity per expert, where copies
+    over capacity are dropped (padding first) and counted.
 All are pure functions of arrays; `MoeBlock` only holds the parameters.
 """
 
@@ -31,7 +35,7 @@ def route(x: jax.Array, router: jax.Array, top_k: int, norm_topk_prob: bool):
     return logits, weights.astype(x.dtype), experts
 
 
-def _ffn(h_gate, h_up):
+def ffn(h_gate, h_up):
     return jax.nn.silu(h_gate) * h_up
 
 
@@ -41,14 +45,14 @@ def experts_dense(x, weights, experts, w_gate, w_up, w_down):
     combine = jnp.sum(
         jax.nn.one_hot(experts, num_experts, dtype=x.dtype) * weights[..., None], axis=1
     )  # [N, E]
-    hidden = _ffn(jnp.einsum("nh,ehi->nei", x, w_gate), jnp.einsum("nh,ehi->nei", x, w_up))
+    hidden = ffn(jnp.einsum("nh,ehi->nei", x, w_gate), jnp.einsum("nh,ehi->nei", x, w_up))
     out = jnp.einsum("nei,eih->neh", hidden, w_down)
     return jnp.einsum("ne,neh->nh", combine, out)
 
 
 def grouped_ffn(xs, group_sizes, w_gate, w_up, w_down):
     """Rows of `xs` [M, H] sorted by expert, `group_sizes` [E] rows each (the rest are zero rows)."""
-    hidden = _ffn(
+    hidden = ffn(
         jax.lax.ragged_dot(xs, w_gate, group_sizes), jax.lax.ragged_dot(xs, w_up, group_sizes)
     )
     return jax.lax.ragged_dot(hidden, w_down, group_sizes)
@@ -88,20 +92,32 @@ class MoeBlock(nnx.Module):
             out_sharding=(axes.EXPERT, axes.EXPERT_MLP, axes.EMBED),
         )
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x [B, T, H] -> (y [B, T, H], router logits [B, T, E])."""
-        b, t, h = x.shape
-        flat = x.reshape(b * t, h)
-        logits, weights, experts = route(
-            flat, self.gate[...], self.cfg.num_experts_per_tok, self.cfg.norm_topk_prob
-        )
-        params = [p[...].astype(x.dtype) for p in (self.gate_proj, self.up_proj, self.down_proj)]
-        if self.cfg.moe_impl == "dense":
-            y = experts_dense(flat, weights, experts, *params)
-        elif self.cfg.moe_impl == "grouped":
-            y = experts_grouped(flat, weights, experts, *params)
-        else:
-            from querit_jax.models.moe_parallel import experts_expert_parallel
+    def __call__(self, x: jax.Array, token_mask: jax.Array | None = None):
+        """x [B, T, H], token_mask [B, T] (real tokens; capacity goes to them before padding).
 
-            y = experts_expert_parallel(flat, weights, experts, *params)
-        return y.reshape(b, t, h), logits.reshape(b, t, -1)
+        Returns (y [B, T, H], router logits [B, T, E], dropped): `dropped` is the float32 share of
+        real token copies dropped for lack of capacity (0 on the dropless paths).
+        """
+        from querit_jax.models import moe_parallel
+
+        b, t, h = x.shape
+        cfg = self.cfg
+        logits, weights, experts = route(
+            x.reshape(b * t, h), self.gate[...], cfg.num_experts_per_tok, cfg.norm_topk_prob
+        )
+        weights, experts = weights.reshape(b, t, -1), experts.reshape(b, t, -1)
+        params = [p[...].astype(x.dtype) for p in (self.gate_proj, self.up_proj, self.down_proj)]
+        dropped = jnp.zeros((), jnp.float32)
+        if cfg.moe_impl == "dense":
+            flat = experts_dense(
+                x.reshape(b * t, h), weights.reshape(b * t, -1), experts.reshape(b * t, -1), *params
+            )
+            y = flat.reshape(b, t, h)
+        elif cfg.moe_impl == "grouped":
+            y = moe_parallel.experts_grouped_sharded(x, weights, experts, *params)
+        else:
+            mask = jnp.ones((b, t), bool) if token_mask is None else token_mask
+            y, dropped = moe_parallel.experts_expert_parallel(
+                x, weights, experts, mask, *params, capacity_factor=cfg.moe_capacity_factor
+            )
+        return y, logits.reshape(b, t, -1), dropped

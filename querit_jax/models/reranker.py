@@ -43,11 +43,10 @@ class DecoderCrossEncoder(nnx.Module):
         return_aux: bool = False,
     ):
         """Returns scores [B, num_segments] (float32; absent segments score 0), and with `return_aux`
-        also {"router_logits": (per sparse layer [B, T, E], ...)} for MoE training losses."""
+        also {"router_logits": (per sparse layer [B, T, E], ...), "moe_dropped": (per sparse layer,
+        the share of real token copies dropped over expert capacity, ...)} for MoE training."""
         del token_type_ids  # decoders have none
-        hidden, router_logits = self.model(
-            input_ids, segment_ids, positions, return_router_logits=True
-        )
+        hidden, aux = self.model(input_ids, segment_ids, positions, return_aux=True)
         index, valid = last_token_index(segment_ids, num_segments)
         pooled = gather_tokens(hidden, index)  # [B, S, H]
         if self.head.kind == "score":
@@ -60,4 +59,4 @@ class DecoderCrossEncoder(nnx.Module):
             )
             scores = yes_no_score(pooled, matrix, self.head.yes_token_id, self.head.no_token_id)
         scores = jnp.where(valid, scores.astype(jnp.float32), 0.0)
-        return (scores, {"router_logits": router_logits}) if return_aux else scores
+        return (scores, aux) if return_aux else scores

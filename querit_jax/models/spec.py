@@ -32,7 +32,15 @@ FORMAT_VERSION = 1
 # Backbone fields that say how a model runs, not what its parameters are: a loaded or imported
 # checkpoint may change them (a training config's `model.overrides` with `init_from`, load_model's
 # spec fields). Any other backbone field is architecture.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "moe_impl")
+RUNTIME_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat",
+    "scan_layers",
+    "moe_impl",
+    "moe_capacity_factor",
+    "attention_impl",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """Score parity between a querit_jax model and its Hugging Face export (transformers and, optionally,
 sentence-transformers), on the same pairs. Needs torch, which only the test extras install.
 
-The JAX side runs in float32 whatever compute dtype the model was trained with, because the export is
-float32 and transformers runs it in float32: the check is about conversion, not about bf16 rounding.
+The JAX side runs in float32 whatever compute dtype the model was trained with, because transformers
+runs the export in float32: the check is about conversion, not about bf16 rounding. A bf16 (or fp16)
+export is compared with the JAX model whose parameters went through the same rounding, so the parity
+tolerance stays that of float32. Sharded exports (model.safetensors.index.json) load as any other.
 """
 
 import json
 
+import jax
 import numpy as np
 
 from querit_jax import storage
@@ -64,9 +67,12 @@ def hf_scores(hf_dir: str, sequences, types=None) -> np.ndarray:
 
 
 def cross_encoder_scores(hf_dir: str, pairs) -> np.ndarray:
+    import torch
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(hf_dir, model_kwargs={"use_safetensors": True})  # never a pickle .bin
+    # float32 like hf_scores (a bf16 export would otherwise run in bf16); never a pickle .bin.
+    kwargs = {"use_safetensors": True, "dtype": torch.float32}
+    model = CrossEncoder(hf_dir, model_kwargs=kwargs)
     return np.asarray(model.predict(list(pairs), batch_size=8), np.float32)
 
 
@@ -79,6 +85,7 @@ def verify(
     """Rerankers: {"max_abs_diff_transformers", ["max_abs_diff_sentence_transformers"]} over `pairs`;
     embedders: {"max_abs_diff_sentence_transformers"} over the pairs' queries and documents."""
     hf_dir = storage.local_copy(hf_dir)  # transformers and sentence-transformers read local files
+    model = _rounded_like_export(model, hf_dir)
     spec32 = model.spec.replace(dtype="float32")
     graphdef, _ = abstract_params(spec32)
     if spec32.head.kind == "embed":
@@ -104,3 +111,22 @@ def verify(
             np.abs(cross_encoder_scores(hf_dir, pairs) - ours).max()
         )
     return report
+
+
+def _rounded_like_export(model: LoadedModel, hf_dir: str) -> LoadedModel:
+    """`model` with floating-point parameters rounded to the export's dtype (config.json "dtype"),
+    then back to their own dtype: what the exported weights hold."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    dtype = json.loads(storage.read_text(storage.join(hf_dir, "config.json"))).get("dtype")
+    if dtype not in ("bfloat16", "float16"):
+        return model
+
+    def rounded(p):
+        if not jnp.issubdtype(p.dtype, jnp.floating):
+            return p
+        return p.astype(dtype).astype(p.dtype)
+
+    return dataclasses.replace(model, params=jax.tree.map(rounded, model.params))

@@ -67,9 +67,10 @@ def to_host(x) -> np.ndarray:
 def axis_size(mesh_shape, target: rules.MeshAxes) -> int:
     """Number of devices a logical axis is split over: the product of its mesh axes' sizes.
 
-    `mesh_shape` is a Mesh or a {mesh axis: size} mapping; `target` a rule's right-hand side.
+    `mesh_shape` is a Mesh, an AbstractMesh or a {mesh axis: size} mapping; `target` a rule's
+    right-hand side.
     """
-    shape = mesh_shape.shape if isinstance(mesh_shape, Mesh) else mesh_shape
+    shape = dict(mesh_shape.shape) if hasattr(mesh_shape, "axis_names") else mesh_shape
     if target is None:
         return 1
     names = (target,) if isinstance(target, str) else target

@@ -1,11 +1,17 @@
-"""Device mesh from config: axes (data, fsdp, tensor, expert), one of them may be -1 (all the rest)."""
+"""Device mesh from config: axes (data, fsdp, tensor, expert), one of them may be -1 (all the rest).
 
+Also the meshes a memory plan runs on (`querit_jax.plan`): an abstract mesh of any size (no devices
+behind it) or N fake CPU devices, and the `--mesh=data=1,fsdp=64` flag syntax.
+"""
+
+import math
 from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AbstractMesh, AxisType, Mesh
 
+from querit_jax.errors import ConfigError
 from querit_jax.sharding import axes
 
 
@@ -55,3 +61,55 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
 def single_device_mesh() -> Mesh:
     """A mesh over the first local device: what inference tools use when not told otherwise."""
     return make_mesh((1, 1, 1, 1), devices=jax.local_devices()[:1])
+
+
+def abstract_mesh(shape: tuple[int, ...]) -> AbstractMesh:
+    """A mesh of `shape` over the axes (data, fsdp, tensor, expert) with no devices behind it."""
+    return AbstractMesh(
+        tuple(shape),
+        axes.MESH_AXES,
+        axis_types=(AxisType.Auto,) * len(axes.MESH_AXES),
+    )
+
+
+def mesh_shape_from_flag(text: str, base: tuple[int, ...]) -> tuple[int, ...]:
+    """'data=1,fsdp=-1' over the config's mesh shape `base` (unnamed axes keep their values)."""
+    sizes = dict(zip(axes.MESH_AXES, base))
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        if name not in sizes:
+            raise ConfigError(f"--mesh: unknown axis {name!r}; axes are {axes.MESH_AXES}.")
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise ConfigError(f"--mesh: {part!r} is not axis=size.") from None
+    return tuple(sizes[a] for a in axes.MESH_AXES)
+
+
+def planning_mesh(shape: tuple[int, ...], num_devices: int | None, mode: str):
+    """The mesh a plan is made on: abstract for "estimate" (no devices needed), else one of real
+    devices; on CPU, `num_devices` fake devices when JAX has not started its backends yet.
+
+    Raises:
+      ConfigError: the mesh shape does not fit the device count, or too few devices for "compile".
+    """
+    fixed = math.prod(s for s in shape if s != -1)
+    if num_devices is None:
+        num_devices = fixed if -1 not in shape else jax.device_count()
+    try:
+        resolved = resolve_mesh_shape(shape, num_devices)
+    except ValueError as err:
+        raise ConfigError(f"--mesh/--num_devices: {err}") from None
+    if mode == "estimate":
+        return abstract_mesh(resolved)
+    try:  # only possible before the first JAX operation: then the CPU backend gets the devices
+        jax.config.update("jax_num_cpu_devices", num_devices)
+        jax.config.update("jax_platforms", "cpu")
+    except RuntimeError:
+        pass
+    if jax.device_count() < num_devices:
+        raise ConfigError(
+            f"--mode={mode} compiles on {num_devices} devices but JAX has {jax.device_count()}; "
+            "use --mode=estimate to plan a mesh larger than this machine."
+        )
+    return make_mesh(resolved, jax.devices()[:num_devices])

@@ -1,13 +1,19 @@
 """querit_jax model (checkpoint, training workdir or HF dir) -> Hugging Face directory.
 
   python tools/convert_hf/export_hf.py --checkpoint=CKPT --out=DIR [--head_format=seq_cls|causal_lm] [--verify]
+      [--dtype=bfloat16|float32] [--max_shard_size=5GB]
       [--eval_report=report.json] [--license=apache-2.0] [--language=en,de] [--base_model=ORG/NAME]
       [--push_to_hub --repo_id=ORG/NAME [--private]]
 
 Writes config.json (pad_token_id set to a token that never occurs in inputs, so transformers pools the
-same last token), model.safetensors, the tokenizer with a chat template rendering the pair template, and
-the sentence-transformers CrossEncoder files (identity activation: raw scores). `--verify` reloads the
-directory in transformers and sentence-transformers and compares scores (needs torch).
+same last token), the weights in `--dtype` (bf16 by default) as safetensors shards of at most
+`--max_shard_size` (model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json),
+the tokenizer with a chat template rendering the pair template, and the sentence-transformers
+CrossEncoder files (identity activation: raw scores). A model checkpoint (or a training workdir) is
+streamed tensor by tensor from disk, so host memory holds one shard, never the model; a Hugging Face
+directory or Hub id is loaded first. `--verify` reloads the directory in transformers and
+sentence-transformers and compares scores with the JAX model (whose parameters get the same bf16
+rounding as the export; needs torch).
 
 The directory also gets a model card (README.md: Hub metadata, intended use, loading snippets, the
 evaluation table of the training workdir's report.json or `--eval_report`, the merge recipe of a merged
@@ -26,9 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from absl import flags
 
 from querit_jax import cli
-from querit_jax.loading import load_model
+from querit_jax.loading import load_model, resolve_model_path
+from querit_jax.models.checkpoint import is_model_checkpoint, open_model
 from querit_jax.release import publish
-from querit_jax.release.export import export_hf
+from querit_jax.release.export import export_hf, parse_size
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Model checkpoint, training workdir or HF directory."
@@ -42,6 +49,12 @@ _FORMAT = flags.DEFINE_enum(
 )
 _MAX_LENGTH = flags.DEFINE_integer(
     "max_length", None, "tokenizer model_max_length (default: the model's)."
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "bfloat16", ["bfloat16", "float32", "float16"], "dtype of the exported weights."
+)
+_MAX_SHARD = flags.DEFINE_string(
+    "max_shard_size", "5GB", "Largest safetensors file (e.g. 5GB, 500MB); more go to shards."
 )
 _VERIFY = flags.DEFINE_bool(
     "verify", False, "Reload with transformers/sentence-transformers and compare scores."
@@ -89,10 +102,14 @@ def main(argv):
     del argv
     if _PUSH.value and not _REPO_ID.value:
         raise publish.PublishError("--push_to_hub needs --repo_id=ORG/NAME.")
-    model = load_model(_CHECKPOINT.value)
+    path = resolve_model_path(_CHECKPOINT.value)
+    # A model checkpoint streams from disk; a Hugging Face directory is converted in memory.
+    model = open_model(path) if is_model_checkpoint(path) else load_model(_CHECKPOINT.value)
     out = export_hf(
         model,
         _OUT.value,
+        dtype=_DTYPE.value,
+        max_shard_bytes=parse_size(_MAX_SHARD.value),
         head_format=_FORMAT.value,
         max_length=_MAX_LENGTH.value,
         eval_report=_EVAL_REPORT.value,
@@ -107,6 +124,8 @@ def main(argv):
     if _VERIFY.value:
         from querit_jax.release.verify import verify
 
+        if not hasattr(model, "graphdef"):  # streamed: the JAX side needs the model in memory
+            model = load_model(path)
         report = verify(model, out)
         print(json.dumps({k: v for k, v in report.items() if k != "jax_scores"}, indent=2))
         worst = max(v for k, v in report.items() if k.startswith("max_abs_diff"))
