@@ -157,7 +157,9 @@ def test_scan_layers_on_a_moe_with_dense_layers_keeps_scores_aux_losses_and_upda
         )
         return ModelSpec("qwen3_moe", backbone, HeadConfig(), qwen3_pair(), 32)
 
-    tx = optax.adamw(1e-3)
+    # SGD: the update is the gradient times a constant, so comparing updated parameters compares
+    # gradients (Adam's division by sqrt(v) blows float noise in near-zero gradients up to 1e-5).
+    tx = optax.sgd(1e-2)
     batch = jax.device_put(_batch(g=2, t=16, seed=6))
     host = jax.tree.map(np.asarray, init_params(spec(False), MESH, RULES, seed=7)[1])
     results = []
@@ -175,8 +177,7 @@ def test_scan_layers_on_a_moe_with_dense_layers_keeps_scores_aux_losses_and_upda
     assert len(logits) == len(ref[1]) == 2
     assert {"aux_loss", "z_loss", "expert_load_max/layer_3"} <= set(metrics)
     _assert_trees_close((scores, logits, metrics), ref[:3])
-    # Adam divides by sqrt(v): float noise in a near-zero gradient moves an update by ~1e-6
-    _assert_trees_close(params, ref[3], atol=1e-5)
+    _assert_trees_close(params, ref[3])
 
 
 def _dot_count(num_layers: int, scan: bool) -> tuple[int, str]:

@@ -35,16 +35,12 @@ from querit_jax import storage
 from querit_jax.errors import CheckpointError
 from querit_jax.loading import resolve_model_path
 from querit_jax.models.checkpoint import MARKER, is_model_checkpoint, read_spec
-from querit_jax.models.spec import ModelSpec
+from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec
 
-# Backbone fields that do not change what a parameter means: numerics and runtime choices, token ids,
+# Backbone fields that do not change what a parameter means: runtime choices (models.spec), token ids,
 # training-only loss weights, and the vocabulary (checked through the embedding shapes instead).
 _NON_ARCHITECTURE = {
-    "dtype",
-    "param_dtype",
-    "remat",
-    "scan_layers",
-    "moe_impl",
+    *RUNTIME_FIELDS,
     "bos_token_id",
     "eos_token_id",
     "pad_token_id",

@@ -60,10 +60,26 @@ def check_publishable(out_dir: str) -> list[str]:
             raise PublishError(
                 f"{path}: a pickle file (executes code when loaded); export safetensors only."
             )
-        data = storage.read_bytes(path)
-        if any(p.search(data) for p in _TOKEN_PATTERNS) or any(s in data for s in secrets):
+        if _holds_secret(path, secrets):
             raise PublishError(f"{path} contains an access token or secret; remove it first.")
     return files
+
+
+CHUNK = 16 << 20
+OVERLAP = 4096  # longer than any token pattern or secret we look for
+
+
+def _holds_secret(path: str, secrets: list[bytes]) -> bool:
+    """Scans a file in chunks (weights shards are GBs: never read whole), overlapping so that a
+    token cut by a chunk boundary is still found."""
+    tail = b""
+    with storage.open_read_raw(path) as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            data = tail + chunk
+            if any(p.search(data) for p in _TOKEN_PATTERNS) or any(s in data for s in secrets):
+                return True
+            tail = data[-OVERLAP:]
+    return False
 
 
 def hub_token() -> str | None:
