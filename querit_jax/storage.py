@@ -19,6 +19,11 @@ Object stores have no atomic rename and no append:
 Readers that need local files (transformers' tokenizers and configs, ArrayRecord) get a local copy
 of a remote directory (`local_copy`), cached by URL and content listing. `contained` keeps names read
 from manifests inside their directory, for paths and URLs alike.
+
+Arrays (`save_array`, `load_array`, `memmap_bytes`) are .npy files and raw byte files; memory-mapping
+needs a local file (take a `local_copy` of a remote one first). `stat_key` identifies a file's
+version cheaply (size + modification time locally, size + generation/etag on object stores), so a
+content hash computed once can be reused while the key matches.
 """
 
 import contextlib
@@ -33,6 +38,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+import numpy as np
 from etils import epath
 
 from querit_jax.errors import DataFormatError, StorageError
@@ -100,15 +106,28 @@ def path(location) -> epath.Path:
     return epath.Path(absolute(location))
 
 
+def _fresh(location) -> None:
+    """Forgets cached listings of a remote location and its parents (gcsfs keeps listings without
+    expiry): files another process, or another handle, wrote since must be seen."""
+    location = absolute(location)
+    if is_remote(location):
+        _fs(location).invalidate_cache(_strip_scheme(location))
+        if location.startswith("gs://"):  # epath holds its own gcsfs instance
+            epath.backend.fsspec_backend.fs(location).invalidate_cache(_strip_scheme(location))
+
+
 def exists(location) -> bool:
+    _fresh(location)
     return path(location).exists()
 
 
 def isdir(location) -> bool:
+    _fresh(location)
     return path(location).is_dir()
 
 
 def isfile(location) -> bool:
+    _fresh(location)
     p = path(location)
     return p.exists() and not p.is_dir()
 
@@ -123,6 +142,7 @@ def size(location) -> int:
 
 def listdir(location) -> list[str]:
     """Names in a directory (sorted); [] when it does not exist."""
+    _fresh(location)
     p = path(location)
     if not p.is_dir():
         return []
@@ -159,6 +179,7 @@ def files(location) -> list[str]:
     """Every file under a directory, as sorted paths relative to it ([] if it does not exist)."""
     root = absolute(location)
     if is_remote(root):
+        _fresh(root)
         fs = _fs(root)
         prefix = _strip_scheme(root).rstrip("/") + "/"
         found = fs.find(_strip_scheme(root)) if fs.exists(_strip_scheme(root)) else []
@@ -300,6 +321,147 @@ def temp_dir() -> Iterator[str]:
         yield d
 
 
+class GrowingFile:
+    """A text file that grows (a metrics log), on a local disk or an object store.
+
+    Object stores cannot append: the content is kept in memory and `sync()` rewrites the object in
+    one upload (a reader sees the previous or the new complete version), so the caller chooses how
+    often the cost of a whole upload is paid. Locally lines are appended and flushed as they come and
+    `sync()` has nothing left to do. `keep(line)` filters what the file already holds when it is
+    opened (e.g. the rows of steps a resumed run is about to write again).
+    """
+
+    def __init__(self, location, keep=None):
+        self.location = absolute(location)
+        self.remote = is_remote(self.location)
+        lines = read_text(self.location).splitlines(keepends=True) if exists(self.location) else []
+        kept = [line for line in lines if keep is None or keep(line)]
+        if kept and not kept[-1].endswith("\n"):
+            kept[-1] += "\n"  # a line cut by a crash was kept: later lines must not join it
+        self._dirty = False
+        if self.remote:
+            self._content = io.StringIO("".join(kept))
+            self._content.seek(0, io.SEEK_END)
+        else:
+            if kept != lines:
+                write_text(self.location, "".join(kept))
+            os.makedirs(os.path.dirname(self.location), exist_ok=True)
+            self._file = open(self.location, "a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        if self.remote:
+            self._content.write(text)
+            self._dirty = True
+        else:
+            self._file.write(text)
+            self._file.flush()
+
+    def sync(self) -> None:
+        """Makes everything written so far visible at the location."""
+        if self.remote and self._dirty:
+            write_text(self.location, self._content.getvalue())
+            self._dirty = False
+
+    def close(self) -> None:
+        self.sync()
+        if not self.remote:
+            self._file.close()
+
+
+class UploadedDir:
+    """A local directory for a library that writes only local files (e.g. TensorBoard's event
+    writer), mirrored to `location`.
+
+    For a local location, `local` is the location itself. For a URL, `local` is a fresh directory
+    under cache_root() and `sync()` uploads every file whose size changed since the last sync, whole
+    (object stores cannot append); `close()` syncs and deletes the local directory. Files are only
+    added or rewritten at the location, never deleted.
+    """
+
+    def __init__(self, location):
+        self.location = absolute(location)
+        self.remote = is_remote(self.location)
+        if self.remote:
+            parent = _ensure(os.path.join(cache_root(), "scratch"))
+            self.local = tempfile.mkdtemp(prefix="upload-", dir=parent)
+        else:
+            self.local = _ensure(self.location)
+        self._sizes: dict[str, int] = {}
+
+    def sync(self) -> None:
+        if not self.remote:
+            return
+        for rel in files(self.local):
+            size = os.path.getsize(os.path.join(self.local, rel))
+            if self._sizes.get(rel) != size:
+                copy_file(os.path.join(self.local, rel), join(self.location, rel))
+                self._sizes[rel] = size
+
+    def close(self) -> None:
+        self.sync()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(name: str = "tmp") -> Iterator[str]:
+    """A fresh local directory under cache_root() (not the system's temporary directory: large
+    scratch data, e.g. a dataset built before its upload, goes where the caches go), deleted
+    afterwards."""
+    parent = _ensure(os.path.join(cache_root(), "scratch"))
+    d = tempfile.mkdtemp(prefix=f"{name}-", dir=parent)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ----- arrays ----------------------------------------------------------------------------------------
+
+
+def save_array(location, array: np.ndarray) -> None:
+    """Writes one array as a .npy file (never pickled), in one piece."""
+    with atomic_writer(location, binary=True) as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def load_array(location, mmap: bool = False) -> np.ndarray:
+    """Reads a .npy file (pickled object arrays are refused); `mmap=True` maps a local file
+    read-only instead of reading it (a remote one: take `local_copy` first)."""
+    location = absolute(location)
+    if is_remote(location):
+        if mmap:
+            raise StorageError(f"{location}: memory-map a local copy (storage.local_copy) instead.")
+        return np.load(io.BytesIO(read_bytes(location)), allow_pickle=False)
+    try:
+        return np.load(location, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location}: no such file.") from None
+
+
+def memmap_bytes(location) -> np.ndarray:
+    """A local file's bytes as a read-only uint8 array mapped from disk (an empty file: [])."""
+    location = absolute(location)
+    if is_remote(location):
+        raise StorageError(f"{location}: memory-map a local copy (storage.local_copy) instead.")
+    if os.path.getsize(location) == 0:
+        return np.zeros(0, np.uint8)
+    return np.memmap(location, dtype=np.uint8, mode="r")
+
+
+def stat_key(location) -> str:
+    """A cheap identifier of a file's current version: size and modification time (local), size and
+    generation / etag / checksum (object stores). It changes whenever the content is rewritten."""
+    location = absolute(location)
+    if not is_remote(location):
+        st = os.stat(location)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    info = _fs(location).info(_strip_scheme(location))
+    fields = ("generation", "etag", "md5Hash", "crc32c", "mtime", "updated")
+    version = next((info[k] for k in fields if info.get(k)), "")
+    return f"{info.get('size', '')}:{version}"
+
+
 # ----- local copies of remote directories -------------------------------------------------------------
 
 
@@ -311,9 +473,10 @@ def cache_root() -> str:
     )
 
 
-def local_copy(location) -> str:
+def local_copy(location, version: str = "") -> str:
     """A local path with the content of `location`: the path itself when local; for a URL, a copy
-    in the cache keyed by the URL and the names and sizes of its files (re-used while they match).
+    in the cache keyed by the URL, the names and sizes of its files and `version` (e.g. a content
+    hash the caller knows; re-used while they all match).
 
     Raises:
       FileNotFoundError: when the location does not exist.
@@ -328,7 +491,8 @@ def local_copy(location) -> str:
         listing = [(basename(source), fs.size(key))]
     else:
         listing = [(rel, fs.size(f"{key}/{rel}")) for rel in files(source)]
-    digest = hashlib.sha256(repr((source, listing)).encode()).hexdigest()[:20]
+    identity = (source, listing, version) if version else (source, listing)
+    digest = hashlib.sha256(repr(identity).encode()).hexdigest()[:20]
     target = os.path.join(cache_root(), "remote", digest, basename(source))
     done = os.path.join(cache_root(), "remote", digest, ".complete")
     if os.path.exists(done):

@@ -1,5 +1,11 @@
-"""Two processes on 127.0.0.1 (jax.distributed, gloo, 4 fake CPU devices each) train like one with 8,
-also across a preemption notice that reaches only one of them."""
+"""Several processes train, evaluate and resume like one process with all the devices.
+
+Two processes on 127.0.0.1 (jax.distributed, gloo, 2 fake CPU devices each) against one process with 4:
+one chain of runs in one gs:// workdir (GCS emulator: the hosts of a pod share nothing else) goes
+2 processes (preempted by a notice that reaches only process 1) -> 1 process -> 2 processes, and must
+give the uninterrupted local 1-process run's losses, gradient norms, parameters and evaluation numbers
+(untrained, reference model, during training, final).
+"""
 
 import json
 import os
@@ -10,24 +16,55 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
+from querit_jax import storage
+from querit_jax.data import tfds_groups
 from querit_jax.loading import load_model
+from tests import gcs_server
+from tests.conftest import make_hf_qwen3
 from tests.helpers import ROOT
 
-TRAIN = [
-    "-m",
-    "querit_jax.train",
-    "--config=configs/general_relevance.py:demo",
-    "--config.train.num_steps=4",
+STEPS = 6
+OVERRIDES = [
+    f"--config.train.num_steps={STEPS}",
     "--config.train.log_every=1",
-    "--config.eval.datasets=",
+    "--config.train.save_every=2",
+    "--config.train.eval_every=2",
 ]
+# Every program is stored in the compilation cache (the tiny model compiles in under a second).
+ENV = {"JAX_PLATFORMS": "cpu", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
-def _losses(workdir):
-    """{step: loss} (a step run again after a restart overwrites its earlier row)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+def _config_with_reference(tmp_path, reference: str) -> str:
+    """general_relevance.py:tiny with a reference model to evaluate (the file has no such field)."""
+    path = tmp_path / "config_with_reference.py"
+    path.write_text(
+        "import importlib.util\n"
+        f"_spec = importlib.util.spec_from_file_location('gr', {ROOT + '/configs/general_relevance.py'!r})\n"
+        "_gr = importlib.util.module_from_spec(_spec)\n"
+        "_spec.loader.exec_module(_gr)\n\n\n"
+        "def get_config(arg=None):\n"
+        "    c = _gr.get_config(arg)\n"
+        f"    c.eval.reference_models = {reference!r}\n"
+        "    return c\n"
+    )
+    return f"--config={path}:tiny"
+
+
+@pytest.fixture
+def bucket():
+    """gs:// through the GCS emulator with the generation headers Orbax needs (tests/gcs_server.py)."""
+    with gcs_server.serving() as url:
+        yield url
+
+
+def _rows(workdir):
+    """{step: training row}; every step once (a resumed run replaces the rows it runs again)."""
+    rows = [json.loads(line) for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert len(steps) == len(set(steps)), steps
+    return {r["step"]: r for r in rows if "loss" in r}
 
 
 def _process_pid(launcher_pid: int, process_id: int) -> int:
@@ -45,82 +82,150 @@ def _process_pid(launcher_pid: int, process_id: int) -> int:
     raise AssertionError(f"no process {process_id} under launcher {launcher_pid}")
 
 
-def _launch(workdir, **env):
+def _two_processes(config, workdir, *extra, **env):
     return subprocess.Popen(
         [
             sys.executable,
             "launch/local.py",
             "--num_processes=2",
-            "--devices_per_process=4",
+            "--devices_per_process=2",
             "--timeout=400",
             "--",
-            *TRAIN,
+            "-m",
+            "querit_jax.train",
+            config,
+            *OVERRIDES,
             f"--workdir={workdir}",
+            *extra,
         ],
         cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+        env={**os.environ, **ENV, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
 
 
-def test_two_processes_train_like_one_process_with_all_devices(tmp_path):
-    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
-    one = subprocess.Popen(  # runs alongside; each run is bounded by a timeout
-        [sys.executable, *TRAIN, f"--workdir={single}"],
+def _one_process(config, workdir, *extra):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "querit_jax.train",
+            config,
+            *OVERRIDES,
+            f"--workdir={workdir}",
+            *extra,
+        ],
         cwd=ROOT,
-        env={
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        },
+        env={**os.environ, **ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    # Preemption notice to process 1 only (slowed steps, so it lands mid-run): both processes agree
-    # on a step through JAX's preemption sync point, save it together and exit 0.
-    launcher = _launch(multi, QUERIT_TEST_STEP_DELAY="1.0")
-    for line in launcher.stdout:
-        if "step 1/4" in line:
-            break
-    os.kill(_process_pid(launcher.pid, 1), signal.SIGTERM)
-    out, _ = launcher.communicate(timeout=450)
-    assert launcher.returncode == 0, out[-4000:]
-    stopped = int(re.search(r"all processes stop and save at step (\d)", out).group(1))
-    assert 1 <= stopped < 4 and str(stopped) in os.listdir(os.path.join(multi, "checkpoints"))
-    # The next launch resumes there and finishes.
-    launcher = _launch(multi)
-    out, _ = launcher.communicate(timeout=450)
-    single_out, _ = one.communicate(timeout=450)
-    assert launcher.returncode == 0, out[-4000:]
-    assert one.returncode == 0, single_out[-3000:]
-    assert f"Resumed from step {stopped} " in out
-    assert "over 8 cpu devices" in out and "over 8 cpu devices" in single_out
 
-    # Same global batches, same losses (the all-reduce runs over gloo instead of in one process).
-    got, want = _losses(multi), _losses(single)
-    assert sorted(got) == [1, 2, 3, 4]
-    np.testing.assert_allclose(
-        [got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6
-    )
-    a, b = (
-        load_model(os.path.join(multi, "model")),
-        load_model(os.path.join(single, "model")),
-    )
+
+def _finish(proc, timeout=450) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _metric_values(tree, prefix=""):
+    """{"path/to/metric": value} for every number in a results.json."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_metric_values(v, f"{prefix}{k}/"))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def _own_files(workdir):
+    """Files of the workdir outside what all processes write together (Orbax arrays of checkpoints
+    and of the model, grain states) and outside per-launch names (TensorBoard event files,
+    compiled programs), and the marker that commits a dataset uploaded to a bucket."""
+    skip = ("checkpoints/", "model/params/", "tensorboard/", "compilation_cache/")
+    return {
+        rel
+        for rel in storage.files(workdir)
+        if not rel.startswith(skip) and not rel.endswith(tfds_groups.MARKER)
+    }
+
+
+def test_two_processes_train_evaluate_and_resume_like_one_process(tmp_path, bucket):
+    reference = make_hf_qwen3(str(tmp_path / "reference_model"), "seq_cls", seed=1)
+    config = _config_with_reference(tmp_path, reference)
+    multi, single = f"{bucket}/multihost-{tmp_path.name}", str(tmp_path / "single")
+    one = _one_process(config, single)  # the uninterrupted run, alongside the others
+
+    # 1. Two processes, a preemption notice to process 1 only (slowed steps, so it lands mid-run):
+    #    both agree on a step through JAX's preemption sync point, save it together and exit 0.
+    launcher = _two_processes(config, multi, QUERIT_TEST_STEP_DELAY="1.0")
+    seen = []
+    for line in launcher.stdout:
+        seen.append(line)
+        if f"step 1/{STEPS}" in line:
+            break
+    else:
+        raise AssertionError("".join(seen)[-4000:])
+    os.kill(_process_pid(launcher.pid, 1), signal.SIGTERM)
+    out = "".join(seen) + _finish(launcher)
+    stopped = int(re.search(r"all processes stop and save at step (\d)", out).group(1))
+    assert 1 <= stopped <= 3 and str(stopped) in storage.listdir(f"{multi}/checkpoints")
+    assert "over 4 cpu devices" in out
+    # Process 0 built the training data once (uploaded; every process reads a local copy).
+    assert storage.listdir(f"{multi}/data") == ["manifest.json", "tfds", "train.jsonl"]
+    assert re.search(r"^\[0\] .*untrained: mean nDCG@10", out, re.M)
+
+    # 2. One process (4 devices) resumes the 2-process checkpoint for two steps...
+    middle = stopped + 2
+    out = _finish(_one_process(config, multi, f"--stop_at_step={middle}"))
+    assert f"Resumed from step {stopped} " in out and f"Stopped after step {middle}" in out
+
+    # 3. ... and two processes resume that 1-process checkpoint and finish. The programs the first
+    #    2-process launch compiled come from the workdir's compilation cache.
+    out = _finish(_two_processes(config, multi))
+    single_out = _finish(one)
+    assert f"Resumed from step {middle} " in out
+    assert "over 4 cpu devices" in single_out
+    loaded = re.search(r"Compilation cache: (\d+) program\(s\) loaded", out)
+    assert loaded and int(loaded.group(1)) >= 1, out[-3000:]
+
+    # Same global batches, same losses and gradient norms (Adam is scale-invariant: the norm is what
+    # shows a wrong cross-process gradient scale), same parameters.
+    got, want = _rows(multi), _rows(single)
+    assert sorted(got) == list(range(1, STEPS + 1)) == sorted(want)
+    for key in ("loss", "grad_norm", "accuracy", "learning_rate"):
+        np.testing.assert_allclose(
+            [got[s][key] for s in sorted(got)], [want[s][key] for s in sorted(want)], rtol=1e-5
+        )
+    a, b = load_model(f"{multi}/model"), load_model(os.path.join(single, "model"))
     # Adam divides by |g|: reduction-order noise in near-zero gradients moves a few entries by ~1e-5.
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-4)
 
-    # Logs from process 0 only; each process read its own data copy; one collective checkpoint.
-    assert re.search(r"^\[0\] .*step 4/4", out, re.M) and not re.search(
-        r"^\[1\] .*step \d", out, re.M
+    # Same evaluations: before training, of the reference model, during training and at the end.
+    got = json.loads(storage.read_text(f"{multi}/results.json"))
+    with open(os.path.join(single, "results.json")) as f:
+        want = json.load(f)
+    keys = ["final", "reference: reference_model", "step_2", "step_4", "untrained"]
+    assert sorted(got) == sorted(want) == keys
+    got, want = _metric_values(got), _metric_values(want)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6, err_msg=k)
+
+    # Logs come from process 0 only, and process 1 wrote no file of its own: the workdir holds what
+    # the 1-process run's holds, apart from the collective checkpoints.
+    assert re.search(r"^\[0\] .*step 6/6", out, re.M) and not re.search(
+        r"^\[1\] .*(step \d|nDCG)", out, re.M
     )
-    assert sorted(os.listdir(os.path.join(multi, "data"))) == ["process_0", "process_1"]
-    step_dir = os.path.join(multi, "checkpoints", "4")
-    assert sorted(os.listdir(os.path.join(step_dir, "data_iter"))) == [
-        "commit_success.txt",
-        "process_0-of-2.json",
-        "process_1-of-2.json",
+    assert _own_files(multi) == _own_files(single)
+    items = f"{multi}/checkpoints/{STEPS}/data_iter"
+    assert storage.glob(items, "process_*") == [
+        f"{items}/process_0-of-2.json",
+        f"{items}/process_1-of-2.json",
     ]
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))

@@ -251,3 +251,88 @@ def test_packing_refuses_a_mesh_where_a_process_rows_are_not_one_block(monkeypat
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"data.pack with 2 processes.*data.pack=False"):
         packing.check_process_rows(batch, 4 * jax.device_count())
+
+
+def _records(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    words = "the a packed row holds several pairs of very unequal length".split()
+    text = lambda k: " ".join(rng.choice(words, size=k))  # noqa: E731
+    return [
+        {
+            "query": text(4),
+            "pos": [text(int(rng.integers(2, 40)))],
+            "neg": [text(int(rng.integers(2, 40))) for _ in range(5)],
+            "pos_scores": [1.0],
+            "neg_scores": [0.0] * 5,
+            "has_scores": True,
+        }
+        for _ in range(n)
+    ]
+
+
+def _packed_pairs(batch, process_index, first_query):
+    """{(query, document): token ids} of one process's packed batch (pair_row/pair_slot read back)."""
+    rows = batch["input_ids"].shape[0]
+    out = {}
+    for (q, g), row in np.ndenumerate(batch["pair_row"]):
+        r, slot = row - process_index * rows, batch["pair_slot"][q, g]
+        out[(first_query + q, g)] = tuple(
+            batch["input_ids"][r][batch["segment_ids"][r] == slot + 1]
+        )
+    return out
+
+
+def test_a_packed_step_is_the_same_pairs_on_any_process_count_and_resumes_across_counts(
+    tokenizer, tmp_path
+):
+    """Elements are global batches: process i of N packs its rows of the same batch one process packs
+    whole, so a run saved by 2 processes resumes on 1 (and back) from the same position."""
+    import jax.numpy as jnp
+
+    from querit_jax.data import pipeline
+    from querit_jax.data.tokenize import PairEncoder
+    from querit_jax.errors import CheckpointError
+    from querit_jax.training.checkpointing import Checkpointer
+
+    encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16)
+    records = _records()
+
+    def packed(index, count):
+        ds = pipeline.train_dataset(records, encoder, PAD, 4 // count, 4, 0, index, count)
+        cfg = types.SimpleNamespace(pack_rows=16, max_length=64, pack_max_pairs=8)
+        return packing.pack_train_dataset(ds, cfg, PAD, 2, index, count)[0]
+
+    one, two = packed(0, 1), [packed(0, 2), packed(1, 2)]
+    for step in (0, 5):
+        want = _packed_pairs(one[step], 0, 0)
+        got = {**_packed_pairs(two[0][step], 0, 0), **_packed_pairs(two[1][step], 1, 2)}
+        assert got == want and len(want) == 16
+        np.testing.assert_array_equal(
+            np.concatenate([two[0][step]["teacher"], two[1][step]["teacher"]]),
+            one[step]["teacher"],
+        )
+
+    # A checkpoint whose iterator states were saved by 2 processes restores on this 1 process.
+    directory = str(tmp_path / "checkpoints")
+    ckpt = Checkpointer(directory, keep=2, async_save=False)
+    it = pipeline.make_iterator(one, num_threads=1)
+    for _ in range(3):
+        next(it)
+    ckpt.save(3, {"w": jnp.zeros(4)}, it, {})
+    ckpt.close()
+    item = tmp_path / "checkpoints" / "3" / "data_iter"
+    state = (item / "process_0-of-1.json").read_text()
+    (item / "process_0-of-1.json").unlink()
+    for name in ("process_0-of-2.json", "process_1-of-2.json"):
+        (item / name).write_text(state)
+    fresh = pipeline.make_iterator(one, num_threads=1)
+    Checkpointer(directory, keep=2, async_save=False).restore(3, {"w": jnp.zeros(4)}, fresh)
+    resumed = next(fresh)
+    for key, value in one[3].items():
+        np.testing.assert_array_equal(resumed[key], value)
+    # Saved positions that disagree cannot be right for any process: refused, not guessed.
+    (item / "process_1-of-2.json").write_text(state.replace("3", "4"))
+    with pytest.raises(CheckpointError, match="differing input iterator states"):
+        Checkpointer(directory, keep=2, async_save=False).restore(
+            3, {"w": jnp.zeros(4)}, pipeline.make_iterator(one, num_threads=1)
+        )

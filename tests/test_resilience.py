@@ -4,6 +4,7 @@ The subprocess tests share one uninterrupted reference run (tiny config, 12 step
 and compare a run interrupted in every way against it: losses and final parameters bitwise equal.
 """
 
+import functools
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import jax
 import numpy as np
@@ -139,6 +141,59 @@ def test_sigterm_and_kill_9_at_any_point_resume_to_the_uninterrupted_result(tmp_
     assert sorted(got) == list(range(1, STEPS + 1))
     assert [got[s] for s in sorted(got)] == [want[s] for s in sorted(want)]
     _assert_same_model(os.path.join(straight, "model"), os.path.join(workdir, "model"))
+
+
+@pytest.fixture
+def bucket():
+    """gs:// through the GCS emulator with the generation headers Orbax needs (tests/gcs_server.py)."""
+    from tests import gcs_server
+
+    with gcs_server.serving() as url:
+        yield url
+
+
+def test_a_bucket_workdir_survives_kill_9_and_trains_like_a_local_one(tmp_path, reference, bucket):
+    """gs:// workdir: checkpoints, data, metrics, TensorBoard, evaluation, results, report and the
+    final model all go to the bucket; kill -9 mid-run, relaunch: the same losses and parameters as
+    the uninterrupted local run, compiled programs loaded from the bucket's compilation cache, and
+    nothing local but the cache under QUERIT_JAX_CACHE."""
+    from querit_jax import storage
+
+    workdir = f"{bucket}/resilience-{uuid.uuid4().hex[:8]}/run"
+    cache = tmp_path / "cache"
+    env = dict(QUERIT_JAX_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    evaluate = ["--config.eval.datasets=data/xquad_r/zh/test", "--config.train.eval_every=6"]
+    # Killed after step 8, while or after step 6 is saved asynchronously (slower to a bucket).
+    launch = functools.partial(_launch, workdir, *evaluate, **env)
+    rc, out = _finish(launch(QUERIT_TEST_FAULT="kill@8", QUERIT_TEST_STEP_DELAY="0.3"), 420)
+    assert rc == -signal.SIGKILL, out[-3000:]
+    assert "Compilation cache: gs://" in out
+    rc, out = _finish(launch(), 420)
+    resumed = re.search(r"Resumed from step (\d+) ", out)
+    assert rc == 0 and resumed and resumed.group(1) in ("3", "6"), out[-3000:]
+    loaded = re.search(r"Compilation cache: (\d+) program\(s\) loaded", out)
+    assert loaded and int(loaded.group(1)) >= 1, out[-3000:]
+
+    rows = [json.loads(line) for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
+    got = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    want = _losses(_wait_reference(reference))
+    assert [got[s] for s in sorted(got)] == [want[s] for s in sorted(want)]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))  # none twice
+    _assert_same_model(os.path.join(_wait_reference(reference), "model"), f"{workdir}/model")
+    results = json.loads(storage.read_text(f"{workdir}/results.json"))
+    assert {"untrained", "step_6", "final"} <= set(results)
+    names = storage.files(workdir)
+    for expected in ("report.json", "data/manifest.json", "data/train.jsonl", "model/model.json"):
+        assert expected in names, names
+    assert len([n for n in names if n.startswith("tensorboard/events.out.tfevents.")]) == 2
+    assert any(n.startswith("eval/") and n.endswith(".trec") for n in names)
+    assert any(n.startswith("compilation_cache/") for n in names)
+    assert any(
+        re.fullmatch(r"data/tfds/\w+/querit_groups/1\.0\.0/.*array_record.*", n) for n in names
+    )
+    # Nothing local: no `gs:` folder where the runs started, only the cache of local copies.
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))
+    assert set(os.listdir(cache)) <= {"remote", "scratch"}
 
 
 def _tiny_cfg(**train):

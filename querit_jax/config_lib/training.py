@@ -113,6 +113,9 @@ class TrainConfig:
     async_checkpoints: bool = True
     # Steps with a non-finite loss or gradients are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = 5
+    # Keep compiled programs in <workdir>/compilation_cache (works on gs://): a relaunched run on the
+    # same devices loads them instead of compiling again (training/compile_cache.py).
+    compilation_cache: bool = True
     seed: int = 0
 
     def validate(self) -> None:

@@ -3,7 +3,9 @@
 TensorFlow is never imported: the builder constructs its `DatasetInfo` directly and is prepared from
 Python (`download_and_prepare`), the `tfds build` CLI and `tfds.load` need TensorFlow (see
 ../shared/notes/libraries.md §1). Prepared data lives in a directory keyed by the content hash of the
-input files, so a changed input is rebuilt and an unchanged one is reused.
+input files, so a changed input is rebuilt and an unchanged one is reused. The directory may be a
+bucket: the dataset is then built locally, uploaded once and read through local copies, so several
+hosts share one build.
 """
 
 import os
@@ -67,12 +69,16 @@ class QueritGroups(tfds.core.GeneratorBasedBuilder):
             )
 
 
-def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
+MARKER = "QUERIT_GROUPS_COMPLETE"  # written last into an uploaded build: the build is complete
+
+
+def build_groups(splits: dict[str, str], cache_dir: str) -> str:
     """Builds (or reuses) the ArrayRecord dataset for {split name: groups JSONL location}.
 
-    `cache_dir` is a local directory (ArrayRecord files are written and read through the local file
-    system); the groups files may be local or gs://. Returns the prepared builder;
-    `builder.as_data_source(split)` gives random access.
+    The dataset goes to `cache_dir/<content hash of the inputs>`, which it returns. `cache_dir` may
+    be local or a URL: TFDS writes local files only, so for a URL the dataset is built in a local
+    scratch directory and uploaded, a marker file last (`storage.DirectoryWriter`). Read it with
+    `open_groups` (which copies a remote one to the local cache).
     """
     for split, location in splits.items():
         if not storage.isfile(location):
@@ -80,14 +86,47 @@ def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
                 f"Training groups for split {split!r}: {location} does not exist."
             )
     key = fingerprint([splits[s] for s in sorted(splits)])[:16]
-    builder = QueritGroups(data_dir=storage.join(cache_dir, key), file_format="array_record")
+    final = storage.join(cache_dir, key)
+    if not storage.is_remote(final):
+        if not _builder(final).is_prepared():
+            _build(splits, final)
+        return final
+    if not storage.is_committed(final, MARKER):
+        with storage.scratch_dir("tfds") as local:
+            _build(splits, local)
+            writer = storage.DirectoryWriter(final, MARKER)
+            storage.upload_tree(local, writer.staging)
+            writer.commit(key)
+    return final
+
+
+def open_groups(location: str) -> QueritGroups:
+    """The prepared builder of a dataset written by `build_groups` (a remote one is read through a
+    local copy: ArrayRecord reads local files). `builder.as_data_source(split)` gives random access."""
+    if storage.is_remote(location) and not storage.is_committed(location, MARKER):
+        raise FileNotFoundError(f"{location}: no complete training-group dataset there.")
+    builder = _builder(storage.local_copy(location))
     if not builder.is_prepared():
-        tfds.disable_progress_bar()
-        manual = storage.join(cache_dir, f"{key}.manual")
-        for split, location in splits.items():
-            storage.copy_file(location, storage.join(manual, f"{split}.jsonl"))
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual)
-        )
-        storage.rmtree(manual)
+        raise FileNotFoundError(f"{location}: no prepared training-group dataset there.")
     return builder
+
+
+def prepare_groups(splits: dict[str, str], cache_dir: str) -> QueritGroups:
+    """`build_groups` then `open_groups`: the prepared builder, for one process."""
+    return open_groups(build_groups(splits, cache_dir))
+
+
+def _builder(data_dir: str) -> QueritGroups:
+    return QueritGroups(data_dir=data_dir, file_format="array_record")
+
+
+def _build(splits: dict[str, str], data_dir: str) -> None:
+    """Prepares the dataset in the local directory `data_dir` (the groups files may be remote)."""
+    tfds.disable_progress_bar()
+    manual = f"{data_dir}.manual"
+    for split, location in splits.items():
+        storage.copy_file(location, storage.join(manual, f"{split}.jsonl"))
+    _builder(data_dir).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual)
+    )
+    storage.rmtree(manual)

@@ -12,11 +12,15 @@ then falls back to the previous step with a warning naming the bad one and, once
 restored, moves the bad step aside to `<directory>.rejected/` so that training can save that step number
 again. It never starts fresh while checkpoints exist (or were rejected), and a state of another structure
 (another optimiser or model setting) is a ConfigError, not a reason to fall back.
+
+The directory may be local or a bucket (Orbax and grain write gs:// themselves; the rest goes through
+`storage`). A run may resume on another number of processes: the arrays are resharded by Orbax, and the
+input position comes from the grain state any process saved. That is valid because every element of
+the training pipeline is one global batch (data/pipeline.py): all processes hold the same position.
 """
 
-import os
+import json
 import re
-import shutil
 import time
 
 import grain
@@ -24,13 +28,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from querit_jax import storage
 from querit_jax.errors import CheckpointError, ConfigError
 from querit_jax.training import preemption
 
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -79,10 +84,31 @@ class Checkpointer:
         state = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )["state"]
-        self.manager.restore(
-            step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter))
-        )
+        self._restore_iterator(step, data_iter)
         return state
+
+    def _restore_iterator(self, step: int, data_iter) -> None:
+        """The iterator position of `step`: this process's saved state, or, when the checkpoint was
+        written by another number of processes, the state they all saved (one position: elements
+        are global batches, so the same state is right for any process count)."""
+        item = storage.join(self.directory, str(step), "data_iter")
+        own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if storage.exists(storage.join(item, own)):
+            self.manager.restore(
+                step,
+                args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)),
+            )
+            return
+        saved = storage.glob(item, "process_*-of-*.json")
+        states = {json.dumps(json.loads(storage.read_text(f)), sort_keys=True) for f in saved}
+        if len(states) != 1:
+            raise CheckpointError(
+                f"{item}: {'no' if not states else 'differing'} input iterator states "
+                f"({[storage.basename(f) for f in saved]}); cannot place this run's input."
+            )
+        data_iter.set_state(json.loads(states.pop()))
+        if hasattr(data_iter, "start_prefetch"):
+            data_iter.start_prefetch()
 
     def restore_config(self, step: int) -> dict:
         """The config JSON saved with `step`."""
@@ -177,9 +203,8 @@ class Checkpointer:
     def _reject(self, step: int) -> None:
         """Moves a bad step out of the manager's directory (process 0), then re-lists the steps."""
         if jax.process_index() == 0:
-            target = os.path.join(self.directory + ".rejected", f"{step}.{int(time.time())}")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            target = storage.join(self.directory + ".rejected", f"{step}.{int(time.time())}")
+            storage.move(storage.join(self.directory, str(step)), target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -201,7 +226,7 @@ def _key(path) -> str:
 
 
 def _nonempty(directory: str) -> bool:
-    return os.path.isdir(directory) and bool(os.listdir(directory))
+    return bool(storage.listdir(directory))
 
 
 def _all_processes(ok: bool, step: int) -> bool:

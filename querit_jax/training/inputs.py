@@ -4,18 +4,23 @@ A source is `DIR[:split]` (a BEIR-layout dataset; groups are mined with BM25 or 
 `FILE.jsonl` of training groups (FlagEmbedding format), a MIRACL language or a mining output. The
 groups file, `<workdir>/data/train.jsonl`, is rebuilt only when the inputs or the mining settings
 change (its manifest records both); the grain iterator over it is checkpointed with the train state.
+
+The data is built once, by process 0, into the workdir (local or a bucket): the groups file, its
+manifest and the ArrayRecord dataset (`<workdir>/data/tfds/<hash>`, built locally and uploaded for a
+bucket). The other processes wait for it and read the same files, each through a local copy of the
+dataset; each then reads only its own rows of every global batch (data/pipeline.py).
 """
 
-import os
 import time
 
 import jax
 
-from querit_jax import config_lib
+from querit_jax import config_lib, storage
 from querit_jax.data import groups, mined, packing, pipeline, tfds_groups
 from querit_jax.data.io import ReadReport, fingerprint, read_json, write_json, write_jsonl
 from querit_jax.data.sources import dataset_name, load_dataset, parse_source
 from querit_jax.data.tokenize import PairEncoder
+from querit_jax.errors import QueritError, StorageError
 from querit_jax.retrieval.analyzers import SubwordAnalyzer
 from querit_jax.retrieval.bm25 import BM25Retriever
 
@@ -25,10 +30,9 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
 
     `tokenizer` is the one BM25 mining uses (its name is part of the cache signature).
     """
-    os.makedirs(out_dir, exist_ok=True)
     path, manifest_path = (
-        os.path.join(out_dir, "train.jsonl"),
-        os.path.join(out_dir, "manifest.json"),
+        storage.join(out_dir, "train.jsonl"),
+        storage.join(out_dir, "manifest.json"),
     )
     settings = {
         k: getattr(data_cfg, k)
@@ -38,12 +42,12 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
     for spec in data_cfg.train:
         kind, src, split = parse_source(spec)
         root = src.rsplit(":", 1)[0] if kind == "miracl" else src
-        if not os.path.exists(root):
+        if not storage.exists(root):
             raise FileNotFoundError(f"data.train source {spec!r}: {root} does not exist.")
         inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(root)})
     bm25 = f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
     signature = {"version": 2, "inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
-    if os.path.exists(path) and os.path.exists(manifest_path):
+    if storage.exists(path) and storage.exists(manifest_path):
         manifest = read_json(manifest_path)
         if manifest.get("signature") == signature:
             log(f"Reusing training groups {path} ({manifest['groups']} groups).")
@@ -105,21 +109,87 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
     return path, manifest
 
 
-def input_pipeline(cfg, spec, tokenizer, workdir, log):
-    """Mines/validates the training groups, builds the ArrayRecord dataset, returns the grain iterator.
+def build_training_data(data_cfg, bm25_tokenizer, data_dir: str, log) -> dict:
+    """The groups file, its manifest and the ArrayRecord dataset in `data_dir` (built or reused).
 
-    With several processes each builds its own identical copy (under data/process_<i>): correct on
-    per-host disks and on shared ones alike.
+    Returns the manifest; its "arrayrecord" entry is the dataset's location relative to `data_dir`.
     """
-    data_dir = os.path.join(workdir, "data")
-    if jax.process_count() > 1:
-        data_dir = os.path.join(data_dir, f"process_{jax.process_index()}")
+    groups_path, manifest = prepare_train_groups(data_cfg, bm25_tokenizer, data_dir, log)
+    dataset = tfds_groups.build_groups({"train": groups_path}, storage.join(data_dir, "tfds"))
+    relative = f"tfds/{storage.basename(dataset)}"
+    if manifest.get("arrayrecord") != relative:
+        manifest["arrayrecord"] = relative
+        write_json(storage.join(data_dir, "manifest.json"), manifest)
+    return manifest
+
+
+def shared_training_data(data_cfg, bm25_tokenizer, data_dir: str, log):
+    """(manifest, prepared TFDS builder) on every process; process 0 builds, the others wait.
+
+    The others wait for process 0 to say whether it succeeded, so a failure there stops every
+    process with an error, not a hang. Process 0 makes its local copy of the dataset first, so
+    processes sharing a disk (and so a cache) find it there instead of copying it at the same time.
+    """
+    manifest, builder, error = None, None, None
+    if jax.process_index() == 0:
+        try:
+            manifest = build_training_data(data_cfg, bm25_tokenizer, data_dir, log)
+            builder = tfds_groups.open_groups(storage.join(data_dir, manifest["arrayrecord"]))
+        except BaseException as err:  # reported below, after the other processes were told
+            error = err
+    if jax.process_count() > 1 and not _process_zero_succeeded(f"data {data_dir}", error is None):
+        raise QueritError(
+            "data.train: process 0 could not prepare the training data (its error is above)."
+        )
+    if error is not None:
+        raise error
+    if manifest is None:
+        manifest_path = storage.join(data_dir, "manifest.json")
+        if not storage.exists(manifest_path):
+            raise StorageError(
+                f"{data_dir}: process {jax.process_index()} cannot see the training data process 0 "
+                "wrote there. With several hosts the workdir must be shared by all of them: use a "
+                "gs:// bucket (--workdir=gs://BUCKET/run)."
+            )
+        manifest = read_json(manifest_path)
+        builder = tfds_groups.open_groups(storage.join(data_dir, manifest["arrayrecord"]))
+    return manifest, builder
+
+
+def _process_zero_succeeded(name: str, ok: bool, wait_hours: float = 24.0) -> bool:
+    """Every process: whether process 0 reported success (`ok` on process 0) for `name`.
+
+    Through the key-value store of JAX's coordination service, not a device collective: the others
+    may wait hours while process 0 mines a large dataset, and CPU collectives (gloo) give up on a
+    peer that is late by more than a few seconds. A dead process 0 ends the wait through the
+    service's heartbeats.
+    """
+    from jax._src import distributed
+
+    client, key = distributed.global_state.client, f"querit_jax/{name}"
+    if jax.process_index() == 0:
+        client.key_value_set(key, "ok" if ok else "failed")
+    else:
+        ok = client.blocking_key_value_get(key, int(wait_hours * 3_600_000)) == "ok"
+    client.wait_at_barrier(f"{key}/read", 600_000)
+    if jax.process_index() == 0:
+        client.key_value_delete(key)
+    return ok
+
+
+def input_pipeline(cfg, spec, tokenizer, workdir, log):
+    """Mines/validates the training groups, builds the ArrayRecord dataset (process 0, once), and
+    returns (grain iterator over this process's rows, data manifest, BM25 tokenizer)."""
+    data_dir = storage.join(workdir, "data")
     bm25_tokenizer = tokenizer
     if cfg.data.bm25_tokenizer:
         from transformers import AutoTokenizer
 
-        bm25_tokenizer = AutoTokenizer.from_pretrained(cfg.data.bm25_tokenizer)
-    groups_path, manifest = prepare_train_groups(cfg.data, bm25_tokenizer, data_dir, log)
+        name = cfg.data.bm25_tokenizer  # a directory (local or gs://) or a Hub id
+        bm25_tokenizer = AutoTokenizer.from_pretrained(
+            storage.local_copy(name) if storage.is_remote(name) else name
+        )
+    manifest, builder = shared_training_data(cfg.data, bm25_tokenizer, data_dir, log)
     distill = sorted(set(config_lib.parse_losses(cfg.train.loss)) - {"listwise_ce"})
     unscored = {
         spec: src["groups"] - src.get("with_teacher_scores", 0)
@@ -132,7 +202,6 @@ def input_pipeline(cfg, spec, tokenizer, workdir, log):
             f"data.train sources have groups without them: {unscored}. Mine them with a teacher "
             "(querit_jax.mine) or use train.loss=listwise_ce."
         )
-    builder = tfds_groups.prepare_groups({"train": groups_path}, os.path.join(data_dir, "tfds"))
     try:
         spec.check_length(cfg.data.max_length, "data.max_length")
         encoder = PairEncoder(

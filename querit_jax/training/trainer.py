@@ -4,11 +4,15 @@
 `<workdir>/checkpoints` if there is one, evaluates nDCG@10 (reranking a BM25 first stage) before
 training, every `eval_every` steps and at the end, and exports the final model to `<workdir>/model`
 (a self-describing checkpoint that `rerank`, `evaluate` and `export_hf.py` take as is).
+
+The workdir is a local path or a gs:// URL; everything in it is written through `storage` (or by Orbax,
+which takes URLs). With several processes every one runs this same code: each feeds its rows of every
+batch, all take part in every collective in the same order (steps, evaluations, saves), and process 0
+alone writes the files that are not collective (results, metrics, TensorBoard, data, reports).
 """
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Any
 
@@ -16,17 +20,17 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from querit_jax import config_lib, sharding
+from querit_jax import config_lib, sharding, storage
 from querit_jax.data import packing
 from querit_jax.data.io import read_json, write_json
 from querit_jax.eval.suite import EvalSuite, format_table
 from querit_jax.inference.runners import Scorer
 from querit_jax.loading import load_model, load_teacher
 from querit_jax.models.checkpoint import save_model
-from querit_jax.models.spec import ModelSpec, abstract_params, init_params
+from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec, abstract_params, init_params
 from querit_jax.models.templates import make_template
 from querit_jax.sharding import axes, hybrid
-from querit_jax.training import guards, inputs, optim, preemption, steps
+from querit_jax.training import compile_cache, guards, inputs, optim, preemption, steps
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
 from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
@@ -37,7 +41,8 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
 
     With `init_from`, the architecture comes from the checkpoint; the config's head (a yes/no head is
     converted exactly to a linear one if `head="score"`), tokenizer, template, token budgets, dtypes
-    and remat are applied to it.
+    and remat are applied to it, and so are the `model.overrides` that say how it runs
+    (`models.spec.RUNTIME_FIELDS`, e.g. `moe_impl: ep`); any other override is a ConfigError.
     """
     from transformers import AutoTokenizer
 
@@ -48,10 +53,16 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
         dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat_mode, scan_layers=m.scan_layers
     )
     if m.init_from:
-        if m.overrides:
-            log(
-                f"model.overrides {dict(m.overrides)} are ignored: the architecture comes from {m.init_from}."
-            )
+        for name, _ in m.overrides:
+            if name not in RUNTIME_FIELDS:
+                raise config_lib.ConfigError(
+                    f"model.overrides.{name}: the architecture comes from init_from "
+                    f"({m.init_from}); only how the model runs can be overridden there "
+                    f"({', '.join(RUNTIME_FIELDS)})."
+                )
+        # The config's own dtype/remat fields win over overrides of the same name, as without
+        # init_from (ModelConfig.backbone_config).
+        compute = {**dict(m.overrides), **compute}
         loaded = load_model(
             m.init_from,
             mesh,
@@ -106,10 +117,11 @@ class Session:
     suite: EvalSuite
     scorer: Scorer | None
     log: Any
+    results: dict  # results.json as this run knows it (written by process 0)
 
     @property
     def results_path(self) -> str:
-        return os.path.join(self.workdir, "results.json")
+        return storage.join(self.workdir, "results.json")
 
     def evaluate(self, key: str, score_fn=None) -> dict | None:
         """Runs the eval suite (the current parameters, or `score_fn`) and records it under `key`."""
@@ -124,25 +136,26 @@ class Session:
             f"{key}: mean nDCG@10 {res['mean']['reranked']['ndcg@10']:.4f} "
             f"(BM25 {res['mean']['first_stage']['ndcg@10']:.4f}) [{time.time() - t:.0f} s]"
         )
-        results = read_json(self.results_path) if os.path.exists(self.results_path) else {}
-        results[key] = res
+        self.results[key] = res
         if jax.process_index() == 0:
-            write_json(self.results_path, results)
+            write_json(self.results_path, self.results)
         return res
 
     def evaluate_reference(self, path: str) -> dict | None:
-        """A comparison model (e.g. the teacher): reranker scores or embedder similarities."""
-        return self.evaluate(
-            f"reference: {os.path.basename(os.path.normpath(path))}", load_teacher(path).score
-        )
+        """A comparison model (e.g. the teacher): reranker scores or embedder similarities.
+
+        Every process loads it onto its own first device and scores everything (no collectives), so
+        the processes get the same numbers; process 0 writes them.
+        """
+        name = path.rstrip("/").rsplit("/", 1)[-1]  # a directory, gs:// URL or Hub id's last part
+        return self.evaluate(f"reference: {name}", load_teacher(path).score)
 
 
 def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Session:
     """Builds the mesh, model, data, optimiser state (restored if a checkpoint exists) and eval suite."""
-    logger = get_logger()  # on every process: it also turns down Orbax/absl chatter
-    log = logger.info if jax.process_index() == 0 else (lambda *a, **k: None)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    log = _process0_log()
+    workdir = storage.absolute(workdir)
+    storage.makedirs(workdir)
     devices = list(devices) if devices is not None else jax.devices()
     mesh_shape = config_lib.validate_for_devices(cfg, len(devices), jax.process_count())
     mesh = hybrid.make_hybrid_mesh(mesh_shape, cfg.sharding.mesh.dcn_data, devices)
@@ -161,7 +174,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     state = init_state(params, tx, shardings)
     del params
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        storage.join(workdir, "checkpoints"),
         cfg.train.keep_checkpoints,
         cfg.train.async_checkpoints,
     )
@@ -201,7 +214,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         out_shardings=(shardings, None),
         donate_argnums=(0,),
     )
-    suite = EvalSuite(cfg.eval, bm25_tokenizer, os.path.join(workdir, "eval"), cfg.data.strict, log)
+    suite = EvalSuite(cfg.eval, bm25_tokenizer, storage.join(workdir, "eval"), cfg.data.strict, log)
     scorer = (
         Scorer(
             spec,
@@ -217,6 +230,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         if suite
         else None
     )
+    results_path = storage.join(workdir, "results.json")
     return Session(
         cfg,
         workdir,
@@ -235,6 +249,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         suite,
         scorer,
         log,
+        read_json(results_path) if storage.exists(results_path) else {},
     )
 
 
@@ -244,7 +259,7 @@ def _train(s: Session, end: int) -> int:
     Returns the last step run: `end`, or an earlier step after a preemption notice (saved, then exit).
     """
     cfg = s.cfg
-    writer = MetricWriter(s.workdir)
+    writer = MetricWriter(s.workdir, s.start)
     config_json = cfg.to_dict()
     progress = Progress(cfg.train.num_steps, s.start)
     pending, pairs, tokens, collection = None, 0, 0, None
@@ -274,6 +289,7 @@ def _train(s: Session, end: int) -> int:
                 if cfg.train.save_every and step % cfg.train.save_every == 0 and step != end:
                     monitor.check(s.state.opt_state, step)
                     s.checkpointer.save(step, s.state, s.data_iter, config_json)
+                    writer.flush()  # the rows of every saved step are in the workdir
                     saved = step
                 if (
                     cfg.train.eval_every
@@ -289,6 +305,7 @@ def _train(s: Session, end: int) -> int:
                                 for k, v in res["datasets"].items()
                             },
                         )
+                        writer.flush()
                 preemption.inject_fault("step", step)
                 if stopper.should_stop(step):
                     end = step
@@ -321,42 +338,63 @@ def run(
         with the same workdir continues from there.
       devices: the devices of the mesh (default: all).
     """
-    s = setup(cfg, workdir, devices)
-    if s.start == 0:
-        s.evaluate("untrained")
-        for path in cfg.eval.reference_models:
-            s.evaluate_reference(path)
-    end = cfg.train.num_steps if stop_at_step is None else min(stop_at_step, cfg.train.num_steps)
-    end = _train(s, end)
+    workdir = storage.absolute(workdir)
+    log = _process0_log()
+    with compile_cache.persistent_cache(workdir, cfg.train.compilation_cache, log) as cache:
+        s = setup(cfg, workdir, devices)
+        if s.start == 0:
+            s.evaluate("untrained")
+            for path in cfg.eval.reference_models:
+                s.evaluate_reference(path)
+        end = (
+            cfg.train.num_steps if stop_at_step is None else min(stop_at_step, cfg.train.num_steps)
+        )
+        end = _train(s, end)
+        if end == cfg.train.num_steps:
+            _finish(s)
     # The step compiles once per run (fixed shapes, one jit site); more would mean silent retracing.
     diagnostics = {
         "train_step_compilations": s.train_step._cache_size(),
         "steps_run": end - s.start,
+        "compilation_cache_hits": cache.hits,
+        "compilation_cache_writes": cache.writes,
     }
     s.log(
-        f"Train step compiled {diagnostics['train_step_compilations']} time(s) for {end - s.start} steps."
+        f"Train step compiled {diagnostics['train_step_compilations']} time(s) for {end - s.start} "
+        "steps."
     )
+    if cache.directory:
+        s.log(f"Compilation cache: {cache.hits} program(s) loaded from it, {cache.writes} stored.")
     if end < cfg.train.num_steps:
         s.log(f"Stopped after step {end} as asked; run again with the same workdir to continue.")
-    else:
-        # Runtime choices are not part of the saved model.
-        spec = s.spec.replace(remat=False, scan_layers=False)
-        if getattr(spec.backbone, "moe_impl", "") == "ep":
-            spec = spec.replace(moe_impl="grouped")
-        extra = {
-            "training": {
-                "workdir": s.workdir,
-                "steps": cfg.train.num_steps,
-                "config": cfg.to_dict(),
-                "data": s.data_manifest,
-            }
+    return {**s.results, **diagnostics}
+
+
+def _finish(s: Session) -> None:
+    """Writes the final model (every process: a collective save) and evaluates it."""
+    cfg = s.cfg
+    # Runtime choices are not part of the saved model.
+    spec = s.spec.replace(remat=False, scan_layers=False)
+    if getattr(spec.backbone, "moe_impl", "") == "ep":
+        spec = spec.replace(moe_impl="grouped")
+    extra = {
+        "training": {
+            "workdir": s.workdir,
+            "steps": cfg.train.num_steps,
+            "config": cfg.to_dict(),
+            "data": s.data_manifest,
         }
-        save_model(os.path.join(s.workdir, "model"), spec, s.state.params, s.tokenizer, extra)
-        if s.evaluate("final"):
-            results = read_json(s.results_path)
-            shown = {k: v for k, v in results.items() if k.startswith("reference: ")}
-            shown.update({k: results[k] for k in ("untrained", "final") if k in results})
-            s.log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
-        s.log(f"Model written to {os.path.join(s.workdir, 'model')}.")
-    results = read_json(s.results_path) if os.path.exists(s.results_path) else {}
-    return {**results, **diagnostics}
+    }
+    model_dir = storage.join(s.workdir, "model")
+    save_model(model_dir, spec, s.state.params, s.tokenizer, extra)
+    if s.evaluate("final"):
+        shown = {k: v for k, v in s.results.items() if k.startswith("reference: ")}
+        shown.update({k: s.results[k] for k in ("untrained", "final") if k in s.results})
+        s.log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
+    s.log(f"Model written to {model_dir}.")
+
+
+def _process0_log():
+    """The project logger's `info` on process 0, a no-op elsewhere (logs come from one process)."""
+    logger = get_logger()  # on every process: it also turns down Orbax/absl chatter
+    return logger.info if jax.process_index() == 0 else (lambda *a, **k: None)

@@ -2,17 +2,23 @@
 
 clu's `metric_writers` import TensorFlow (../shared/notes/libraries.md §2), so the writer is ours; the
 per-interval averaging uses `clu.metrics`, which does not.
+
+TensorBoard events for a gs:// workdir are written into a local directory and uploaded whole at each
+sync. tensorboardX has a gs:// writer of its own, but it goes through a second client
+(google-cloud-storage, besides gcsfs), uploads on its own 120 s timer and again from `__del__` at
+interpreter exit, where it retries for two minutes when the bucket cannot be reached.
 """
 
 import json
 import logging
-import os
 import time
 
 import jax
 import numpy as np
 import tensorboardX
 from clu import metrics as clu_metrics
+
+from querit_jax import logs, storage
 
 
 def metrics_collection(names) -> type[clu_metrics.Collection]:
@@ -28,14 +34,31 @@ def metrics_collection(names) -> type[clu_metrics.Collection]:
 
 
 class MetricWriter:
-    """Writes scalars to TensorBoard and `<workdir>/metrics.jsonl` from process 0 only."""
+    """Writes scalars to TensorBoard and `<workdir>/metrics.jsonl` from process 0 only.
 
-    def __init__(self, workdir: str):
+    The workdir may be a bucket. Object stores cannot append, so both outputs are synced whole
+    (`storage.GrowingFile`, `storage.UploadedDir`): at most every `sync_seconds`, at every `flush()`
+    (the trainer flushes before each checkpoint save, so the rows of every saved step are kept) and
+    at `close()`. Locally the JSONL rows are appended as they come. A resumed run (`start_step` > 0)
+    drops the rows of later steps (it logs them again) and tells TensorBoard to hide its old events
+    from `start_step + 1` on.
+    """
+
+    def __init__(self, workdir: str, start_step: int = 0, sync_seconds: float = 60.0):
         self.enabled = jax.process_index() == 0
-        if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if not self.enabled:
+            return
+        self.sync_seconds, self._synced = sync_seconds, time.time()
+        self._tb_dir = storage.UploadedDir(storage.join(workdir, "tensorboard"))
+        self._tb = tensorboardX.SummaryWriter(
+            self._tb_dir.local,
+            purge_step=start_step + 1 if start_step else None,
+            # One file per launch: the time in the name has whole seconds.
+            filename_suffix=f".from_step_{start_step}",
+        )
+        self._jsonl = storage.GrowingFile(
+            storage.join(workdir, "metrics.jsonl"), keep=lambda line: _step(line) <= start_step
+        )
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -44,13 +67,31 @@ class MetricWriter:
         for k, v in clean.items():
             self._tb.add_scalar(k, v, step)
         self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-        self._jsonl.flush()
+        if time.time() - self._synced >= self.sync_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Makes everything written so far visible in the workdir."""
+        if not self.enabled:
+            return
+        self._tb.flush()
+        self._tb_dir.sync()
+        self._jsonl.sync()
+        self._synced = time.time()
 
     def close(self) -> None:
         if self.enabled:
-            self._tb.flush()
             self._tb.close()
+            self._tb_dir.close()
             self._jsonl.close()
+
+
+def _step(line: str) -> float:
+    """The step of a metrics.jsonl row (infinity for a line a crash cut short)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class Progress:
@@ -83,15 +124,5 @@ def _fmt(seconds: float) -> str:
 
 
 def get_logger() -> logging.Logger:
-    """The project logger (INFO, process 0 prints); Orbax/TFDS absl INFO chatter is turned down."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logger = logging.getLogger("querit_jax")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+    """The project logger (querit_jax.logs: INFO, absl/Orbax chatter turned down)."""
+    return logs.get_logger()
