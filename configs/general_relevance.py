@@ -129,6 +129,9 @@ def get_config(arg=None):
     c.train.save_every = 1000
     c.train.keep_checkpoints = 3
     c.train.async_checkpoints = True
+    # Persistent compilation cache in <workdir>/compilation_cache (gs:// too): a relaunch after a
+    # preemption loads the compiled programs instead of compiling them again.
+    c.train.compilation_cache = True
     # A step with a non-finite loss or gradients leaves the state unchanged and is counted; this many in
     # a row stop the run with an error.
     c.train.max_nonfinite_steps = 5
@@ -141,6 +144,9 @@ def get_config(arg=None):
     c.eval.top_k = 100
     c.eval.batch_size = 256
     c.eval.first_stage = "bm25"
+    # BM25's analyser: "unicode" (built in, every language; independent of the evaluated model, so
+    # every model of a comparison reranks the same candidates), a tokenizer directory, or "model".
+    c.eval.bm25_tokenizer = "unicode"
     c.eval.max_queries = 0
 
     c.sharding = ml_collections.ConfigDict()

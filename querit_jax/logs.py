@@ -86,7 +86,7 @@ class Progress:
 
     def __init__(self, total: int, what: str, unit: str = "pairs", log=None, every_s: float = 10):
         self.total, self.what, self.unit, self.every_s = total, what, unit, every_s
-        self.log = log or get_logger().info
+        self.log = log or _process_zero_info()
         self.done, self._start = 0, time.time()
         self._last = self._start
 
@@ -106,6 +106,13 @@ class Progress:
             f"{self.what}: {self.done}/{self.total} {self.unit} | {rate:.0f} {self.unit}/s | "
             f"{eta} ({_fmt(elapsed)} so far)"
         )
+
+
+def _process_zero_info():
+    """The logger's info on process 0, nothing elsewhere (every process runs the same loops)."""
+    import jax
+
+    return get_logger().info if jax.process_index() == 0 else (lambda *a, **k: None)
 
 
 def _fmt(seconds: float) -> str:

@@ -15,6 +15,7 @@ import sys
 import time
 
 BUCKET = "querit-test"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _server = {}
 
 
@@ -32,13 +33,14 @@ def start() -> str:
             [
                 sys.executable,
                 "-m",
-                "gcp_storage_emulator",
+                "tests.gcs_server",  # the emulator with the generation headers Orbax's OCDBT needs
                 "start",
                 "--host=127.0.0.1",
                 f"--port={port}",
                 "--no-store-on-disk",
                 f"--default-bucket={BUCKET}",
             ],
+            cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -8,10 +8,10 @@ divisible by the data axes) run in `validate_for_devices` before anything is com
 import dataclasses
 import importlib.util
 import json
-import os
 
 import ml_collections
 
+from querit_jax import storage
 from querit_jax.config_lib.merge import MergeConfig
 from querit_jax.config_lib.mining import MiningConfig
 from querit_jax.config_lib.model import ModelConfig
@@ -151,7 +151,7 @@ def merge_from_config_dict(config) -> MergeConfig:
 
 def load_sibling_config(config_file: str, name: str):
     """The config module `name`.py next to `config_file` (how one config file builds on another)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    path = storage.join(storage.dirname(config_file), f"{name}.py")  # config files are local
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

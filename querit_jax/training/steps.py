@@ -88,6 +88,9 @@ def make_train_step(
                     + moe.router_aux_loss_coef * extra["aux_loss"]
                     + moe.router_z_loss_coef * extra["z_loss"]
                 )
+                dropped = aux.get("moe_dropped") or ()
+                if dropped:  # token copies over an expert's capacity (ep with a capacity factor)
+                    extra["moe_dropped"] = jnp.mean(jnp.stack(dropped))
                 load = losses.expert_load(logits, mask, moe.num_experts_per_tok)
                 extra.update(
                     {  # named by model layer (dense layers have no router)

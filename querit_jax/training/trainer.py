@@ -30,7 +30,7 @@ from querit_jax.models.checkpoint import save_model
 from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec, abstract_params, init_params
 from querit_jax.models.templates import make_template
 from querit_jax.sharding import axes, hybrid
-from querit_jax.training import compile_cache, guards, inputs, optim, preemption, steps
+from querit_jax.training import compile_cache, guards, inputs, memory, optim, preemption, steps
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
 from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
@@ -164,6 +164,11 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         f"Mesh {dict(zip(axes.MESH_AXES, mesh_shape))} over {len(devices)} {devices[0].platform} "
         f"devices, preset {cfg.sharding.preset}."
     )
+    # Before any weight is loaded or program compiled: a run that cannot fit stops here, naming
+    # what to change (the device's memory is unknown on CPU: nothing is refused there).
+    plan = memory.plan(cfg, mesh, mode="estimate")
+    log(plan.line())
+    plan.check()
 
     spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log)
     data_iter, manifest, bm25_tokenizer = inputs.input_pipeline(cfg, spec, tokenizer, workdir, log)
