@@ -40,6 +40,10 @@ setuptools.setup(
         "huggingface_hub>=1.0,<3",
         "pyyaml>=6",
         "matplotlib>=3.8,<4",
+        # Every location may be local or gs:// (querit_jax.storage): etils.epath over fsspec/gcsfs.
+        "etils[epath]>=1.7",
+        "fsspec>=2024.6",
+        "gcsfs>=2024.6",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
@@ -49,6 +53,9 @@ setuptools.setup(
             "sentence-transformers>=6.2,<7",
             "ruff>=0.17,<0.18",
             "mteb>=2.26.24,<3",
+            # gs:// tests run against an in-memory Cloud Storage emulator on 127.0.0.1 (tests/gcs.py).
+            "gcp-storage-emulator>=2024.8",
+            "google-cloud-storage>=2.14",
         ],
         # MTEB reranking evaluation through querit_jax.eval.mteb_adapter (mteb needs torch: pinned
         # to the CPU-tested version, as in `test`).

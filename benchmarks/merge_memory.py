@@ -25,10 +25,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from querit_jax.models.checkpoint import is_model_checkpoint, save_model
+from querit_jax.models.checkpoint import is_model_checkpoint, save_model  # noqa: E402
 from querit_jax.models.decoder_config import DECODER_PRESETS, DecoderConfig  # noqa: E402
 from querit_jax.models.heads import HeadConfig  # noqa: E402
-from querit_jax.models.spec import ModelSpec, abstract_params
+from querit_jax.models.spec import ModelSpec, abstract_params  # noqa: E402
 from querit_jax.models.templates import qwen3_pair  # noqa: E402
 
 TOKENIZER = os.path.join(ROOT, "data", "tokenizers", "xquad_r_bpe")

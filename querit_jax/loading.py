@@ -13,6 +13,7 @@ import functools
 import re
 from collections.abc import Sequence
 
+import jax
 from jax.sharding import Mesh
 
 from querit_jax import sharding, storage
@@ -190,9 +191,26 @@ def load_model(
     return LoadedModel(spec, graphdef, params, tokenizer, path, meta, mesh, logical_rules)
 
 
-def load_teacher(path: str, batch_size: int = 64, max_length: int | None = None) -> Teacher:
-    """A teacher (reranker scores or embedder similarities) from any model location."""
-    return Teacher(load_model(path), batch_size, max_length, path=path)
+def process_mesh(devices=None, preset: str = "fsdp") -> tuple[Mesh, tuple]:
+    """A mesh over some of this process's devices (default: its first) and the rules to use there:
+    "dp" replicates parameters and splits batches over the devices, "fsdp" splits both (a model
+    too large for one device). Inference on it never involves another process."""
+    devices = list(devices) if devices is not None else jax.local_devices()[:1]
+    shape = (len(devices), 1, 1, 1) if preset == "dp" else (1, len(devices), 1, 1)
+    return sharding.make_mesh(shape, devices), sharding.rules.resolve_rules(preset)
+
+
+def load_teacher(
+    path: str,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    devices=None,
+    model_sharding: str = "fsdp",
+) -> Teacher:
+    """A teacher (reranker scores or embedder similarities) from any model location, on `devices`
+    of this process (default: its first; see `process_mesh`)."""
+    mesh, rules = process_mesh(devices, model_sharding)
+    return Teacher(load_model(path, mesh, rules), batch_size, max_length, path=path)
 
 
 def build_retriever(
@@ -212,9 +230,16 @@ def build_retriever(
     return DenseRetriever(embed, progress=progress).index(doc_ids, texts)
 
 
-def embedding_function(path: str, batch_size: int = 128, max_length: int | None = None):
-    """`embed(texts, role, progress=None) -> [n, D]` of the embedder at `path` (loaded once)."""
-    model = load_model(path)
+def embedding_function(
+    path: str,
+    batch_size: int = 128,
+    max_length: int | None = None,
+    devices=None,
+    model_sharding: str = "fsdp",
+):
+    """`embed(texts, role, progress=None) -> [n, D]` of the embedder at `path` (loaded once, on
+    `devices` of this process: see `process_mesh`)."""
+    model = load_model(path, *process_mesh(devices, model_sharding))
     runner = embedder_for(model, batch_size=batch_size, max_length=max_length)
     return functools.partial(runner.embed, model.params)
 

@@ -330,12 +330,12 @@ def test_miracl_layout_reader(tmp_path):
         DataFormatError, match=r"qrels\.miracl-v1\.0-ja-dev\.tsv:1: document id '9#9'"
     ):
         load_dataset(kind, path, split)
-    # The miner reads the same layout, reporting ids repeated across corpus files.
-    from types import SimpleNamespace
-
-    from querit_jax.mining.miner import load_target
+    # The miner's docstore reads the same layout, skipping ids repeated across corpus files.
+    from querit_jax.data import docstore
+    from querit_jax.mining.corpus_index import corpus_paths
 
     write_jsonl(root / "corpus" / "docs-1.jsonl", [{"docid": "1#0", "text": "copie"}])
-    corpus, report = load_target(SimpleNamespace(target=str(root)))
-    assert corpus["1#0"].startswith("東京") and len(corpus) == 2
-    assert report.skipped == 1 and "already seen" in report.reasons[0]
+    store = docstore.build(corpus_paths(str(root)), str(tmp_path / "store"), strict=False)
+    assert len(store) == 2 and store.text(store.row("1#0")).startswith("東京")
+    meta = docstore.read_meta(str(tmp_path / "store"))
+    assert meta["skipped"] == 1 and "duplicate document id '1#0'" in meta["skipped_reasons"][0]

@@ -1,4 +1,5 @@
-"""The JAX sampler against transformers' greedy `generate`, and the heuristic generator."""
+"""The JAX sampler against transformers' greedy `generate`, continuous batching, thinking switched
+off in chat templates, and the heuristic generator."""
 
 import pytest
 import torch
@@ -23,8 +24,13 @@ def causal_lm(tmp_path_factory):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_greedy_continuation_equals_transformers_generate(causal_lm, use_cache):
+    # Two rows in flight for three prompts, host checks every 5 steps: a finished row is refilled.
     sampler = JaxSampler(
-        causal_lm, SamplingConfig(max_new_tokens=12, temperature=0.0), use_chat_template=False
+        causal_lm,
+        SamplingConfig(max_new_tokens=12, temperature=0.0),
+        batch_size=2,
+        use_chat_template=False,
+        check_every=5,
     )
     prompt_ids = [sampler.encode_prompt(p) for p in PROMPTS]
     assert (
@@ -104,7 +110,7 @@ def test_sampler_reuses_programs_and_is_released(causal_lm):
     ids = [sampler.encode_prompt(p) for p in PROMPTS]
     sampler.generate_ids(ids, seeds=[0, 1, 2])
     sampler.generate_ids([ids[0][:3], ids[2][1:]], seeds=[0, 1])  # other lengths, smaller batch
-    assert sampler._prefill._cache_size() == 1 and sampler._step._cache_size() == 1
+    assert sampler._admit._cache_size() == 1 and sampler._steps._cache_size() == 1
     assert [prompt_bucket(n) for n in (1, 33, 256, 257, 700)] == [32, 64, 256, 512, 768]
     assert not (row_key(5) == row_key(5 + 2**32)).all()  # seeds above 32 bits stay distinct
     ref = weakref.ref(sampler)
@@ -131,3 +137,62 @@ def test_tied_embedding_lm_generates_like_transformers(tmp_path):
         )[0, len(prompt) :].tolist()
     stop = next((i for i, t in enumerate(ref) if t in sampler.stop_ids), len(ref))
     assert ours == ref[:stop]
+
+
+# The generation-prompt tail of Qwen3's chat template (its thinking switch), on the demo tokenizer.
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def test_rows_are_refilled_and_each_row_decodes_as_alone(causal_lm):
+    """Sampled rows (temperature, top-k, top-p inside jit) give every prompt the same tokens with
+    one row in flight (refilled five times, host checks every 3 steps) as in one wide batch: each
+    row has its own key stream."""
+    prompts = [*PROMPTS, "Panthers", "la defensa de los Panthers encajó 308 puntos", "防守"]
+    sampling = SamplingConfig(max_new_tokens=7, temperature=1.0, top_p=0.9, top_k=50)
+    narrow = JaxSampler(causal_lm, sampling, batch_size=1, use_chat_template=False, check_every=3)
+    wide = JaxSampler(causal_lm, sampling, batch_size=8, use_chat_template=False)
+    ids = [narrow.encode_prompt(p) for p in prompts]
+    seeds = list(range(10, 16))
+    assert narrow.generate_ids(ids, seeds) == wide.generate_ids(ids, seeds)
+    assert narrow.admit_size == 1 and narrow._steps._cache_size() == 1
+
+
+def test_chat_templates_are_rendered_with_thinking_off(causal_lm, tmp_path):
+    import shutil
+
+    from querit_jax.mining.generators import strip_thinking
+
+    path = str(tmp_path / "qwen3_style")
+    shutil.copytree(causal_lm, path)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok.chat_template = QWEN3_TEMPLATE
+    tok.save_pretrained(path)
+    from querit_jax import config_lib
+    from querit_jax.mining.miner import build_generator
+
+    cfg = config_lib.validate_mining(
+        config_lib.MiningConfig(
+            target="t", output="o", teacher="t", generator="jax", generator_model=path,
+            max_new_tokens=4, temperature=0.0, generator_batch_size=3,
+        )
+    )  # fmt: skip
+    off = build_generator(cfg, None, 1, None, 0)  # as the miner makes it: thinking off
+    assert off.batch_size == 3 and off.sampling.max_new_tokens == 4
+    on = JaxSampler(path, SamplingConfig(max_new_tokens=4), enable_thinking=True)
+    text_off = off.tokenizer.decode(off.encode_prompt("a question"))
+    text_on = on.tokenizer.decode(on.encode_prompt("a question"))
+    assert text_off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert text_on.endswith("<|im_start|>assistant\n") and "<think>" not in text_on
+    assert len(off.generate(["a question"], [""], [0])) == 1
+    # Whatever a model still thinks is dropped before queries are parsed (closed or cut off).
+    assert strip_thinking("<think>\nhmm</think>\n\n<|begin_of_query|>q<|end_of_query|>") == (
+        "\n\n<|begin_of_query|>q<|end_of_query|>"
+    )
+    assert strip_thinking("<think>never closed <|begin_of_query|>q<|end_of_query|>") == ""

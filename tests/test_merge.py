@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from querit_jax import config_lib, merging, sharding, storage
+from querit_jax import config_lib, merging, sharding
 from querit_jax.errors import CheckpointError, ConfigError
 from querit_jax.loading import load_model
 from querit_jax.merging import checkpoints, merger, plan
@@ -27,6 +27,7 @@ from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.heads import HeadConfig
 from querit_jax.models.spec import ModelSpec, abstract_params, flatten
 from querit_jax.models.templates import qwen3_pair
+from querit_jax.storage import commit as storage_commit
 from tests.helpers import ROOT, load_config
 
 ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
@@ -466,14 +467,14 @@ def test_failed_merge_leaves_no_tmp_and_outputs_next_to_inputs_are_refused(ckpts
 def test_existing_output_is_replaced_by_renames_and_leftovers_recovered(ckpts, monkeypatch):
     out = os.path.join(ckpts["root"], "replaced")
     merging.merge(_cfg(ckpts, "ab", "replaced", t=0.0), mesh=ONE)
-    rmtree = storage.shutil.rmtree  # the directory commit lives in the storage layer
+    rmtree = storage_commit.shutil.rmtree  # the directory commit lives in the storage layer
 
     def killed_while_deleting_old(path, *args, **kwargs):
         if path == out + ".old" and not os.path.exists(out + ".tmp"):  # after the new output landed
             raise KeyboardInterrupt
         return rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(storage.shutil, "rmtree", killed_while_deleting_old)
+    monkeypatch.setattr(storage_commit.shutil, "rmtree", killed_while_deleting_old)
     with pytest.raises(KeyboardInterrupt):
         merging.merge(_cfg(ckpts, "ab", "replaced", t=1.0), mesh=ONE)
     monkeypatch.undo()

@@ -1,8 +1,10 @@
-"""The miner: output schema and manifest, filters and counted skips, resumption after SIGKILL."""
+"""The miner: output schema and manifest, filters and counted skips, two processes mining like one,
+resumption after SIGKILL and SIGTERM, cross-shard dedupe, mining into a bucket."""
 
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,60 +122,133 @@ def test_filters_and_score_bins():
     assert len(picked) == 4 and len({int(min(3, s * 4)) for s in scores[picked]}) >= 3
 
 
-def test_killed_mining_resumes_to_the_same_shards_without_recomputing(tmp_path, teacher):
-    straight = _cfg(
-        tmp_path, teacher, max_docs=120, shard_size=8, output=str(tmp_path / "straight")
-    )
-    miner.mine(straight, log=lambda *a: None)
-    out = tmp_path / "killed"
-    args = [sys.executable, "-m", "querit_jax.mine", "--config=configs/mine_beir.py:demo"] + [
-        f"--config.mining.{k}={v}"
-        for k, v in dict(
-            target=straight.target,
-            output=out,
-            teacher=teacher,
-            max_docs=120,
-            shard_size=8,
-            candidates=8,
-            round_trip_k=8,
-            num_negatives=3,
-        ).items()
-    ]
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+def _groups(output):
+    """The mined groups as a set (scores rounded: runs on other device counts may differ in the
+    last bits)."""
+    out = set()
+    for path in shard_files(output):
+        for g in groups.read_groups(path):
+            g = {**g, "pos_scores": [round(x, 4) for x in g["pos_scores"]]}
+            g["neg_scores"] = [round(x, 4) for x in g["neg_scores"]]
+            out.add(json.dumps(g, sort_keys=True, ensure_ascii=False))
+    return out
 
-    def recorded():  # shards the manifest lists as finished (it is replaced atomically)
+
+def _process_pid(launcher_pid: int, process_id: int) -> int:
+    """The pid of the launcher's child with QUERIT_PROCESS_ID=process_id (read from /proc)."""
+    for pid in os.listdir("/proc"):
         try:
-            return len(json.loads((out / "manifest.json").read_text())["shards"])
-        except (OSError, ValueError, KeyError):
-            return 0
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher_pid and f"QUERIT_PROCESS_ID={process_id}".encode() in env:
+            return int(pid)
+    raise AssertionError(f"no process {process_id} under launcher {launcher_pid}")
 
-    deadline = time.time() + 240
-    while recorded() < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = [f"shard-{i:05d}.jsonl" for i in range(recorded())]
-    assert 3 <= len(done_before) < 15, done_before  # killed mid-way
-    mtimes = {p: os.stat(out / p).st_mtime_ns for p in done_before}
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert {p: os.stat(out / p).st_mtime_ns for p in done_before} == mtimes  # not computed twice
-    assert (
-        f"mined shard {len(done_before) + 1}/15" in proc.stderr
-        and "mined shard 1/15" not in proc.stderr
+
+def _record_times(output):
+    d = os.path.join(output, "records")
+    return {n: os.stat(os.path.join(d, n)).st_mtime_ns for n in os.listdir(d) if n[0] != "."}
+
+
+def test_two_processes_mine_what_one_does_and_a_killed_process_resumes(
+    tmp_path, teacher, monkeypatch
+):
+    """launch/local.py, 2 processes x 1 device: mid-run process 1 is killed -9 and process 0 gets
+    SIGTERM (it records its shard and exits 0); the relaunch mines only what is not recorded (no
+    shard twice). The result equals, as a set of groups, one process mining into a bucket (gs://,
+    the emulator). The corpus holds every document twice (other ids, later shards), so queries
+    repeat across shards and the cross-shard dedupe is exercised."""
+    import jax
+
+    from tests import gcs
+
+    rows = [json.loads(x) for x in open(os.path.join(XQUAD, "es", "test", "corpus.jsonl"))][:56]
+    target = tmp_path / "target"
+    os.makedirs(target)
+    write_jsonl(target / "corpus.jsonl", rows + [{**r, "_id": r["_id"] + "-copy"} for r in rows])
+    settings = dict(
+        target=str(target), teacher=teacher, max_docs=0, shard_size=8, candidates=6,
+        round_trip_k=6, num_negatives=2, teacher_max_length=128, teacher_batch_size=32,
+        heuristic_min_len=3, heuristic_max_len=3,
+    )  # fmt: skip
+    monkeypatch.setenv("QUERIT_JAX_CACHE", str(tmp_path / "cache"))
+    bucket = gcs.start()
+    one = _cfg(tmp_path, **settings, output=f"{bucket}/{tmp_path.name}/one")
+    manifest = miner.mine(one, log=lambda *a: None, devices=jax.devices()[:1])
+    assert manifest["complete"] and manifest["totals"]["dropped_duplicate"] > 0
+    assert any(e["file"].endswith(".dedup.jsonl") for e in manifest["shards"].values())
+
+    out = str(tmp_path / "two")
+    args = [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=1",
+            "--timeout=400", "--", "-m", "querit_jax.mine", "--config=configs/mine_beir.py:demo",
+            *(f"--config.mining.{k}={v}" for k, v in {**settings, "output": out}.items())]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "QUERIT_TEST_SHARD_DELAY": "0.3"}
+    # The relaunch loads the programs the first launch compiled.
+    env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jit"))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.3")
+    launcher = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    a, b = shard_files(straight.output), shard_files(str(out))
-    assert [os.path.basename(p) for p in a] == [os.path.basename(p) for p in b]
-    for x, y in zip(a, b):
-        with open(x) as fx, open(y) as fy:
-            assert fx.read() == fy.read(), x
-    assert (
-        json.load(open(out / "manifest.json"))["totals"]["groups"]
-        == json.load(open(os.path.join(straight.output, "manifest.json")))["totals"]["groups"]
-    )
+
+    def by_process(p):
+        d = os.path.join(out, "records")
+        names = [n for n in os.listdir(d) if n[0] != "."] if os.path.isdir(d) else []
+        return [n for n in names if int(n[6:11]) % 2 == p]
+
+    deadline = time.time() + 300
+    while not by_process(1) and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    # Process 1 dies; process 0 is preempted (the launcher notices a dead process only once the
+    # others have ended, and JAX's coordination service would end them after its heartbeat timeout).
+    survivor = _process_pid(launcher.pid, 0)
+    os.kill(_process_pid(launcher.pid, 1), signal.SIGKILL)
+    os.kill(survivor, signal.SIGTERM)
+    first, _ = launcher.communicate(timeout=120)
+    recorded = _record_times(out)
+    assert 1 <= len(by_process(1)) < 7 and len(recorded) < 14, first[-3000:]
+    assert re.search(r"^\[0\] .*SIGTERM received: stopping", first, re.M), first[-3000:]
+
+    launcher = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    second = launcher.stdout
+    assert launcher.returncode == 0, second[-3000:]
+    assert {n: t for n, t in _record_times(out).items() if n in recorded} == recorded
+    assert len(re.findall(r"mined shard \d+/14", second)) == 14 - len(recorded)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert [
+        e["process"] for _, e in sorted(manifest["shards"].items(), key=lambda x: int(x[0]))
+    ] == [i % 2 for i in range(14)]  # shard i belongs to process i % 2
+    assert manifest["totals"] == miner.records.read_run(one.output, "manifest.json")["totals"]
+    assert _groups(out) == _groups(one.output)
+    assert re.search(r"^\[1\] .*process 1: mined \d+ shards", second, re.M)
+
+
+def test_cross_shard_dedupe_keeps_the_first_in_shard_order(tmp_path):
+    from querit_jax.mining import records
+
+    out = str(tmp_path)
+    queries = [["a", "b"], ["B!", "c"], ["a", "d", "c"]]  # "B!" normalises to "b"
+    for i, qs in enumerate(queries):
+        write_jsonl(tmp_path / f"shard-{i:05d}.jsonl", [{"query": q} for q in qs])
+        records.write_record(out, i, {
+            "file": f"shard-{i:05d}.jsonl", "documents": 1, "counts": {"groups": len(qs)},
+            "seconds": 0, "process": i % 2, "run": "r", "keys": [records.query_key(q) for q in qs],
+        })  # fmt: skip
+    with pytest.raises(miner.MiningError, match="recorded by another mining run"):
+        records.finalize(out, 3, "other", True, {})
+    manifest = records.finalize(out, 3, "r", True, {"x": 1})
+    kept = [[json.loads(x)["query"] for x in open(p)] for p in shard_files(out)]
+    assert kept == [["a", "b"], ["c"], ["d"]]
+    assert manifest["totals"] == {"groups": 4, "dropped_duplicate": 3} and manifest["x"] == 1
+    assert [e["file"] for e in manifest["shards"].values()] == [
+        "shard-00000.jsonl", "shard-00001.dedup.jsonl", "shard-00002.dedup.jsonl"
+    ]  # fmt: skip
+    os.remove(tmp_path / "records" / "shard-00002.json")
+    with pytest.raises(miner.MiningError, match=r"shards \[2\] are not recorded"):
+        records.finalize(out, 3, "r", True, {})
 
 
 def test_distillation_trains_on_the_mined_teacher_scores(tmp_path, teacher, monkeypatch):

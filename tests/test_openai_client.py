@@ -25,9 +25,10 @@ class _Server:
         delay: float = 0.0,
         status: int = 500,
         garbage: bool = False,
+        think: bool = False,
     ):
         self.fail_first, self.always_fail, self.delay = fail_first, always_fail, delay
-        self.status, self.garbage = status, garbage
+        self.status, self.garbage, self.think, self.bodies = status, garbage, think, []
         self.lock = threading.Lock()
         self.requests, self.in_flight, self.max_in_flight, self.auth = 0, 0, 0, set()
         server = self
@@ -39,6 +40,7 @@ class _Server:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
+                    server.bodies.append(body)
                     server.requests += 1
                     n = server.requests
                     server.in_flight += 1
@@ -63,6 +65,8 @@ class _Server:
                 text = (
                     f"<|begin_of_query|>about {body['messages'][0]['content'][:12]}<|end_of_query|>"
                 )
+                if server.think:  # a reasoning model that thought first (marked queries included)
+                    text = "<think>maybe <|begin_of_query|>x<|end_of_query|></think>" + text
                 payload = {"choices": [{"message": {"role": "assistant", "content": text}}]}
                 data = json.dumps(payload).encode()
                 self.send_response(200)
@@ -158,3 +162,26 @@ def test_a_dead_server_fails_fast_and_odd_payloads_are_clear_errors(key):
             gen.generate(["doc"], [""], [0])
     finally:
         server.close()
+
+
+def test_each_process_uses_its_own_endpoint_with_thinking_switched_off(key):
+    servers = [_Server(think=True), _Server(think=True)]
+    try:
+        urls = [s.url for s in servers]
+        for process in (0, 1, 2, 3):
+            gen = OpenAIChatGenerator(
+                urls, "m", SamplingConfig(top_k=20), api_key_env=key, process_index=process
+            )
+            assert gen.generate(["doc"], [""], [0]) == [
+                "<|begin_of_query|>about doc<|end_of_query|>"
+            ]  # the <think> block is gone
+        assert [s.requests for s in servers] == [2, 2]  # process i -> endpoint i % 2
+        body = servers[1].bodies[0]
+        assert body["chat_template_kwargs"] == {"enable_thinking": False} and body["top_k"] == 20
+        OpenAIChatGenerator(urls[0], "m", api_key_env=key, enable_thinking=None).generate(
+            ["doc"], [""], [0]
+        )
+        assert "chat_template_kwargs" not in servers[0].bodies[-1]  # servers that reject it
+    finally:
+        for s in servers:
+            s.close()

@@ -122,3 +122,92 @@ def test_retrieve_with_a_reranker_is_a_clear_error(tiny_workdir, tmp_path):
     assert (
         proc.returncode == 2 and "is a reranker" in proc.stderr and "Traceback" not in proc.stderr
     )
+
+
+def _fake_embed(texts, role, progress=None):
+    """A deterministic stand-in embedder: character trigram counts hashed into 16 dimensions."""
+    out = np.zeros((len(texts), 16), np.float32)
+    for i, t in enumerate(texts):
+        for j in range(len(t) - 2):
+            out[i, hash(t[j : j + 3]) % 16] += 1.0
+    if progress is not None:
+        progress.update(len(texts))
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+
+def test_docstore_streams_a_corpus_once_and_reads_rows_and_ids(tmp_path):
+    import gzip
+
+    from querit_jax.data import docstore
+    from querit_jax.data.io import fingerprint
+
+    path = str(tmp_path / "corpus.jsonl.gz")
+    lines = [
+        json.dumps({"_id": "d1", "title": "Tí", "text": "primero"}),
+        json.dumps({"_id": "d2", "text": ""}),  # empty: skipped, counted
+        "not json",  # counted
+        json.dumps({"_id": "d3", "text": "黑豹队的防守"}),
+        json.dumps({"_id": "d1", "text": "again"}),  # duplicate id: the first copy is kept
+        json.dumps({"_id": 7, "text": "a numeric id"}),
+    ]
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    store = docstore.build([path], str(tmp_path / "ds"))
+    assert len(store) == 3 and store.meta["skipped"] == 3
+    assert store.texts([0, 1, 2]) == ["Tí primero", "黑豹队的防守", "a numeric id"]
+    assert store.ids([2, 0]) == ["7", "d1"] and store.row("d3") == 1 and store.row("d2") is None
+    assert store.sha256 == fingerprint([path])  # hashed while streaming, never again
+    assert list(store.iter_texts(chunk=2)) == [["Tí primero", "黑豹队的防守"], ["a numeric id"]]
+    assert docstore.is_current(str(tmp_path / "ds"), [path])
+    os.utime(path, ns=(1, 1))  # rewritten (same bytes): the stat key changes, the store is stale
+    assert not docstore.is_current(str(tmp_path / "ds"), [path])
+
+
+def test_bm25_built_in_chunks_equals_bm25s_and_is_memory_mapped_when_saved(tmp_path):
+    import bm25s
+
+    from querit_jax.retrieval import bm25
+
+    texts = [
+        beir.doc_text(d["title"], d["text"])
+        for lang in ("es", "zh")
+        for d in beir.load_corpus(os.path.join(XQUAD, lang, "test", "corpus.jsonl")).values()
+    ]
+    analyzer = UnicodeAnalyzer()
+    ref = bm25s.BM25()
+    ref.index(analyzer(texts), show_progress=False)
+    queries = ["complejidad computacional", "黑豹队的防守", "teoría de la computación"]
+    want_docs, want_scores = ref.retrieve(analyzer(queries), k=10, show_progress=False)
+    location = str(tmp_path / "bm25")
+    chunks = (texts[i : i + 37] for i in range(0, len(texts), 37))
+    bm25.build_index(chunks, analyzer, location, {"corpus": "test"})
+    loaded = bm25.BM25Retriever.load(location, analyzer, [f"d{i}" for i in range(len(texts))])
+    assert isinstance(loaded._bm25.scores["data"], np.memmap)
+    for (rows, scores), docs, s in zip(loaded.search_rows(queries, 10), want_docs, want_scores):
+        np.testing.assert_allclose(scores, s[s > 0], rtol=1e-6)
+        assert set(rows.tolist()) == set(docs[s > 0].tolist())
+    assert loaded.search({"q": queries[0]}, 2)["q"] == dict(
+        zip(loaded.doc_ids(want_docs[0][:2]), map(float, want_scores[0][:2]))
+    )
+
+
+def test_dense_index_is_filled_part_by_part_on_every_device(tmp_path):
+    from querit_jax.retrieval import dense
+
+    texts = [f"document number {i} about {'abcdefgh'[i % 8] * (i % 5 + 1)}" for i in range(203)]
+    ids = [f"d{i}" for i in range(203)]
+    whole = dense.DenseRetriever(_fake_embed, jax.devices(), block=16, progress=False, chunk=50)
+    whole.index(ids, texts)
+    assert len(whole.corpus.matrix.sharding.device_set) == 8
+    location = str(tmp_path / "dense")
+    for process in (1, 0):  # two processes' parts, then process 0's marker
+        dense.embed_parts(_fake_embed, lambda a, b: texts[a:b], 203, location, 64, process, 2)
+    dense.commit_parts(location, 203, 64, {"model": "fake"})
+    loaded = dense.DenseRetriever.load(location, _fake_embed, ids, jax.devices(), block=16)
+    queries = {"a": "document about ccc", "b": "number 7"}
+    assert loaded.search(queries, 5) == whole.search(queries, 5)
+    ref = ShardedCorpus(_fake_embed(texts, "document"), jax.devices()[:1], block=16)
+    np.testing.assert_array_equal(
+        ref.search(_fake_embed(list(queries.values()), "query"), 5)[1],
+        whole.corpus.search(_fake_embed(list(queries.values()), "query"), 5)[1],
+    )

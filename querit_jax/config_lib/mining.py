@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from querit_jax.config_lib.parse import require
+from querit_jax.config_lib.parse import require, split_list
 from querit_jax.data.prompts import PRESETS
 
 
@@ -14,33 +14,47 @@ class MiningConfig:
     output: str = ""  # directory of soft-label shards + manifest.json
     generator: str = "heuristic"  # heuristic | jax | openai
     generator_model: str = ""  # jax: Qwen3 causal LM (checkpoint or HF dir); openai: the model name
-    endpoint: str = ""  # openai: base URL, e.g. http://127.0.0.1:8000/v1
+    # openai: base URLs, comma-separated (e.g. one server per host); process i uses endpoint
+    # i % count. `endpoint` (one URL) is the older spelling of a single entry.
+    endpoints: str = ""
+    endpoint: str = ""
     api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
+    enable_thinking: bool = False  # chat templates with a thinking switch (Qwen3) render it off
     prompt: str = "web_search"  # prompt preset (data/prompts.py)
     prompt_text: str = ""  # a custom prompt with {content} (overrides the preset)
     num_queries: int = 0  # queries asked for per document; 0 = the prompt preset's own count
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
+    max_new_tokens: int = 256  # LLM generators: tokens generated per document at most
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 0.95  # nucleus sampling (1 = off)
+    top_k: int = 0  # keep only the k most likely tokens before top_p (0 = off)
+    generator_batch_size: int = 32  # jax: rows decoded together (finished rows are refilled)
+    generator_check_every: int = 16  # jax: decode steps on device between host checks
     concurrency: int = 4  # openai: requests in flight
     timeout_s: float = 60.0  # openai: per request
     max_retries: int = 3  # openai: attempts after the first
     heuristic_min_len: int = 4  # heuristic: span length in words (characters for CJK)
-    heuristic_max_len: int = 10
+    heuristic_max_len: int = 10  # heuristic: longest span
     max_docs: int = 0  # documents used as query sources (0 = all; a seeded sample otherwise)
     max_doc_chars: int = 4000  # longer documents are cut (counted) before generation
-    shard_size: int = 64  # documents per output shard (the unit of resumption)
-    seed: int = 0
-    min_query_chars: int = 3
+    shard_size: int = 64  # documents per output shard (the unit of work and of resumption)
+    seed: int = 0  # source sample and generation seeds
+    min_query_chars: int = 3  # filters: query length in characters
     max_query_chars: int = 300
     max_copy_overlap: float = 1.0  # drop queries copying more than this share of words (1 = off)
-    dedupe: bool = True
+    dedupe: bool = True  # drop repeated queries (normalised), the first in shard order kept
     first_stage: str = "bm25"  # bm25 or an embedder path: candidates for each synthetic query
-    bm25_tokenizer: str = "unicode"
+    bm25_tokenizer: str = "unicode"  # BM25 analyser: unicode or a tokenizer directory
+    # Docstore and first-stage indexes of the target corpus, built once and shared by every
+    # process and run over the same corpus ("" = <output>/index). Must be visible to every host.
+    index_dir: str = ""
+    dense_part_size: int = 65536  # embedder first stage: documents per saved embedding part
+    # How the generator, teacher and embedder are laid over each process's devices: dp (replicated
+    # parameters, batch split: small models) or fsdp (parameters split too: large models).
+    model_sharding: str = "fsdp"
     candidates: int = 20  # first-stage depth for candidates
     round_trip_k: int = 20  # keep a query only if its source is in the top k (0 = off)
     teacher: str = ""  # reranker or embedder path scoring every (query, candidate)
-    teacher_batch_size: int = 64
+    teacher_batch_size: int = 64  # pairs per teacher call (split over the process's devices)
     teacher_max_length: int = 0  # 0 = the teacher's own
     num_negatives: int = 15  # negatives per training group
     score_bins: int = 0  # >1: pick negatives spread over this many teacher-score bins
@@ -80,10 +94,27 @@ class MiningConfig:
             "must be >= 1.",
         )
         require(
-            self.temperature >= 0 and 0 < self.top_p <= 1,
-            "mining.temperature/top_p",
-            "temperature >= 0, top_p in (0, 1].",
+            self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0,
+            "mining.temperature/top_p/top_k",
+            "temperature >= 0, top_p in (0, 1], top_k >= 0.",
         )
+        require(
+            self.max_new_tokens >= 1
+            and self.generator_batch_size >= 1
+            and self.generator_check_every >= 1,
+            "mining.max_new_tokens/generator_batch_size/generator_check_every",
+            "must be >= 1.",
+        )
+        require(
+            self.model_sharding in ("dp", "fsdp"),
+            "mining.model_sharding",
+            "dp (replicated parameters) or fsdp (parameters split over the devices).",
+        )
+        require(self.dense_part_size >= 1, "mining.dense_part_size", "must be >= 1.")
+
+    def endpoint_list(self) -> tuple[str, ...]:
+        """The openai servers, in order (process i uses entry i % count)."""
+        return split_list(self.endpoints or self.endpoint)
 
     def _validate_generator(self) -> None:
         """The query generator has what it needs, and the prompt exists and has a {content} slot."""
@@ -98,9 +129,14 @@ class MiningConfig:
             "the jax generator needs a causal LM path.",
         )
         require(
-            self.generator != "openai" or bool(self.endpoint and self.generator_model),
-            "mining.endpoint",
-            "the openai generator needs an endpoint and a model name (generator_model).",
+            not (self.endpoint and self.endpoints),
+            "mining.endpoints",
+            "give the servers in endpoints (comma-separated) or one in endpoint, not both.",
+        )
+        require(
+            self.generator != "openai" or bool(self.endpoint_list() and self.generator_model),
+            "mining.endpoints",
+            "the openai generator needs endpoints and a model name (generator_model).",
         )
         require(
             bool(self.prompt_text) or self.prompt in PRESETS,

@@ -8,6 +8,8 @@ ignores them for gain) but never used as positives.
 
 import csv
 import dataclasses
+import json
+from collections.abc import Iterator
 
 from querit_jax import storage
 from querit_jax.data.io import ReadReport, iter_jsonl, open_text
@@ -26,7 +28,7 @@ class BeirDataset:
 
     def doc_text(self, doc_id: str) -> str:
         doc = self.corpus[doc_id]
-        return f"{doc.get('title', '')} {doc.get('text', '')}".strip()
+        return doc_text(doc.get("title", ""), doc.get("text", ""))
 
     def positives(self, query_id: str) -> list[str]:
         return [d for d, rel in self.qrels.get(query_id, {}).items() if rel > 0]
@@ -42,14 +44,18 @@ def _find(root: str, *names: str) -> str:
     )
 
 
-def load_corpus(
-    path: str, strict: bool = True, report: ReadReport | None = None
-) -> dict[str, dict[str, str]]:
-    """Reads corpus.jsonl(.gz). Raises DataFormatError (file:line) for a missing id, a duplicate id or
-    an empty document."""
+def iter_corpus(
+    path: str, strict: bool = True, report: ReadReport | None = None, stream=None
+) -> Iterator[tuple[str, str, str, str]]:
+    """Streams corpus.jsonl(.gz): (doc id, title, text, "path:line") per usable document, one line in
+    memory at a time. A document without an id, with non-string fields or with neither title nor
+    text is skipped (strict: DataFormatError naming file:line). Duplicate ids are left to the caller
+    (it alone knows what it has seen). `stream`: an already opened text stream of `path`."""
     report = report if report is not None else ReadReport()
-    corpus = {}
-    for lineno, row in iter_jsonl(path, report, strict):
+    rows = (
+        iter_jsonl(path, report, strict) if stream is None else _jsonl(stream, path, report, strict)
+    )
+    for lineno, row in rows:
         where = f"{path}:{lineno}"
         doc_id = row.get("_id", row.get("docid"))
         if doc_id is None or str(doc_id) == "":
@@ -63,6 +69,36 @@ def load_corpus(
         if not (title.strip() or text.strip()):
             report.skip(where, f"document {doc_id!r} is empty (no title and no text).", strict)
             continue
+        yield doc_id, title, text, where
+
+
+def _jsonl(stream, path: str, report: ReadReport, strict: bool):
+    """`io.iter_jsonl` over an already opened text stream (same errors, naming `path`)."""
+    for lineno, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            report.skip(f"{path}:{lineno}", f"invalid JSON ({e.msg} at column {e.colno}).", strict)
+            continue
+        if not isinstance(obj, dict):
+            report.skip(
+                f"{path}:{lineno}", f"expected a JSON object, got {type(obj).__name__}.", strict
+            )
+            continue
+        report.rows += 1
+        yield lineno, obj
+
+
+def load_corpus(
+    path: str, strict: bool = True, report: ReadReport | None = None
+) -> dict[str, dict[str, str]]:
+    """Reads corpus.jsonl(.gz) into memory. Raises DataFormatError (file:line) for a missing id, a
+    duplicate id or an empty document. (Corpora too large for memory: `data.docstore`.)"""
+    report = report if report is not None else ReadReport()
+    corpus = {}
+    for doc_id, title, text, where in iter_corpus(path, strict, report):
         if doc_id in corpus:
             report.skip(where, f"duplicate document id {doc_id!r}.", strict)
             continue
@@ -70,6 +106,11 @@ def load_corpus(
     if not corpus:
         raise DataFormatError(f"{path}: the corpus has no documents.")
     return corpus
+
+
+def doc_text(title: str, text: str) -> str:
+    """A document's text for scoring and generation, as BEIR joins it."""
+    return f"{title} {text}".strip()
 
 
 def load_queries(

@@ -1,187 +1,198 @@
 """Label-free training data: synthetic queries -> filters -> first-stage candidates -> teacher soft labels.
 
-For a target corpus (a BEIR directory of which only `corpus.jsonl` is read) the miner:
+For a target corpus (a BEIR directory of which only `corpus.jsonl` is read, or a MIRACL root) the
+miner:
 
-  1. takes the source documents (all, or a seeded sample), cuts over-long ones (counted) and skips
-     empty ones (counted);
+  1. takes the source documents (all, or a seeded sample), cuts over-long ones (counted); empty ones
+     were skipped (counted) when the corpus was read into its docstore (`corpus_index`);
   2. asks the generator for queries (prompt preset or custom text; `<|begin_of_query|>...` markers,
      generations without them are counted as malformed);
-  3. filters them: length, copied-from-document, round trip (the source must be in the first stage's
-     top-k), then normalised dedupe across the whole run;
+  3. filters them: length, copied-from-document, round trip (the source must be in the first
+     stage's top-k), normalised dedupe (within the shard here, across shards when the run is
+     finalised: `records`);
   4. retrieves candidates with the first stage over the *whole* target corpus and lets the teacher
      score the source document and every candidate;
-  5. writes one training group per query, FlagEmbedding schema plus teacher scores:
-     {"qid", "query", "pos": [source], "neg": [...], "pos_scores", "neg_scores", "source_doc"}.
+  5. writes one training group per query (schema: `data.mined`).
 
-Work is cut into shards of `shard_size` source documents. Each shard file is written atomically
-(temporary file + rename) and then recorded, with its counts and timing, in `manifest.json`, which
-also records the inputs (with content hashes), generator, prompt, retriever, teacher and filters. A
-rerun skips every shard recorded in the manifest (rebuilding the dedupe set from its file), so an
-interrupted run -- even one killed with SIGKILL -- continues where it stopped and produces exactly
-the shards of an uninterrupted run; a shard written but not yet recorded is mined again.
+Work is cut into shards of `shard_size` source documents, and shard i belongs to process i % P:
+every process mines its own shards with its own generator, first stage and teacher on all of its devices,
+and records each shard when its file is written. Nothing is shared while mining but the storage
+(`mining.output`, local or gs://, seen by every process). A relaunch skips recorded shards (even
+after a SIGKILL: a shard written but not recorded is mined again); SIGTERM finishes and records the
+current shard, then exits 0. When every process is done, process 0 dedupes across shards and writes
+`manifest.json` once. The result is the same set of groups for any number of processes.
 """
 
 import dataclasses
-import glob
 import json
 import os
+import resource
 import time
 import zlib
 from collections import Counter
 
+import jax
 import numpy as np
 
-from querit_jax.data import beir
-from querit_jax.data.io import (
-    ReadReport,
-    fingerprint,
-    iter_jsonl,
-    read_json,
-    write_json,
-    write_jsonl,
-)
-from querit_jax.data.mined import MANIFEST, SHARD, is_complete, shard_files  # noqa: F401
+from querit_jax import storage
+from querit_jax.data.docstore import corpus_stat
+from querit_jax.data.io import write_json, write_jsonl
+from querit_jax.data.mined import MANIFEST, RUN, SHARD, is_complete, shard_files  # noqa: F401
 from querit_jax.data.prompts import make_prompt, parse_queries
 from querit_jax.errors import MiningError
-from querit_jax.loading import build_retriever, load_teacher
+from querit_jax.loading import load_teacher
+from querit_jax.mining import records
+from querit_jax.mining.coordination import Meeting, StopSignal, process
+from querit_jax.mining.corpus_index import corpus_paths, index_dir, open_index
 from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
 from querit_jax.mining.negatives import choose_by_bins
 
+FORMAT_VERSION = 2
+# Settings that change where or how fast a run goes, not what it produces.
+VOLATILE = (
+    "output", "index_dir", "concurrency", "timeout_s", "max_retries", "teacher_batch_size",
+    "endpoint", "endpoints", "generator_batch_size", "generator_check_every", "model_sharding",
+    "dense_part_size",
+)  # fmt: skip
 
-def _signature(cfg, corpus_path) -> dict:
-    """What makes two runs produce the same shards (a resumed run must match it)."""
+
+def _settings(cfg) -> dict:
     settings = dataclasses.asdict(cfg)
-    for volatile in ("output", "concurrency", "timeout_s", "max_retries", "teacher_batch_size"):
+    for volatile in VOLATILE:
         settings.pop(volatile)
     # As stored in JSON (tuples become lists), so it compares equal to a manifest's copy.
-    return json.loads(json.dumps({"settings": settings, "corpus_sha256": fingerprint(corpus_path)}))
+    return json.loads(json.dumps(settings))
 
 
-def corpus_paths(target: str) -> list[str]:
-    """The corpus files of a BEIR directory (corpus.jsonl) or a MIRACL root (corpus/*.jsonl.gz)."""
-    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
-        if os.path.exists(os.path.join(target, name)):
-            return [os.path.join(target, name)]
-    if os.path.isdir(os.path.join(target, "corpus")):
-        from querit_jax.data.miracl import corpus_files
-
-        return corpus_files(target)
-    raise FileNotFoundError(
-        f"mining.target {target}: no corpus.jsonl(.gz) (BEIR) nor corpus/ (MIRACL)."
-    )
+def signature(cfg, corpus_sha256: str) -> dict:
+    """What makes two runs produce the same shards (a resumed run must match it)."""
+    return {"version": FORMAT_VERSION, "settings": _settings(cfg), "corpus_sha256": corpus_sha256}
 
 
-def load_target(cfg) -> tuple[dict[str, str], ReadReport]:
-    """{doc id: text} of the target corpus; empty documents are skipped and counted."""
-    report = ReadReport()
-    paths = corpus_paths(cfg.target)  # a clear error when the target has no corpus
-    if os.path.samefile(os.path.dirname(paths[0]), cfg.target):  # BEIR: one corpus.jsonl(.gz)
-        corpus = beir.load_corpus(paths[0], strict=False, report=report)
-    else:  # MIRACL: several files; an id repeated across files is reported, the first copy kept
-        from querit_jax.data.miracl import load_miracl_corpus
-
-        corpus = load_miracl_corpus(cfg.target, strict=False, report=report)
-    return {
-        d: f"{doc.get('title', '')} {doc.get('text', '')}".strip() for d, doc in corpus.items()
-    }, report
+def source_rows(documents: int, cfg) -> np.ndarray:
+    """The docstore rows used as query sources: all in order, or a seeded sample of max_docs."""
+    if not cfg.max_docs:
+        return np.arange(documents)
+    return np.random.default_rng(cfg.seed).permutation(documents)[: cfg.max_docs]
 
 
-def build_generator(cfg, texts: list[str], num_queries: int):
+def build_generator(cfg, words, num_queries: int, devices, process_index: int):
     if cfg.generator == "heuristic":
-        return HeuristicGenerator(texts, num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len)
-    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        return HeuristicGenerator(
+            None, num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len, frequencies=words
+        )
+    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, top_k=cfg.top_k)
     if cfg.generator == "jax":
         from querit_jax.mining.jax_sampler import JaxSampler
 
-        return JaxSampler(cfg.generator_model, sampling)
+        return JaxSampler(
+            cfg.generator_model,
+            sampling,
+            batch_size=cfg.generator_batch_size,
+            devices=devices,
+            check_every=cfg.generator_check_every,
+            enable_thinking=cfg.enable_thinking,
+            model_sharding=cfg.model_sharding,
+        )
     from querit_jax.mining.openai_client import OpenAIChatGenerator
 
     return OpenAIChatGenerator(
-        cfg.endpoint,
+        cfg.endpoint_list(),
         cfg.generator_model,
         sampling,
         api_key_env=cfg.api_key_env,
         concurrency=cfg.concurrency,
         timeout_s=cfg.timeout_s,
         max_retries=cfg.max_retries,
+        process_index=process_index,
+        enable_thinking=cfg.enable_thinking,
     )
 
 
 class Miner:
-    """Holds the corpus, generator, retriever, teacher and filter state of one mining run."""
+    """One process's share of a mining run: its corpus view, generator, first stage and teacher."""
 
-    def __init__(self, cfg, log=print):
+    def __init__(self, cfg, log=print, devices=None):
         self.cfg, self.log = cfg, log
-        self.corpus, self.read_report = load_target(cfg)
-        self.doc_ids = list(self.corpus)
-        self.signature = _signature(cfg, corpus_paths(cfg.target))
-        self.teacher = load_teacher(
-            cfg.teacher, cfg.teacher_batch_size, cfg.teacher_max_length or None
-        )
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(self.doc_ids)) if cfg.max_docs else np.arange(len(self.doc_ids))
-        self.sources = [self.doc_ids[i] for i in order[: cfg.max_docs or len(order)]]
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.process, self.processes = process()
+        self.stop = StopSignal(log)
+        self.meeting = Meeting(self.stop)
+        try:
+            index = open_index(cfg, log, self.meeting, self.devices)
+        except BaseException:
+            self.stop.close()
+            raise
+        self.store, self.retriever, self.words = index.docstore, index.retriever, index.words
+        self.signature = signature(cfg, self.store.sha256)
+        self.digest = records.run_digest(self.signature)
+        self.sources = source_rows(len(self.store), cfg)
         self.prompt = make_prompt(cfg.prompt, cfg.num_queries or None, cfg.prompt_text or None)
-        self.generator = build_generator(
-            cfg, [self.corpus[d] for d in self.doc_ids], self.prompt.num_queries
-        )
-        self.retriever = build_retriever(
-            cfg.first_stage,
-            self.doc_ids,
-            [self.corpus[d] for d in self.doc_ids],
-            cfg.bm25_tokenizer,
-            progress=False,
-        )
         self.filter = QueryFilter(cfg.min_query_chars, cfg.max_query_chars, cfg.max_copy_overlap)
-        self.seen: set[str] = set()
+        self._teacher = self._generator = None
 
-    def _source_text(self, doc_id: str, counts: Counter) -> str:
-        text = self.corpus[doc_id]
+    @property
+    def teacher(self):
+        if self._teacher is None:
+            self._teacher = load_teacher(
+                self.cfg.teacher,
+                self.cfg.teacher_batch_size,
+                self.cfg.teacher_max_length or None,
+                devices=self.devices,
+                model_sharding=self.cfg.model_sharding,
+            )
+        return self._teacher
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = build_generator(
+                self.cfg, self.words, self.prompt.num_queries, self.devices, self.process
+            )
+        return self._generator
+
+    # ----- one shard -------------------------------------------------------------------------------
+    def _source_text(self, text: str, counts: Counter) -> str:
         if len(text) > self.cfg.max_doc_chars:
             counts["truncated_documents"] += 1
             text = text[: self.cfg.max_doc_chars]
         return text
 
-    def mine_shard(self, index: int, doc_ids: list[str]) -> tuple[list[dict], Counter]:
+    def mine_shard(self, index: int, rows: np.ndarray) -> tuple[list[dict], Counter]:
         cfg, counts = self.cfg, Counter()
-        texts = [self._source_text(d, counts) for d in doc_ids]
-        seeds = [cfg.seed * 1_000_003 + index * cfg.shard_size + i for i in range(len(doc_ids))]
+        rows = [int(r) for r in rows]
+        doc_ids = self.store.ids(rows)
+        texts = [self._source_text(t, counts) for t in self.store.texts(rows)]
+        seeds = [cfg.seed * 1_000_003 + index * cfg.shard_size + i for i in range(len(rows))]
         generations = self.generator.generate([self.prompt.render(t) for t in texts], texts, seeds)
         pending = []
-        for doc_id, text, gen in zip(doc_ids, texts, generations):
+        for row, doc_id, text, gen in zip(rows, doc_ids, texts, generations):
             queries = parse_queries(gen)
             if not queries:
                 counts["malformed_generations"] += 1
                 continue
             counts["generated_queries"] += len(queries)
-            pending += [(doc_id, q) for q in queries if self.filter.keep(q, text)]
-        hits = (
-            self.retriever.search_texts([q for _, q in pending], cfg.candidates) if pending else []
-        )
-        groups = []
-        for (doc_id, query), ranked in zip(pending, hits):
-            ranked_ids = [d for d, _ in ranked]
-            if cfg.round_trip_k and doc_id not in ranked_ids[: cfg.round_trip_k]:
+            pending += [(row, doc_id, q) for q in queries if self.filter.keep(q, text)]
+        hits = self.retriever.search_rows([q for _, _, q in pending], cfg.candidates)
+        groups, seen = [], set()
+        for (row, doc_id, query), (ranked, _) in zip(pending, hits):
+            ranked = ranked.tolist()
+            if cfg.round_trip_k and row not in ranked[: cfg.round_trip_k]:
                 counts["dropped_round_trip"] += 1
                 continue
             norm = normalize(query)
-            if cfg.dedupe and norm in self.seen:
+            if cfg.dedupe and norm in seen:  # across shards: when the run is finalised
                 counts["dropped_duplicate"] += 1
                 continue
-            negatives = [d for d in ranked_ids if d != doc_id]
+            negatives = [r for r in ranked if r != row]
             if not negatives:
                 counts["dropped_no_candidates"] += 1
                 continue
-            # Only kept queries enter the dedupe set: a resumed run rebuilds it from written rows.
-            self.seen.add(norm)
+            seen.add(norm)
+            qid = f"{doc_id}#q{len(groups)}"
             groups.append(
-                {
-                    "qid": f"{doc_id}#q{len(groups)}",
-                    "query": query,
-                    "source_doc": doc_id,
-                    "negatives": negatives,
-                }
+                {"qid": qid, "query": query, "source_doc": doc_id, "_rows": (row, negatives)}
             )
         self._label(groups, counts)
         counts.update({k: v for k, v in self.filter.counts.items() if k != "kept"})
@@ -194,92 +205,132 @@ class Miner:
         cfg = self.cfg
         pairs_q, pairs_d = [], []
         for g in groups:
-            for d in [g["source_doc"], *g["negatives"]]:
-                pairs_q.append(g["query"])
-                pairs_d.append(self.corpus[d])
+            source, negatives = g["_rows"]
+            pairs_q += [g["query"]] * (1 + len(negatives))
+            pairs_d += self.store.texts([source, *negatives])
         scores = self.teacher.score(pairs_q, pairs_d) if pairs_q else np.zeros(0)
         counts["teacher_pairs"] += len(pairs_q)
         offset = 0
         for g in groups:
-            n = 1 + len(g["negatives"])
-            s = scores[offset : offset + n]
-            offset += n
-            neg_ids, neg_scores = g.pop("negatives"), s[1:]
+            source, negatives = g.pop("_rows")
+            s = scores[offset : offset + 1 + len(negatives)]
+            offset += 1 + len(negatives)
+            neg_scores = s[1:]
             if cfg.score_bins > 1:
-                rng = np.random.default_rng(
-                    zlib.crc32(g["qid"].encode())
-                )  # stable across processes
+                rng = np.random.default_rng(zlib.crc32(g["qid"].encode()))  # same in every process
                 pick = choose_by_bins(neg_scores, cfg.num_negatives, cfg.score_bins, rng)
             else:
-                pick = list(range(min(cfg.num_negatives, len(neg_ids))))
+                pick = list(range(min(cfg.num_negatives, len(negatives))))
+            chosen = [negatives[i] for i in pick]
             g.update(
-                pos=[self.corpus[g["source_doc"]]],
-                neg=[self.corpus[neg_ids[i]] for i in pick],
+                pos=[self.store.text(source)],
+                neg=self.store.texts(chosen),
                 pos_scores=[float(s[0])],
                 neg_scores=[float(neg_scores[i]) for i in pick],
-                neg_ids=[neg_ids[i] for i in pick],
+                pos_ids=[g["source_doc"]],
+                neg_ids=self.store.ids(chosen),
+            )
+
+    # ----- the run ---------------------------------------------------------------------------------
+    def _check_run(self) -> None:
+        """Process 0 claims `output` for this run (or finds it there); every process checks."""
+        output = self.cfg.output
+        if self.process == 0:
+            run = records.read_run(output, RUN)
+            previous = records.read_run(output, MANIFEST)
+            if run is None and previous and previous.get("signature") != self.signature:
+                run = previous  # an older run's complete output: never mixed with ours
+            storage.makedirs(output)
+            for stale in storage.glob(output, ".shard-*") + storage.glob(
+                storage.join(output, "records"), ".shard-*"
+            ):
+                storage.remove(stale)  # half-written files of a killed local run
+            if run is None:
+                write_json(storage.join(output, RUN), {"signature": self.signature})
+        self.meeting.wait_for_all("run claimed")
+        run = records.read_run(output, RUN)
+        if run is None or run.get("signature") != self.signature:
+            raise MiningError(
+                f"{output} holds shards of a different mining run (settings or corpus changed); "
+                "use another mining.output or delete that directory."
             )
 
     def run(self) -> dict:
-        """Mines every unfinished shard; returns the manifest (also written to output/manifest.json)."""
+        """Mines this process's unrecorded shards; returns the manifest once every process is done."""
         cfg = self.cfg
-        os.makedirs(cfg.output, exist_ok=True)
-        manifest_path = os.path.join(cfg.output, "manifest.json")
-        manifest = read_json(manifest_path) if os.path.exists(manifest_path) else {}
-        if manifest and manifest.get("signature") != self.signature:
-            raise MiningError(
-                f"{cfg.output} holds shards of a different mining run (settings or corpus changed); "
-                "use another mining.output or delete that directory."
-            )
-        for stale in glob.glob(os.path.join(cfg.output, "*.tmp-*")):
-            os.remove(stale)  # half-written files of a killed run
-        manifest.update(
-            signature=self.signature, inputs=self._inputs(), shards=manifest.get("shards", {})
+        self._check_run()
+        count = -(-len(self.sources) // cfg.shard_size)
+        done = records.recorded(cfg.output)
+        mine = [i for i in range(self.process, count, self.processes) if i not in done]
+        self.log(
+            f"process {self.process}/{self.processes}: {len(mine)} of its "
+            f"{len(range(self.process, count, self.processes))} shards to mine ({count} in all)"
         )
-        shards = [
-            self.sources[i : i + cfg.shard_size]
-            for i in range(0, len(self.sources), cfg.shard_size)
-        ]
-        for index, doc_ids in enumerate(shards):
-            path = os.path.join(cfg.output, SHARD.format(index))
-            if os.path.exists(path) and str(index) in manifest["shards"]:
-                for _, row in iter_jsonl(path):  # finished: only rebuild the dedupe set
-                    self.seen.add(normalize(row["query"]))
-                continue
-            start = time.time()
-            groups, counts = self.mine_shard(index, doc_ids)
-            write_jsonl(path, groups)
-            manifest["shards"][str(index)] = {
-                "file": os.path.basename(path),
-                "documents": len(doc_ids),
-                "counts": dict(counts),
-                "seconds": round(time.time() - start, 2),
-            }
-            write_json(manifest_path, manifest)
-            self.log(
-                f"mined shard {index + 1}/{len(shards)}: {counts['groups']} groups ({dict(counts)})"
-            )
-        totals = Counter()
-        for shard in manifest["shards"].values():
-            totals.update(shard["counts"])
-        manifest.update(
-            complete=True,
-            totals=dict(totals),
-            source_documents=len(self.sources),
-            skipped_documents=self.read_report.skipped,
-            skipped_reasons=self.read_report.reasons[:5],
+        if mine:  # models load (and the first programs compile) before the clock starts
+            began = time.time()
+            self.generator, self.teacher  # noqa: B018
+            self.log(f"process {self.process}: generator and teacher loaded in "
+                     f"{time.time() - began:.1f} s")  # fmt: skip
+        start, mined_docs = time.time(), 0
+        for i in mine:
+            mined_docs += self._mine_and_record(i, count)
+            if os.environ.get("QUERIT_TEST_SHARD_DELAY"):  # testing hook: a kill lands mid-run
+                time.sleep(float(os.environ["QUERIT_TEST_SHARD_DELAY"]))
+            self.stop.check(f"after shard {i + 1}")
+        seconds = time.time() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rate = mined_docs / max(seconds, 1e-9)
+        self.log(
+            f"process {self.process}: mined {len(mine)} shards, {mined_docs} documents in "
+            f"{seconds:.1f} s ({rate:.2f} docs/s), peak RSS {peak:.0f} MiB"
         )
-        write_json(manifest_path, manifest)
-        return manifest
+        self.meeting.wait_for_all("shards mined")
+        if self.process == 0:
+            records.finalize(cfg.output, count, self.digest, cfg.dedupe, self._header())
+        self.meeting.wait_for_all("manifest written")
+        self.stop.close()
+        return records.read_run(cfg.output, MANIFEST)
+
+    def _mine_and_record(self, i: int, count: int) -> int:
+        """Mines shard i, writes its file, then its record; returns its number of documents."""
+        cfg, began = self.cfg, time.time()
+        rows = self.sources[i * cfg.shard_size : (i + 1) * cfg.shard_size]
+        groups, counts = self.mine_shard(i, rows)
+        write_jsonl(storage.join(cfg.output, SHARD.format(i)), groups)
+        record = {
+            "file": SHARD.format(i),
+            "documents": len(rows),
+            "counts": dict(counts),
+            "seconds": round(time.time() - began, 2),
+            "process": self.process,
+            "run": self.digest,
+            "keys": [records.query_key(g["query"]) for g in groups],
+        }
+        records.write_record(cfg.output, i, record)
+        self.log(f"mined shard {i + 1}/{count}: {counts['groups']} groups ({dict(counts)})")
+        return len(rows)
+
+    def _header(self) -> dict:
+        cfg, meta = self.cfg, self.store.meta
+        return {
+            "signature": self.signature,
+            "inputs": self._inputs(),
+            "corpus": {**meta["corpus"], "documents": len(self.store)},
+            "index_dir": index_dir(cfg),
+            "processes": self.processes,
+            "source_documents": len(self.sources),
+            "skipped_documents": meta["skipped"],
+            "skipped_reasons": meta["skipped_reasons"],
+        }
 
     def _inputs(self) -> dict:
         cfg = self.cfg
         return {
-            "target": os.path.abspath(cfg.target),
+            "target": storage.absolute(cfg.target),
             "generator": {
                 "kind": cfg.generator,
                 "model": cfg.generator_model,
-                "endpoint": cfg.endpoint,
+                "endpoints": list(cfg.endpoint_list()),
             },
             "prompt": self.prompt.to_dict(),
             "retriever": {
@@ -299,34 +350,33 @@ class Miner:
 
 
 def up_to_date(cfg) -> bool:
-    """Whether `cfg.output` holds a complete run of exactly this configuration (loads no model)."""
-    path = os.path.join(cfg.output, "manifest.json")
-    if not os.path.exists(path):
+    """Whether `cfg.output` holds a complete run of exactly this configuration and corpus (the
+    corpus files checked by their stat keys: nothing is hashed, no model loaded)."""
+    manifest = records.read_run(cfg.output, MANIFEST)
+    if not manifest or not manifest.get("complete"):
         return False
-    manifest = read_json(path)
-    return bool(manifest.get("complete")) and manifest.get("signature") == _signature(
-        cfg, corpus_paths(cfg.target)
+    sig = manifest.get("signature", {})
+    return (
+        sig.get("version") == FORMAT_VERSION
+        and sig.get("settings") == _settings(cfg)
+        and manifest.get("corpus", {}).get("files") == corpus_stat(corpus_paths(cfg.target))
     )
 
 
-def ensure_mined(cfg, log=print) -> None:
+def ensure_mined(cfg, log=print, devices=None) -> None:
     """Mines `cfg.output` unless it already holds this exact run (a different run is an error).
 
-    With several processes, process 0 mines while the others wait; a process that then does not see
-    the finished run (per-host disks) mines its own identical copy.
+    Every process takes part (its shards, on its devices); process 0 decides whether there is
+    anything to do, so all processes agree.
     """
-    import jax
-    from jax.experimental import multihost_utils
-
-    multi = jax.process_count() > 1
-    if not multi or jax.process_index() == 0:
-        if not up_to_date(cfg):
-            mine(cfg, log)
-    if multi:
-        multihost_utils.sync_global_devices("querit_jax mining done")
-        if jax.process_index() != 0 and not up_to_date(cfg):
-            mine(cfg, log)
+    if Meeting().decide("up to date", lambda: "1" if up_to_date(cfg) else "0") == "1":
+        return
+    mine(cfg, log, devices)
 
 
-def mine(cfg, log=print) -> dict:
-    return Miner(cfg, log).run()
+def mine(cfg, log=print, devices=None) -> dict:
+    miner = Miner(cfg, log, devices)
+    try:
+        return miner.run()
+    finally:
+        miner.stop.close()  # the signal handlers in place before mining

@@ -1,6 +1,11 @@
 """An OpenAI-compatible chat-completions client (vLLM, TGI, ...) as a query generator.
 
 Requests go to `{endpoint}/chat/completions` with a single user turn, at most `concurrency` in flight.
+Given several endpoints (one server per host is the usual deployment), process i of a multi-process
+run sends everything to endpoint i % count, so every host mines against its own server. Thinking is
+switched off through `chat_template_kwargs` (vLLM's and SGLang's extension; Qwen3's
+`enable_thinking`) unless `enable_thinking` is set, and any `<think>` block left in an answer is
+removed before the queries are parsed.
 Timeouts, connection errors and retryable statuses (408, 409, 425, 429, 5xx) are retried with
 exponential backoff up to `max_retries` times; then a `GenerationError` says which URL failed, how and
 after how many attempts. The API key is read from an environment variable, sent only in the
@@ -15,10 +20,11 @@ import random
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from querit_jax.errors import GenerationError
-from querit_jax.mining.generators import SamplingConfig
+from querit_jax.mining.generators import SamplingConfig, strip_thinking
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 log = logging.getLogger("querit_jax")
@@ -29,7 +35,7 @@ class OpenAIChatGenerator:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         model: str,
         sampling: SamplingConfig = SamplingConfig(),
         api_key_env: str = "OPENAI_API_KEY",
@@ -37,10 +43,19 @@ class OpenAIChatGenerator:
         timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
+        process_index: int = 0,
+        enable_thinking: bool | None = False,
     ):
+        """`endpoint`: one base URL or several (this process uses entry process_index % count).
+        `enable_thinking`: None sends no chat-template switch (servers that reject the field)."""
         if concurrency < 1 or max_retries < 0:
             raise ValueError("concurrency must be >= 1 and max_retries >= 0.")
-        self.url = endpoint.rstrip("/") + "/chat/completions"
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints:
+            raise ValueError("Give at least one endpoint.")
+        self.endpoints = endpoints
+        self.enable_thinking = enable_thinking
+        self.url = endpoints[process_index % len(endpoints)].rstrip("/") + "/chat/completions"
         self.model, self.sampling = model, sampling
         self.concurrency, self.timeout_s, self.max_retries, self.backoff_s = (
             concurrency,
@@ -53,7 +68,8 @@ class OpenAIChatGenerator:
         )  # kept private: never in repr, logs or errors
 
     def __repr__(self) -> str:
-        return f"OpenAIChatGenerator(url={self.url!r}, model={self.model!r}, key={'set' if self._key else 'unset'})"
+        key = "set" if self._key else "unset"
+        return f"OpenAIChatGenerator(url={self.url!r}, model={self.model!r}, key={key})"
 
     def _body(self, prompt: str, seed: int) -> bytes:
         s = self.sampling
@@ -67,6 +83,10 @@ class OpenAIChatGenerator:
         }
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.top_k:
+            body["top_k"] = s.top_k
+        if self.enable_thinking is not None:
+            body["chat_template_kwargs"] = {"enable_thinking": self.enable_thinking}
         return json.dumps(body).encode()
 
     def _request(self, prompt: str, seed: int) -> str:
@@ -116,7 +136,7 @@ class OpenAIChatGenerator:
         try:
             futures = [pool.submit(self._request, p, s) for p, s in zip(prompts, seeds)]
             wait(futures, return_when=FIRST_EXCEPTION)
-            return [f.result() for f in futures]  # raises the first failure
+            return [strip_thinking(f.result()) for f in futures]  # raises the first failure
         finally:
             # On a failure, queued requests are dropped instead of each retrying a dead server.
             pool.shutdown(wait=True, cancel_futures=True)

@@ -78,27 +78,82 @@ def _sharded_top_k(queries, matrix, *, mesh, k, block, per_shard, n):
     return top_v, jnp.take_along_axis(idx, pos, axis=1)
 
 
-class ShardedCorpus:
-    """A corpus embedding matrix placed across the devices of `mesh` for exact top-k search."""
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(shard: jax.Array, rows: jax.Array, offset) -> jax.Array:
+    """`shard` with `rows` written from row `offset` on (in place: the shard is donated)."""
+    return jax.lax.dynamic_update_slice(shard, rows, (offset, 0))
 
-    def __init__(self, embeddings: np.ndarray, devices=None, block: int = 512):
-        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(
-                f"Corpus embeddings must be a non-empty [N, D] matrix, got shape {embeddings.shape}."
-            )
+
+class ShardedCorpus:
+    """A corpus embedding matrix placed across the devices of `mesh` for exact top-k search.
+
+    Rows are written straight into per-device shards (`from_chunks`), chunk by chunk: the host
+    never holds the whole matrix, nor a padded copy of it.
+    """
+
+    def __init__(self, embeddings: np.ndarray | None, devices=None, block: int = 512, **shape):
+        if embeddings is not None:
+            embeddings = np.asarray(embeddings)
+            if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+                raise ValueError(
+                    "Corpus embeddings must be a non-empty [N, D] matrix, got shape "
+                    f"{embeddings.shape}."
+                )
+            shape = dict(n=embeddings.shape[0], dim=embeddings.shape[1], dtype=embeddings.dtype)
+        n, dim = shape["n"], shape["dim"]
+        if n < 1:
+            raise ValueError(f"Corpus embeddings must be a non-empty [N, D] matrix, got N={n}.")
         # This process's devices by default: a search is then local to the process (each process
         # may search its own queries); pass global devices for one index spanning every host.
         devices = list(devices) if devices is not None else jax.local_devices()
+        self.devices = devices
         self.mesh = Mesh(np.array(devices), (AXIS,))
-        self.n, self.dim = embeddings.shape
-        shards = len(devices)
+        self.n, self.dim, self.dtype = n, dim, np.dtype(shape.get("dtype", np.float32))
         # The block depends on N alone, so every device count runs the same [Q, block] dots.
         self.block = min(block, self.n)
-        per_shard = -(-self.n // (shards * self.block)) * self.block
-        padded = np.zeros((per_shard * shards, self.dim), embeddings.dtype)
-        padded[: self.n] = embeddings
-        self.per_shard = per_shard
-        self.matrix = jax.device_put(padded, NamedSharding(self.mesh, P(AXIS, None)))
+        self.per_shard = -(-self.n // (len(devices) * self.block)) * self.block
+        self._shards = [
+            jnp.zeros((self.per_shard, dim), self.dtype, device=d) for d in devices
+        ]  # padding rows stay zero and are masked in the search
+        self._filled = 0
+        self.matrix = None
+        if embeddings is not None:
+            self.add(embeddings)
+            self.finish()
+
+    @classmethod
+    def from_chunks(
+        cls, chunks, n: int, dim: int, devices=None, block: int = 512, dtype=np.float32
+    ):
+        """Builds the index from row chunks [n_i, dim] (in row order) adding up to `n` rows."""
+        corpus = cls(None, devices, block, n=n, dim=dim, dtype=dtype)
+        for chunk in chunks:
+            corpus.add(chunk)
+        return corpus.finish()
+
+    def add(self, rows: np.ndarray) -> None:
+        """Writes the next rows into the device shards they belong to."""
+        rows = np.asarray(rows, self.dtype)
+        if self._filled + len(rows) > self.n:
+            raise ValueError(f"More than the announced {self.n} corpus rows.")
+        while len(rows):
+            shard, offset = divmod(self._filled, self.per_shard)
+            take = min(len(rows), self.per_shard - offset)
+            piece = jax.device_put(rows[:take], self.devices[shard])
+            self._shards[shard] = _write_rows(self._shards[shard], piece, offset)
+            self._filled += take
+            rows = rows[take:]
+
+    def finish(self) -> "ShardedCorpus":
+        if self._filled != self.n:
+            raise ValueError(f"{self._filled} corpus rows written, {self.n} announced.")
+        self.matrix = jax.make_array_from_single_device_arrays(
+            (self.per_shard * len(self.devices), self.dim),
+            NamedSharding(self.mesh, P(AXIS, None)),
+            self._shards,
+        )
+        self._shards = []
+        return self
 
     def _search(self, queries, k):
         return _sharded_top_k(

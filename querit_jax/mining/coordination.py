@@ -1,0 +1,123 @@
+"""How the processes of a mining run meet: waits, process 0's decisions, and stopping on SIGTERM.
+
+Mining processes work independently (each on its own shards) and meet only a few times per run
+(indexes built, run checked, all shards mined, manifest written). They meet through the key-value
+store of JAX's coordination service (`jax.distributed`): each process sets a key and polls for the
+others' keys. Polling, unlike a device collective or a blocking barrier, has no timeout to outlast
+(a process may wait hours for a slower one) and lets a waiting process notice SIGTERM. With one
+process every wait returns at once.
+
+SIGTERM (TPU/GCE preemption, `kill`) or SIGINT: the current shard is finished and recorded, then the
+process exits 0 (`StopSignal.check`); the next launch resumes from the records. Training's handler
+(`training/preemption.py`) agrees on a step across hosts for a collective checkpoint; mining needs
+no agreement, since each shard is recorded alone.
+"""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+
+PREFIX = "querit_jax/mining"
+
+
+def process() -> tuple[int, int]:
+    """(this process's index, number of processes)."""
+    return jax.process_index(), jax.process_count()
+
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a flag read between shards (installed in the main thread)."""
+
+    def __init__(self, log=print):
+        self.log, self.received = log, None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        del frame
+        if signum == signal.SIGINT and self.received == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signal.Signals(signum).name
+
+    def check(self, where: str) -> None:
+        """Exits 0 if a signal came (call it only when everything done so far is recorded)."""
+        if self.received is None:
+            return
+        self.log(
+            f"{self.received} received: stopping {where}; every finished shard is recorded, run "
+            "the same command again to resume."
+        )
+        self.close()
+        if jax.process_count() > 1:
+            # jax.distributed's shutdown would wait for the other processes (still mining, or
+            # gone): leave at once, the records are on storage.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise SystemExit(0)
+
+    def close(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class Meeting:
+    """Named meeting points of one run's processes (names must be unique within a launch)."""
+
+    def __init__(self, stop: StopSignal | None = None, poll_s: float | None = None):
+        # Every waiting process polls the coordinator: less often the more processes there are.
+        self.stop = stop
+        self.poll_s = poll_s if poll_s is not None else 0.2 * max(1.0, process()[1] / 8)
+
+    def wait_for_all(self, name: str) -> None:
+        """Returns once every process has called `wait_for_all(name)`."""
+        index, count = process()
+        if count == 1:
+            return
+        client = _client()
+        client.key_value_set(f"{PREFIX}/{name}/{index}", "1")
+        while len(client.key_value_dir_get(f"{PREFIX}/{name}/")) < count:
+            if self.stop is not None:
+                self.stop.check(f"while waiting for the other processes ({name})")
+            time.sleep(self.poll_s)
+
+    def decide(self, name: str, value_fn) -> str:
+        """Process 0 computes `value_fn()` (a string), every process returns it."""
+        index, count = process()
+        if count == 1:
+            return value_fn()
+        client = _client()
+        key = f"{PREFIX}/decide/{name}"
+        if index == 0:
+            value = value_fn()
+            client.key_value_set(key, value)
+            return value
+        while True:
+            value = _try_get(client, key)
+            if value is not None:
+                return value
+            if self.stop is not None:
+                self.stop.check(f"while waiting for process 0 ({name})")
+            time.sleep(self.poll_s)
+
+
+def _try_get(client, key: str) -> str | None:
+    try:
+        return client.key_value_try_get(key)
+    except Exception as e:  # the runtime's NOT_FOUND status, until process 0 has set it
+        if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
+            return None
+        raise
