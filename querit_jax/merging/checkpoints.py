@@ -22,18 +22,24 @@ has no rename, the old model.json is deleted first and the new files are written
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp_v1
+from orbax.checkpoint._src.path.atomicity_types import COMMIT_SUCCESS_FILE
 
 from querit_jax import storage
 from querit_jax.errors import CheckpointError
 from querit_jax.loading import resolve_model_path
+from querit_jax.merging import assemble
 from querit_jax.models.checkpoint import MARKER, is_model_checkpoint, read_spec
 from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec
 
@@ -245,22 +251,50 @@ def content_hash(directory: str) -> dict:
 class OutputWriter:
     """Writes the merged model checkpoint tensor by tensor, committed at the end by its model.json.
 
-    Every process takes part in the Orbax saves (each writes its shards); process 0 writes the rest.
     The directory is a `storage.DirectoryWriter`: staged in `<output>.tmp` and moved in by renames on
-    a local disk, written in place after removing the old marker on an object store.
+    a local disk, written in place after removing the old marker on an object store. Tensors are
+    appended with Orbax's partial save and finalised into `params/`:
+
+      * local output: every process takes part in the saves (each writes its shards), process 0
+        writes the rest;
+      * object store (gs://): Orbax's partial save cannot append there (its commit-file protocol
+        refuses snapshots, and epath's gcsfs backend cannot rename into a prefix without objects),
+        so the checkpoint is assembled on process 0's local disk (`storage.local_scratch`) and its
+        finalised `params/` uploaded at the end. With one process the tensors are appended as they
+        come; with several, each is gathered to process 0 and saved as a .npy part, and a child
+        process assembles the parts (`merging.assemble`: partial saves are collective in a
+        multi-process job). Host memory holds one tensor, or one flush, at a time.
     """
 
     def __init__(self, output: str, keys: dict[str, tuple], flush_bytes: int):
         self._first = jax.process_index() == 0
         self._dir = storage.DirectoryWriter(output, MARKER, prepare=self._first)
         self.path, self.tmp = self._dir.final, self._dir.staging
-        self._partial = storage.join(self.tmp, "params.partial")
+        self._remote = storage.is_remote(self.tmp)
+        self._parts = self._remote and jax.process_count() > 1
+        if self._remote:
+            self._scratch = storage.local_scratch(self.path, "merge")
+            self._partial = storage.join(self._scratch, "params.partial")
+            if self._first:  # a killed merge's leftovers
+                storage.rmtree(self._scratch)
+                storage.makedirs(self._scratch)
+        else:
+            self._partial = storage.join(self.tmp, "params.partial")
         self._keys = keys  # flat name -> key path of the model's own (pure dict) tree
         self._flush_bytes = flush_bytes
         self._pending, self._pending_bytes = {}, 0
+        self._part_list = []
         multihost_utils.sync_global_devices(f"querit_jax merge start {self.path}")
 
     def add(self, name: str, array: jax.Array) -> None:
+        if self._parts:
+            host = multihost_utils.process_allgather(array, tiled=True)  # every process takes part
+            if self._first:
+                stored, dtype = assemble.to_part(np.asarray(host))
+                file = f"{len(self._part_list):05d}.npy"
+                storage.save_array(storage.join(self._scratch, file), stored)
+                self._part_list.append({"keys": list(self._keys[name]), "file": file, "dtype": dtype})
+            return
         node = self._pending
         *parents, last = self._keys[name]
         for key in parents:
@@ -276,16 +310,48 @@ class OutputWriter:
             ocp_v1.partial.save(self._partial, self._pending)
         self._pending, self._pending_bytes = {}, 0
 
+    def _assemble_parts(self) -> None:
+        storage.write_text(
+            storage.join(self._scratch, assemble.PARTS),
+            json.dumps({"flush_bytes": self._flush_bytes, "parts": self._part_list}),
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUERIT_")}
+        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")
+        proc = subprocess.run(
+            [sys.executable, "-m", "querit_jax.merging.assemble", self._scratch],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise CheckpointError(
+                f"{self.path}: assembling the merged parts in {self._scratch} failed:\n"
+                + proc.stderr[-2000:]
+            )
+
     def finish(self, model_json: dict, tokenizer_dir: str, manifest: dict, manifest_name: str):
         """Finalises params/, writes the tokenizer and the manifest, then model.json (the commit)."""
-        self.flush()
-        ocp_v1.partial.finalize(self._partial)
+        if self._parts:
+            if self._first:
+                self._assemble_parts()
+        else:
+            self.flush()
+            ocp_v1.partial.finalize(self._partial)
         if self._first:
             # The finalised checkpoint keeps the tree under `state/`: that directory is a complete
             # Orbax PyTree checkpoint, the same layout `save_model` writes to params/.
             params = storage.join(self.tmp, "params")
-            storage.move(storage.join(self._partial, "state"), params)
-            storage.rmtree(self._partial)
+            if self._remote:
+                storage.upload_tree(storage.join(self._partial, "state"), params)
+                storage.rmtree(self._scratch)
+                # Orbax reads a gs:// checkpoint only with the file its own commit writes there.
+                storage.write_text(
+                    storage.join(params, COMMIT_SUCCESS_FILE),
+                    f"Checkpoint commit was successful to {params}",
+                )
+            else:
+                storage.move(storage.join(self._partial, "state"), params)
+                storage.rmtree(self._partial)
             _write_checkpoint_metadata(params)
             storage.copy_tree(tokenizer_dir, storage.join(self.tmp, "tokenizer"))
             storage.write_text(
@@ -300,6 +366,8 @@ class OutputWriter:
         was (on an object store it was uncommitted when the merge started)."""
         if self._first:
             self._dir.abort()
+            if self._remote:
+                storage.rmtree(self._scratch)
 
 
 def _write_checkpoint_metadata(params_dir: str) -> None:

@@ -22,8 +22,8 @@ a pod shares the one index saved with the mining output (through a local copy pe
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import bm25s
 import numpy as np
 
 from querit_jax import storage
@@ -31,6 +31,9 @@ from querit_jax.data.io import read_json
 from querit_jax.errors import DataFormatError
 from querit_jax.retrieval import Hits, Retriever
 from querit_jax.retrieval.analyzers import Analyzer
+
+if TYPE_CHECKING:
+    import bm25s
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at INFO
 
@@ -119,7 +122,9 @@ class IndexBuilder:
         }
 
 
-def _bm25s(matrix: dict, k1: float, b: float) -> bm25s.BM25:
+def _bm25s(matrix: dict, k1: float, b: float) -> "bm25s.BM25":
+    import bm25s  # imported when used: importing it runs a JAX op (starts a backend)
+
     model = bm25s.BM25(k1=k1, b=b)
     model.scores = {k: matrix[k] for k in ("data", "indices", "indptr", "num_docs")}
     model.vocab_dict = matrix["vocab"]
@@ -130,6 +135,8 @@ def _bm25s(matrix: dict, k1: float, b: float) -> bm25s.BM25:
 
 def _params(k1: float, b: float, num_docs: int) -> dict:
     """bm25s's params.index.json for an index built by `IndexBuilder`."""
+    import bm25s
+
     return dict(
         k1=k1, b=b, delta=0.5, method="lucene", idf_method="lucene", dtype="float32",
         int_dtype="int32", num_docs=num_docs, version=bm25s.__version__, backend="numpy",
@@ -186,7 +193,7 @@ class BM25Retriever(Retriever):
         analyzer: Analyzer,
         k1: float = K1,
         b: float = B,
-        model: bm25s.BM25 | None = None,
+        model: "bm25s.BM25 | None" = None,
         chunk: int = 20_000,
     ):
         super().__init__(doc_ids if callable(doc_ids) else list(doc_ids))
@@ -207,6 +214,8 @@ class BM25Retriever(Retriever):
     def load(cls, location: str, analyzer: Analyzer, doc_ids, version: str = "") -> "BM25Retriever":
         """A saved index, memory-mapped (a remote one through a local copy; `version` keys it)."""
         local = storage.local_copy(location, version=version)
+        import bm25s
+
         return cls(doc_ids, None, analyzer, model=bm25s.BM25.load(local, mmap=True))
 
     def search_rows(self, texts: Sequence[str], k: int) -> list[Hits]:
