@@ -103,7 +103,9 @@ def main(argv):
                 for row, i in enumerate(idx):
                     ids[row, : len(timed[i])] = torch.tensor(timed[i])
                     mask[row, : len(timed[i])] = 1
-                out[idx] = hf(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
+                out[idx] = (
+                    hf(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].numpy()
+                )
         return out
 
     in_order = np.arange(len(timed))

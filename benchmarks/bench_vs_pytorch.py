@@ -73,13 +73,13 @@ def main(argv):
     forward = jax.jit(lambda p, i, s: nnx.merge(ours.graphdef, p)(i, s)[:, 0])
     ids_j, seg_j = jnp.asarray(ids), jnp.asarray(seg)
     with torch.inference_mode():
-        ref = hf(input_ids=ids_t, attention_mask=mask_t).logits[:, 0].numpy()
+        ref = hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits[:, 0].numpy()
     diff = float(np.abs(np.asarray(forward(ours.params, ids_j, seg_j)) - ref).max())
     print(f"parity: max |score_jax - score_torch| = {diff:.2e} (fp32)")
 
     def torch_score():
         with torch.inference_mode():
-            hf(input_ids=ids_t, attention_mask=mask_t)
+            hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False)
 
     b1 = bc.interleave(
         {
@@ -109,7 +109,7 @@ def main(argv):
 
     def torch_step():
         opt.zero_grad(set_to_none=True)
-        logits = hf(input_ids=ids_t, attention_mask=mask_t).logits.view(q, g)
+        logits = hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits.view(q, g)
         torch.nn.functional.cross_entropy(logits, target).backward()
         opt.step()
 

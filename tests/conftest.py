@@ -12,14 +12,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json
-import shutil
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-DEMO_TOKENIZER = os.path.join(ROOT, "data", "tokenizers", "xquad_r_bpe")
-XQUAD = os.path.join(ROOT, "data", "xquad_r")
+# The shared fixtures live in tests/fixtures.py (importable without this file's device flag, by the
+# benchmarks too); these names stay importable from here.
+from tests.fixtures import (  # noqa: F401
+    DEMO_TOKENIZER,
+    DOCS,
+    QUERIES,
+    ROOT,
+    SHARED,
+    XQUAD,
+    make_hf_qwen3,
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,57 +33,6 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
-
-
-def make_hf_qwen3(
-    out_dir: str,
-    arch: str = "seq_cls",
-    tie: bool = False,
-    seed: int = 0,
-    std: float = 0.1,
-    pad_token: str | None = None,
-    **config,
-) -> str:
-    """Saves a tiny random transformers Qwen3 model (+ the demo tokenizer) to out_dir.
-
-    arch: seq_cls (Qwen3ForSequenceClassification), causal_lm (Qwen3ForCausalLM) or base (Qwen3Model).
-    """
-    import torch
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
-    if pad_token:
-        tok.pad_token = pad_token
-    torch.manual_seed(seed)
-    fields = dict(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=tie,
-        rope_theta=10000.0,
-        max_position_embeddings=512,
-    )
-    fields.update(config)
-    cfg = transformers.Qwen3Config(**fields)
-    cls = {
-        "seq_cls": transformers.Qwen3ForSequenceClassification,
-        "causal_lm": transformers.Qwen3ForCausalLM,
-        "base": transformers.Qwen3Model,
-    }[arch]
-    model = cls(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, std)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ import pickle
 import shutil
 import struct
 
+import numpy as np
 import pytest
 
 from querit_jax.convert import hf_import
 from querit_jax.convert.safetensors_io import read_file
 from querit_jax.errors import CheckpointError, SafetensorsError
 from querit_jax.loading import load_model, resolve_model_path
+from querit_jax.models.spec import flatten
 from tests.conftest import make_hf_qwen3
 
 
@@ -31,10 +33,18 @@ def test_directory_that_is_not_a_checkpoint(tmp_path):
 def test_a_checkpoint_loads_from_a_relative_path(tmp_path, hf_dir, monkeypatch):
     """Users pass paths like workdirs/run (the README does); Orbax itself misreads relative ones."""
     hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
+    absolute = load_model(str(tmp_path / "ckpt"))
     monkeypatch.chdir(tmp_path)
     model = load_model("ckpt")
     assert resolve_model_path("ckpt") == str(tmp_path / "ckpt")
-    assert model.params
+    # The same values as an absolute-path load (not merely some parameters: a misread path could
+    # fall back to a fresh initialisation of the right shapes).
+    got, want = flatten(model.params), flatten(absolute.params)
+    assert got.keys() == want.keys() and len(got) > 10
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+    hf = read_file(os.path.join(hf_dir, "model.safetensors"))["score.weight"]
+    np.testing.assert_array_equal(np.asarray(got["score.kernel"]).T, hf)
 
 
 def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):

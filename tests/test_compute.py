@@ -5,6 +5,7 @@ scanning over the layers gives the loop's numbers while compiling one layer inst
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -49,13 +50,42 @@ def _loss_and_grads(spec, host, batch):
     return float(loss), jax.tree.map(np.asarray, grads)
 
 
-def test_remat_policies_give_the_same_loss_and_gradients(family="qwen3"):
-    # (the encoder goes through the same `layers.maybe_remat`)
-    host = jax.tree.map(np.asarray, init_params(_spec(family), MESH, RULES, seed=1)[1])
+def _checkpoint_policies(jaxpr) -> list:
+    """The policy of every checkpoint (remat) primitive in a closed jaxpr, sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("checkpoint", "remat2"):  # jax.checkpoint's primitive
+            found.append(eqn.params["policy"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found.extend(_checkpoint_policies(sub))
+    return found
+
+
+@pytest.mark.parametrize("family", ["qwen3", "bert"])
+def test_remat_policies_give_the_same_loss_and_gradients(family):
+    """Every policy the config accepts is applied (the traced program holds one checkpoint per layer
+    with that policy) and gives the loss and gradients of no remat. The encoder goes through the
+    same `layers.maybe_remat`, so for BERT only the program is checked (the numbers cost ~30 s)."""
+    from querit_jax.models.layers import REMAT_POLICIES
+
     batch = _batch()
-    ref_loss, ref_grads = _loss_and_grads(_spec(family), host, batch)
-    for remat in ("full", "dots_saveable"):
-        loss, grads = _loss_and_grads(_spec(family, remat=remat), host, batch)
+    if family == "qwen3":
+        host = jax.tree.map(np.asarray, init_params(_spec(family), MESH, RULES, seed=1)[1])
+        ref_loss, ref_grads = _loss_and_grads(_spec(family), host, batch)
+    assert set(REMAT_POLICIES) == {"full", "dots_saveable", "dots_with_no_batch_dims_saveable"}
+    for remat in (False, *REMAT_POLICIES):
+        spec = _spec(family, remat=remat)
+        # remat is applied at all, once per layer, with the configured policy
+        graphdef, abstract = abstract_params(spec, MESH, RULES)
+        loss_fn = lambda p, g=graphdef: losses.listwise_ce(  # noqa: E731
+            steps.group_scores(g, p, batch)
+        )
+        policies = _checkpoint_policies(jax.make_jaxpr(loss_fn)(abstract).jaxpr)
+        want = [] if remat is False else [REMAT_POLICIES[remat]] * spec.backbone.num_layers
+        assert policies == want, (remat, policies)
+        if remat is False or family != "qwen3":
+            continue
+        loss, grads = _loss_and_grads(spec, host, batch)
         np.testing.assert_allclose(loss, ref_loss, atol=1e-6, rtol=0)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)

@@ -1,9 +1,10 @@
-"""Qwen3-MoE: HF parity and routing agreement, expert-parallel == dense (forward and gradients),
-the load-balancing loss against transformers', sharded training, config validation."""
+"""Qwen3-MoE: HF parity (sequence classification with routing agreement, the causal LM's yes/no
+scores, the base model as an embedder), expert-parallel == dense (forward and gradients, with idle
+experts and an idle device), the load-balancing loss against transformers', sharded training,
+config validation."""
 
 import dataclasses
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from querit_jax.release.export import export_hf
 from querit_jax.sharding import axes
 from querit_jax.training import losses, optim, steps
 from querit_jax.training.state import init_state, state_shardings
-from tests.conftest import DEMO_TOKENIZER
+from tests.fixtures import make_hf_qwen3_moe
 from tests.helpers import load_config
 
 QUERIES = [
@@ -44,35 +45,10 @@ DOCS = [
 
 
 def _hf_moe(tmp_path, norm, mlp_only, seed=0):
-    tok = transformers.AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
-    tok.pad_token = "<|fim_pad|>"
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen3MoeConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-        num_experts=8,
-        num_experts_per_tok=2,
-        moe_intermediate_size=32,
-        norm_topk_prob=norm,
-        mlp_only_layers=mlp_only,
-        tie_word_embeddings=False,
+    out = make_hf_qwen3_moe(
+        str(tmp_path / "hf"), "seq_cls", norm_topk_prob=norm, mlp_only_layers=mlp_only, seed=seed
     )
-    model = transformers.Qwen3MoeForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    out = str(tmp_path / "hf")
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out, model
+    return out, transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
 
 
 @pytest.mark.parametrize("norm,mlp_only", [(False, []), (True, []), (True, [1])])
@@ -119,6 +95,50 @@ def test_hf_parity_routing_and_round_trip(tmp_path, norm, mlp_only):
             input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(seg)
         ).logits[:, 0]
     np.testing.assert_allclose(again.numpy(), out.logits[:, 0].numpy(), atol=1e-5)
+
+
+def _moe_batch(model, max_length):
+    seqs = PairEncoder(model.tokenizer, model.spec.template, max_length)(QUERIES, DOCS)
+    ids, seg, _ = pad_batch(seqs, max_length, model.tokenizer.pad_token_id, left=True)
+    return ids, seg
+
+
+def test_causal_lm_yes_no_scores_match_transformers(tmp_path):
+    """Qwen3MoeForCausalLM as a Qwen3-Reranker-style yes/no scorer: logit(yes) - logit(no) at the
+    last real token equals transformers' (left padding; scores spread over ~1)."""
+    hf_dir = make_hf_qwen3_moe(str(tmp_path / "hf"), "causal_lm")
+    model = load_model(hf_dir)
+    assert model.spec.family == "qwen3_moe" and model.spec.head.kind == "yes_no"
+    ids, seg = _moe_batch(model, 200)
+    lm = transformers.Qwen3MoeForCausalLM.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        logits = lm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(seg)).logits.numpy()
+    rows = logits[:, -1]  # left padding: every pair ends at the last position
+    ref = rows[:, model.spec.head.yes_token_id] - rows[:, model.spec.head.no_token_id]
+    ours = np.asarray(model.module()(jnp.asarray(ids), jnp.asarray(seg)))[:, 0]
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    assert np.ptp(ref) > 0.1, ref
+
+
+def test_embedder_matches_transformers_last_token(tmp_path):
+    """Qwen3MoeModel as a Qwen3-Embedding-style embedder: the normalised last-token state."""
+    from querit_jax.inference.runners import embedder_for
+
+    hf_dir = make_hf_qwen3_moe(str(tmp_path / "hf"), "base")
+    model = load_model(hf_dir, head="embed")
+    assert model.spec.family == "qwen3_moe" and model.spec.head.pooling == "last"
+    emb = embedder_for(model, batch_size=4)
+    texts = [*QUERIES[:3], DOCS[0]]
+    ours = emb.embed(model.params, texts, "query")
+    seqs = emb.encoder(texts, "query")
+    ids, seg, _ = pad_batch(seqs, max(map(len, seqs)), model.tokenizer.pad_token_id, left=True)
+    base = transformers.Qwen3MoeModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        hidden = base(input_ids=torch.tensor(ids), attention_mask=torch.tensor(seg))
+    ref = torch.nn.functional.normalize(hidden.last_hidden_state[:, -1], dim=-1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    cosines = ref @ ref.T
+    assert cosines[np.triu_indices(len(texts), 1)].max() < 0.99  # the texts embed differently
 
 
 def test_load_balancing_loss_equals_transformers():
@@ -177,18 +197,75 @@ def _loss_and_grads(spec, mesh, rules, host, batch):
     return float(loss), np.asarray(scores), jax.tree.map(np.asarray, grads)
 
 
-def test_some_expert_gets_no_tokens_in_the_test_batch():
+def _experts_per_device(spec, host, batch, shards=8):
+    """{layer: [set of experts chosen by the tokens (padding included) of each batch shard]}."""
+    graphdef = abstract_params(spec)[0]
+    router_logits = jax.jit(
+        lambda p, b: steps.group_scores(graphdef, p, b, return_aux=True)[1]["router_logits"]
+    )(host, batch)
+    out = {}
+    for layer, logits in enumerate(router_logits):
+        top = np.asarray(jax.lax.top_k(logits, spec.backbone.num_experts_per_tok)[1])
+        out[layer] = [set(part.ravel().tolist()) for part in np.split(top, shards)]
+    return out
+
+
+def test_some_expert_gets_no_tokens_on_some_device_in_the_ep_test_batch():
+    """On every mesh of the test below the batch axes span the 8 devices (2 of the 16 rows each): in
+    both layers of its short batch some device sends no token to some expert. (Its 16-token batch
+    has such devices too, and the router-bias test after it an expert idle everywhere.)"""
     host = jax.tree.map(
         np.asarray,
         init_params(
-            SPEC, sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp"), seed=3
+            SPEC, sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp+ep"), seed=3
         )[1],
     )
-    _, aux = steps.group_scores(
-        abstract_params(SPEC)[0], host, _batch(q=1, g=1, t=4), return_aux=True
+    for layer, chosen in _experts_per_device(SPEC, host, _batch(q=8, g=2, t=6)).items():
+        assert min(map(len, chosen)) < 8, (layer, chosen)
+
+
+def _biased_route(bias):
+    """moe.route with a router bias added to the logits (as an aux-loss-free balancing bias would)."""
+    from querit_jax.models import moe
+
+    def route(x, router, top_k, norm_topk_prob):
+        logits = x @ router.astype(x.dtype) + bias
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        weights, experts = jax.lax.top_k(probs, top_k)
+        if norm_topk_prob:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return logits, weights.astype(x.dtype), experts
+
+    return moe, route
+
+
+def test_expert_parallel_equals_dense_with_idle_experts_and_an_idle_device(monkeypatch):
+    """A router bias of -30 on experts 6 and 7 (both on the last of 4 expert shards): no token of any
+    device reaches them, so that device computes for nobody, their weights get zero gradients, and
+    other experts are idle on some devices too; ep must still equal dense."""
+    module, route = _biased_route(jnp.asarray([0.0] * 6 + [-30.0] * 2))
+    monkeypatch.setattr(module, "route", route)
+    rules = sharding.rules.resolve_rules("fsdp+ep")
+    host = jax.tree.map(
+        np.asarray, init_params(SPEC, sharding.single_device_mesh(), rules, seed=3)[1]
     )
-    chosen = np.asarray(jax.lax.top_k(aux["router_logits"][0].reshape(-1, 8), 2)[1]).ravel()
-    assert len(set(chosen.tolist())) < 8  # so the ep test below covers an idle expert
+    batch = _batch(q=8, g=2, t=6)
+    chosen = _experts_per_device(SPEC, host, batch)
+    for layer in chosen:
+        assert not set.union(*chosen[layer]) & {6, 7}
+        assert min(map(len, chosen[layer])) < 6  # and more idle experts on some devices
+    dense = SPEC.replace(moe_impl="dense")
+    ref_loss, ref_scores, ref_grads = _loss_and_grads(
+        dense, sharding.single_device_mesh(), rules, host, batch
+    )
+    mesh = sharding.make_mesh((1, 2, 1, 4))  # experts 6, 7 live on expert shard 3
+    loss, scores, grads = _loss_and_grads(SPEC.replace(moe_impl="ep"), mesh, rules, host, batch)
+    np.testing.assert_allclose(loss, ref_loss, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+    idle = grads["model"]["layers"][0]["mlp"]["down_proj"][6:]
+    assert not idle.any() and grads["model"]["layers"][0]["mlp"]["down_proj"][:6].any()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Sequence packing: the packer's invariants, packed scores == unpacked scores (dense Qwen3, Qwen3-MoE
-incl. expert parallelism on 8 devices, BERT, XLM-R), and a packed train step == the unpacked one."""
+incl. expert parallelism on 8 devices, BERT, XLM-R), and a packed train step == the unpacked one
+(metrics and gradients, for the same families)."""
 
 import dataclasses
 import types
@@ -134,14 +135,16 @@ def test_packed_moe_scores_equal_unpacked_with_expert_parallelism_on_8_devices()
 # ----- packed train step == unpacked train step ----------------------------------------------------
 
 
-def _group_batch(q=4, g=4, t=48, seed=0):
+def _group_batch(q=4, g=4, t=48, seed=0, typed=False):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(4, t + 1, size=(q, g))
     seg = (np.arange(t)[None, None, :] < lengths[..., None]).astype(np.int32)
+    # BERT pairs: token type 0 for the query's third of a pair, 1 for the document part
+    types = (np.arange(t)[None, None, :] >= lengths[..., None] // 3) * seg if typed else 0 * seg
     return {
         "input_ids": (rng.integers(3, 256, size=(q, g, t)) * seg).astype(np.int32),
         "segment_ids": seg,
-        "token_type_ids": np.zeros_like(seg),
+        "token_type_ids": types.astype(np.int32),
         "teacher": rng.normal(size=(q, g)).astype(np.float32),
         "has_teacher": np.ones(q, bool),
     }
@@ -167,18 +170,31 @@ def _train_step(spec, batch, mesh, rules):
     return {k: float(v) for k, v in metrics.items()}, jax.tree.map(np.asarray, state.params)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "qwen3_moe_ep", "bert", "xlm_roberta"])
 def test_packed_train_step_equals_unpacked(family):
-    spec = SPECS[family]
-    if family == "qwen3_moe":
-        spec = spec.replace(moe_impl="grouped")
+    """One SGD step (new params = old - gradients): packed rows give the unpacked step's gradients,
+    for expert parallelism on 8 devices (packed, against the unpacked dense MoE on one) and for
+    BERT with token types."""
     mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
-    batch = _group_batch()
+    spec = SPECS[family.removesuffix("_ep")]
+    ref_spec, ref_mesh, ref_rules = spec, mesh, rules
+    if family == "qwen3_moe":
+        spec = ref_spec = spec.replace(moe_impl="grouped")
+    elif family == "qwen3_moe_ep":
+        rules = ref_rules = sharding.rules.resolve_rules("fsdp+ep")
+        ref_spec = spec.replace(moe_impl="dense")
+        spec, mesh = spec.replace(moe_impl="ep"), sharding.make_mesh((2, 1, 1, 4))
+    q, g = (8, 2) if family == "qwen3_moe_ep" else (4, 4)  # groups split over the 8 devices too
+    batch = _group_batch(q, g, typed=family == "bert")
     rows = packing.estimate_rows([batch], 96, 6)
+    assert (batch["segment_ids"] > 0).sum() / (rows * 96) > 0.7  # denser than the padded batch
+    if family == "qwen3_moe_ep":
+        rows = -(-rows // 8) * 8  # rows split over the 8 devices' batch axes
     packed = packing.PackGroups(rows, 96, 6, PAD)(batch)
-    assert packed["input_ids"].shape == (rows, 96) and packed["pair_row"].shape == (4, 4)
-    assert packed["segment_ids"].astype(bool).mean() > 0.7  # denser than the padded batch
-    ref_metrics, ref = _train_step(spec, batch, mesh, rules)
+    assert packed["input_ids"].shape == (rows, 96) and packed["pair_row"].shape == (q, g)
+    if family == "bert":
+        assert packed["token_type_ids"].any() and (packed["token_type_ids"] <= 1).all()
+    ref_metrics, ref = _train_step(ref_spec, batch, ref_mesh, ref_rules)
     metrics, got = _train_step(spec, packed, mesh, rules)
     for key in ("loss", "accuracy", "grad_norm", "loss/kl"):
         np.testing.assert_allclose(metrics[key], ref_metrics[key], atol=1e-5, rtol=1e-5)

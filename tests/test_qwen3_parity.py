@@ -22,20 +22,12 @@ from querit_jax.loading import load_model
 from querit_jax.models.spec import ModelSpec, flatten
 from querit_jax.models.templates import qwen3_pair, qwen3_reranker
 from querit_jax.release.export import export_hf
-from tests.conftest import make_hf_qwen3
+from tests.fixtures import DOCS, QUERIES, make_hf_qwen3
 
-QUERIES = [
-    "How many points did the Panthers defense surrender?",
-    "黑豹队的防守丢了多少分",
-    "Сколько очков?",
-    "a",
-]
-DOCS = [
-    "The Panthers defense gave up just 308 points, ranking sixth in the league.",
-    "黑豹队的防守只丢了 308分，在联赛中排名第六，同时也以 24 次拦截领先国家橄榄球联盟。",
-    "Защита пропустила 308 очков.",
-    "Ein sehr langes Dokument über nichts. " * 12,
-]
+# Scores and hidden states agree with transformers within this in float32 (observed: ~4e-6 on the
+# tiny fixtures, whose scores spread over ~2; tests/test_sensitivity.py checks that RoPE, theta and
+# epsilon bugs move them by more than 100x this).
+ATOL = 1e-4
 
 
 def _batch(model, max_length, left):
@@ -59,7 +51,7 @@ def test_seq_cls_scores_match_transformers(tmp_path, left):
         ref = ref_model(
             input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(seg)
         ).logits[:, 0]
-    np.testing.assert_allclose(_jax_scores(model, ids, seg), ref.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(_jax_scores(model, ids, seg), ref.numpy(), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("left", [False, True])
@@ -77,11 +69,11 @@ def test_hidden_states_match_transformers_with_pad_equal_to_appended_eos(tmp_pat
         ).last_hidden_state
     ours = np.asarray(model.module().model(jnp.asarray(ids), jnp.asarray(seg)))
     real = seg.astype(bool)
-    np.testing.assert_allclose(ours[real], hidden.numpy()[real], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ours[real], hidden.numpy()[real], atol=ATOL, rtol=0)
     last = np.array([np.flatnonzero(r).max() for r in real])
     score_w = read_file(os.path.join(hf_dir, "model.safetensors"))["score.weight"][0]
     ref = hidden.numpy()[np.arange(len(last)), last] @ score_w
-    np.testing.assert_allclose(_jax_scores(model, ids, seg), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(_jax_scores(model, ids, seg), ref, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("left", [False, True])
@@ -100,7 +92,7 @@ def test_causal_lm_yes_no_scores_match_transformers(tmp_path, left):
     last = np.array([np.flatnonzero(r).max() for r in seg])
     rows = logits[np.arange(len(last)), last]
     ref = rows[:, model.spec.head.yes_token_id] - rows[:, model.spec.head.no_token_id]
-    np.testing.assert_allclose(_jax_scores(model, ids, seg), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(_jax_scores(model, ids, seg), ref, atol=ATOL, rtol=0)
 
 
 def _cross_encoder_scores(path):
@@ -127,8 +119,8 @@ def test_export_round_trip_loads_in_transformers_and_sentence_transformers(tmp_p
     batch = tok.pad([{"input_ids": s} for s in seqs], return_tensors="pt")
     with torch.no_grad():
         hf_scores = exported(**batch).logits[:, 0].numpy()
-    np.testing.assert_allclose(hf_scores, ours, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(_cross_encoder_scores(out), ours, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(hf_scores, ours, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(_cross_encoder_scores(out), ours, atol=ATOL, rtol=0)
 
     # The round trip of the original format is bit-identical.
     original = read_file(os.path.join(hf_dir, "model.safetensors"))
@@ -143,7 +135,7 @@ def test_export_round_trip_loads_in_transformers_and_sentence_transformers(tmp_p
     for name, tensor in original.items():
         np.testing.assert_array_equal(back[name], tensor, err_msg=name)
     if arch == "causal_lm":
-        np.testing.assert_allclose(_cross_encoder_scores(again), ours, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(_cross_encoder_scores(again), ours, atol=ATOL, rtol=0)
 
 
 def test_bare_qwen3_model_without_prefix_imports(tmp_path):
@@ -163,7 +155,7 @@ def test_bare_qwen3_model_without_prefix_imports(tmp_path):
         ).last_hidden_state
     ours = np.asarray(model.module().model(jnp.asarray(ids), jnp.asarray(seg)))
     np.testing.assert_allclose(
-        ours[seg.astype(bool)], hidden.numpy()[seg.astype(bool)], atol=1e-4, rtol=0
+        ours[seg.astype(bool)], hidden.numpy()[seg.astype(bool)], atol=ATOL, rtol=0
     )
 
 
@@ -190,7 +182,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
     from querit_jax.convert import qwen3 as table
     from querit_jax.training import losses, steps
 
-    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", pad_token="<|fim_pad|>", std=0.05)
+    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", pad_token="<|fim_pad|>")
     model = load_model(hf_dir)
     seqs = PairEncoder(model.tokenizer, model.spec.template, 64, 24)(QUERIES, DOCS)
     ids, seg, _ = pad_batch(seqs, 64, model.tokenizer.pad_token_id)
@@ -247,7 +239,13 @@ def _seq_cls_ckpt(tmp_path):
 
 
 def test_bf16_compute_stays_close_to_float32(tmp_path):
-    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls", std=0.05)
+    """bf16 activations with fp32 master weights: within 4% of the fp32 scores' spread (a bound
+    relative to |score| passes anything on scores near 0), and bf16 really runs. Measured: 2.0% here;
+    transformers' own bf16 model is off by 1.1% of the spread on the same weights and inputs."""
+    import jax
+    from flax import nnx
+
+    hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls")
     fp32 = load_model(hf_dir)
     bf16 = load_model(hf_dir, dtype="bfloat16")
     assert (
@@ -255,8 +253,14 @@ def test_bf16_compute_stays_close_to_float32(tmp_path):
     )  # master weights stay fp32
     _, ids, seg = _batch(fp32, 96, left=False)
     a, b = _jax_scores(fp32, ids, seg), _jax_scores(bf16, ids, seg)
-    assert np.abs(a - b).max() < 2e-2 * max(1.0, np.abs(a).max())
-    assert not np.array_equal(a, b)  # bf16 really ran
+    spread = a.max() - a.min()
+    assert spread > 0.5, spread  # the pairs score differently, so the bound below means something
+    assert np.abs(a - b).max() <= 4e-2 * spread, (np.abs(a - b).max(), spread)
+    assert not np.array_equal(a, b)
+    forward = jax.jit(lambda p, i, s: nnx.merge(bf16.graphdef, p)(i, s))
+    hlo = forward.lower(bf16.params, jnp.asarray(ids), jnp.asarray(seg)).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert dots and all("bf16" in line for line in dots), "matmuls must take bf16 operands"
 
 
 def test_verify_tool_checks_causal_lm_exports(tmp_path):
