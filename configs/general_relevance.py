@@ -7,6 +7,10 @@ Variants (`--config=configs/general_relevance.py:VARIANT`):
           of four languages (en, ru, zh, ar; train articles) with BM25 hard negatives, evaluated on
           held-out articles by reranking BM25's top 20: in four languages it never saw (de, es, tr, vi)
           and in two it saw (en, zh), next to BM25 and the untrained model.
+  minilm  CPU, about 4 minutes: stage 1 of the demo loop (configs/loop.py:demo). all-MiniLM-L6-v2
+          (an English sentence embedder) with a new score head on its CLS token, trained as a
+          cross-encoder on the labelled training articles of six XQuAD-R languages (en, de, ru, zh,
+          ar, tr) with BM25 hard negatives; es and vi are left for label-free adaptation.
   tiny    the demo's model and data for a few steps (smoke tests).
   tiny_moe  a tiny Qwen3-MoE (8 experts, top-2) on the demo data, experts sharded with fsdp+ep over
           all devices (`--config.sharding.mesh.expert=N`), the load-balancing loss on.
@@ -24,8 +28,18 @@ of any variant on any mesh; the trainer prints the same plan and refuses a run t
 
 import ml_collections
 
-VARIANTS = (None, "demo", "tiny", "tiny_moe", "qwen3_4b", "qwen3_30b_a3b")  # documented above; tests load and validate each
+VARIANTS = (
+    None,
+    "demo",
+    "minilm",
+    "tiny",
+    "tiny_moe",
+    "qwen3_4b",
+    "qwen3_30b_a3b",
+)  # documented above; tests load and validate each
 DEMO_TRAIN = ",".join(f"data/xquad_r/{lang}/train" for lang in ("en", "ru", "zh", "ar"))
+MINILM_LANGUAGES = ("en", "de", "ru", "zh", "ar", "tr")
+MINILM_WEIGHTS = "../shared/models/all-MiniLM-L6-v2"  # the loop resolves a fallback (loading.py)
 DEMO_EVAL = ",".join(f"data/xquad_r/{lang}/test" for lang in ("de", "es", "tr", "vi", "en", "zh"))
 
 
@@ -190,6 +204,8 @@ def get_config(arg=None):
         c.sharding.mesh = ml_collections.ConfigDict(
             dict(data=-1, fsdp=1, tensor=1, expert=1, dcn_data=1)
         )
+    if variant == "minilm":
+        minilm_section(c)
     if variant == "tiny_moe":
         c.model.preset = "tiny_moe_demo"  # 8 experts, top-2, the tokenizer's 16384-token vocabulary
         c.model.overrides = ml_collections.ConfigDict(dict(moe_impl="ep"))  # expert parallel
@@ -212,9 +228,7 @@ def get_config(arg=None):
         c.model.init_from = "checkpoints/qwen3-30b-a3b"
         # Expert parallel: each token copy goes to its expert's device (all-to-all); each expert
         # takes at most 1.25x its even share of a device's copies (dropped copies are counted).
-        c.model.overrides = ml_collections.ConfigDict(
-            dict(moe_impl="ep", moe_capacity_factor=1.25)
-        )
+        c.model.overrides = ml_collections.ConfigDict(dict(moe_impl="ep", moe_capacity_factor=1.25))
         c.sharding.preset = "fsdp+ep"
         c.sharding.mesh = ml_collections.ConfigDict(
             dict(data=1, fsdp=-1, tensor=1, expert=8, dcn_data=1)
@@ -230,4 +244,39 @@ def get_config(arg=None):
         c.eval.datasets = "data/xquad_r/zh/test"
         c.eval.max_queries = 8
         c.eval.top_k = 5
+    return c
+
+
+def minilm_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The demo's MiniLM cross-encoder (stage 1 and the adaptations that start from it)."""
+    c.model.family = "bert"
+    c.model.preset = "minilm_l6"
+    c.model.init_from = MINILM_WEIGHTS
+    c.model.tokenizer = ""
+    c.model.template = "encoder_pair"
+    c.model.head = "score"  # a new linear head on the pooled CLS token
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.data.train = ",".join(f"data/xquad_r/{lang}/train" for lang in MINILM_LANGUAGES)
+    c.data.bm25_tokenizer = "unicode"
+    c.data.group_size = 8
+    c.data.batch_size = 8
+    c.data.max_length = 64
+    c.data.max_query_tokens = 32
+    c.data.num_threads = 2
+    c.optim.learning_rate = 8e-5
+    c.optim.warmup_steps = 10
+    c.optim.end_lr_ratio = 0.1
+    c.train.num_steps = 100
+    c.train.log_every = 10
+    c.train.eval_every = 0
+    c.train.save_every = 50
+    c.train.keep_checkpoints = 1
+    c.eval.datasets = ""
+    c.eval.top_k = 10
+    c.eval.batch_size = 64
+    c.sharding.preset = "dp"
+    c.sharding.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1, expert=1, dcn_data=1)
+    )
     return c

@@ -66,6 +66,15 @@ def mining_section(variant: str) -> ml_collections.ConfigDict:
     # Negatives kept per group, and >1 to spread them over that many teacher-score bins.
     m.num_negatives = 15
     m.score_bins = 16
+    # Share of source documents whose queries are held out as a synthetic dev set (<output>/dev),
+    # for label-free selection (training length, fusion weight, merge t); 0 = none.
+    m.dev_share = 0.0
+    # Diagnostics (<output>/diagnostics.md): a sample of real queries to compare the synthetic ones
+    # with (a BEIR dir or queries.jsonl, read for the report only), its size, and an embedder for
+    # embedding similarity ("" = lexical statistics only).
+    m.real_queries = ""
+    m.diagnostics_sample = 200
+    m.diagnostics_embedder = ""
     if variant == "demo":
         m.target = "data/xquad_r/es/test"
         m.output = "workdirs/mined/xquad_r_es_test_heuristic"

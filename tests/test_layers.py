@@ -18,8 +18,10 @@ order, lowest first, and why each layer sits where it does:
   config_lib               ConfigDict -> frozen, validated dataclasses
   training, mining, merging          the phases: they never import each other
   release                  packages what the phases produced (export, model card, verify, publish)
+  workflow                 the paper's whole loop over the phases (stage 1, mining, adaptation,
+                           merge, export, evaluation, report)
   cli                      user errors -> one line, exit 2
-  entry points             train, mine, merge, evaluate, rerank, retrieve, plan
+  entry points             train, mine, merge, evaluate, rerank, retrieve, plan, loop
 """
 
 import ast
@@ -41,8 +43,9 @@ LAYERS = (
     ("config_lib",),
     ("training", "mining", "merging"),
     ("release",),
+    ("workflow",),
     ("cli",),
-    ("train", "mine", "merge", "evaluate", "rerank", "retrieve", "plan"),
+    ("train", "mine", "merge", "evaluate", "rerank", "retrieve", "plan", "loop"),
 )
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 PACKAGE = os.path.join(ROOT, "querit_jax")

@@ -4,6 +4,8 @@ import dataclasses
 
 from querit_jax.config_lib.parse import require, split_list
 from querit_jax.data.prompts import PRESETS
+from querit_jax.errors import ConfigError
+from querit_jax.inference.teacher import parse_mix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +55,23 @@ class MiningConfig:
     model_sharding: str = "fsdp"
     candidates: int = 20  # first-stage depth for candidates
     round_trip_k: int = 20  # keep a query only if its source is in the top k (0 = off)
-    teacher: str = ""  # reranker or embedder path scoring every (query, candidate)
+    # Scores every (query, candidate): a reranker or embedder location, or a weighted mix of such
+    # and `bm25` (the first stage's own scores), each min-max normalised per query:
+    # "workdirs/stage1/model:0.6,bm25:0.4" (inference/teacher.py parse_mix).
+    teacher: str = ""
     teacher_batch_size: int = 64  # pairs per teacher call (split over the process's devices)
     teacher_max_length: int = 0  # 0 = the teacher's own
     num_negatives: int = 15  # negatives per training group
     score_bins: int = 0  # >1: pick negatives spread over this many teacher-score bins
+    # Share of source documents whose queries are held out as the synthetic dev set (<output>/dev:
+    # label-free selection of training length, fusion weight and merge t; 0 = none).
+    dev_share: float = 0.0
+    # Diagnostics (<output>/diagnostics.md): a sample of real queries to compare the synthetic ones
+    # with (a BEIR dir or queries.jsonl; read for the report only), its size, and an embedder for
+    # the embedding similarity ("" = lexical statistics only).
+    real_queries: str = ""
+    diagnostics_sample: int = 200
+    diagnostics_embedder: str = ""
 
     def validate(self) -> None:
         require(bool(self.target), "mining.target", "give the BEIR directory of the target corpus.")
@@ -82,6 +96,12 @@ class MiningConfig:
         require(
             bool(self.teacher), "mining.teacher", "a teacher model path is required (soft labels)."
         )
+        try:
+            parse_mix(self.teacher)
+        except ValueError as e:
+            raise ConfigError(f"mining.teacher: {e}") from None
+        require(0 <= self.dev_share < 1, "mining.dev_share", "must be in [0, 1).")
+        require(self.diagnostics_sample >= 0, "mining.diagnostics_sample", "must be >= 0.")
         require(self.num_negatives >= 1, "mining.num_negatives", "must be >= 1.")
         require(
             self.concurrency >= 1 and self.max_retries >= 0 and self.timeout_s > 0,

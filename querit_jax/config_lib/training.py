@@ -117,9 +117,20 @@ class TrainConfig:
     # same devices loads them instead of compiling again (training/compile_cache.py).
     compilation_cache: bool = True
     seed: int = 0
+    # Label-free selection: synthetic dev sets ("DIR[:split]", e.g. a mining run's <output>/dev)
+    # scored at the start, every select_every steps and at the end; the best step (nDCG@10 fused
+    # with the first stage at the alpha chosen there) becomes <workdir>/model, with that alpha
+    # recorded as its fusion. Never real test questions.
+    select_on: tuple[str, ...] = ()
+    select_every: int = 0
 
     def validate(self) -> None:
         require(self.num_steps >= 1, "train.num_steps", "must be >= 1.")
+        require(
+            not self.select_on or self.select_every >= 1,
+            "train.select_every",
+            "selection on synthetic dev sets (train.select_on) needs select_every >= 1.",
+        )
         try:
             weights = parse_losses(self.loss)
         except ValueError as err:

@@ -2,7 +2,9 @@
 
 The first stage is BM25 with an analyser that does not depend on the model being evaluated (the
 built-in Unicode analyser by default, `eval.bm25_tokenizer`), so every model of a comparison reranks
-the same candidates. Runs are cached under the workdir (written by process 0).
+the same candidates. Runs are cached under the workdir (written by process 0). A dataset directory
+that carries its own first-stage run (`first_stage.trec`, e.g. a mining run's synthetic dev set) is
+reranked from that run.
 """
 
 import hashlib
@@ -18,6 +20,8 @@ from querit_jax.eval import metrics as metrics_lib
 from querit_jax.eval.rerank import evaluate_rerank
 from querit_jax.retrieval.analyzers import analyzer_for
 from querit_jax.retrieval.bm25 import BM25Retriever
+
+OWN_RUN = "first_stage.trec"  # a dataset's own first-stage run, used instead of BM25
 
 
 def bm25_run(dataset: beir.BeirDataset, analyzer, depth: int) -> Run:
@@ -51,12 +55,17 @@ class EvalSuite:
         for spec in eval_cfg.datasets:
             kind, path, split = parse_source(spec, default_split="test")
             name = dataset_name(path, split)
+            if name in self.datasets:  # e.g. two mining runs' dev/ sets: the full location
+                name = f"{storage.absolute(path)}:{split}"
             ds = load_dataset(kind, path, split, strict)
             # The cached run is only valid for the analyser and depth it was computed with.
             key = hashlib.sha256(f"{analyzer_name(analyzer)}|{depth}".encode())
             safe = name.replace(":", "_").replace("/", "_")
             run_path = storage.join(cache_dir, f"{safe}.bm25-{key.hexdigest()[:8]}.trec")
-            if storage.exists(run_path):
+            if storage.exists(storage.join(path, OWN_RUN)):
+                run_path = storage.join(path, OWN_RUN)
+                run = read_run(run_path)
+            elif storage.exists(run_path):
                 run = read_run(run_path)
             else:
                 run = bm25_run(ds, analyzer, depth)

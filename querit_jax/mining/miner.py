@@ -12,7 +12,14 @@ miner:
      finalised: `records`);
   4. retrieves candidates with the first stage over the *whole* target corpus and lets the teacher
      score the source document and every candidate;
-  5. writes one training group per query (schema: `data.mined`).
+  5. writes one training group per query (schema: `data.mined`); with `dev_share`, the queries of a
+     hashed share of the source documents are held out instead (no teacher scores), and become the
+     synthetic dev set `<output>/dev/` when the run is finalised (`devset`), next to the
+     synthetic-query diagnostics (`diagnostics`).
+
+The teacher may be a weighted mix of models and the first stage's own scores, each min-max
+normalised per query (`inference.teacher.TeacherMix`): the first-stage score of every candidate is
+kept for it.
 
 Work is cut into shards of `shard_size` source documents, and shard i belongs to process i % P:
 every process mines its own shards with its own generator, first stage and teacher on all of its devices,
@@ -41,9 +48,10 @@ from querit_jax.data.mined import MANIFEST, RUN, SHARD, is_complete, shard_files
 from querit_jax.data.prompts import make_prompt, parse_queries
 from querit_jax.errors import MiningError
 from querit_jax.loading import load_teacher
-from querit_jax.mining import records
+from querit_jax.mining import devset, diagnostics, records
 from querit_jax.mining.coordination import Meeting, StopSignal, process
 from querit_jax.mining.corpus_index import corpus_paths, index_dir, open_index
+from querit_jax.mining.devset import DEV_SHARD, is_dev
 from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
 from querit_jax.mining.negatives import choose_by_bins
@@ -53,7 +61,7 @@ FORMAT_VERSION = 2
 VOLATILE = (
     "output", "index_dir", "concurrency", "timeout_s", "max_retries", "teacher_batch_size",
     "endpoint", "endpoints", "generator_batch_size", "generator_check_every", "model_sharding",
-    "dense_part_size",
+    "dense_part_size", "real_queries", "diagnostics_sample", "diagnostics_embedder",
 )  # fmt: skip
 
 
@@ -159,7 +167,8 @@ class Miner:
             text = text[: self.cfg.max_doc_chars]
         return text
 
-    def mine_shard(self, index: int, rows: np.ndarray) -> tuple[list[dict], Counter]:
+    def mine_shard(self, index: int, rows: np.ndarray) -> tuple[list[dict], list[dict], Counter]:
+        """(training groups, held-out dev queries, counts) of one shard of source documents."""
         cfg, counts = self.cfg, Counter()
         rows = [int(r) for r in rows]
         doc_ids = self.store.ids(rows)
@@ -175,9 +184,9 @@ class Miner:
             counts["generated_queries"] += len(queries)
             pending += [(row, doc_id, q) for q in queries if self.filter.keep(q, text)]
         hits = self.retriever.search_rows([q for _, _, q in pending], cfg.candidates)
-        groups, seen = [], set()
-        for (row, doc_id, query), (ranked, _) in zip(pending, hits):
-            ranked = ranked.tolist()
+        groups, dev, seen = [], [], set()
+        for (row, doc_id, query), (ranked, scores) in zip(pending, hits):
+            ranked, scores = ranked.tolist(), np.asarray(scores, np.float32).tolist()
             if cfg.round_trip_k and row not in ranked[: cfg.round_trip_k]:
                 counts["dropped_round_trip"] += 1
                 continue
@@ -190,25 +199,39 @@ class Miner:
                 counts["dropped_no_candidates"] += 1
                 continue
             seen.add(norm)
-            qid = f"{doc_id}#q{len(groups)}"
-            groups.append(
-                {"qid": qid, "query": query, "source_doc": doc_id, "_rows": (row, negatives)}
-            )
+            first = dict(zip(ranked, scores))
+            floor = min(scores) if scores else 0.0
+            group = {"qid": f"{doc_id}#q{len(groups) + len(dev)}", "query": query,
+                     "source_doc": doc_id}  # fmt: skip
+            if is_dev(doc_id, cfg.dev_share):
+                # Held out for label-free selection: the query, its source and the first stage's
+                # whole candidate list with scores (no teacher labels: nothing trains on it).
+                dev.append({**group, "candidate_ids": self.store.ids(ranked),
+                            "candidate_scores": scores, "_rows": [row, *ranked]})  # fmt: skip
+                continue
+            group["_rows"] = (row, negatives)
+            group["_first"] = [first.get(row, floor)] + [first[r] for r in negatives]
+            groups.append(group)
         self._label(groups, counts)
         counts.update({k: v for k, v in self.filter.counts.items() if k != "kept"})
         self.filter.counts.clear()
         counts["groups"] = len(groups)
-        return groups, counts
+        counts["dev_queries"] = len(dev)
+        return groups, dev, counts
 
     def _label(self, groups: list[dict], counts: Counter) -> None:
         """Teacher scores for each group's source and candidates; picks the negatives kept."""
         cfg = self.cfg
-        pairs_q, pairs_d = [], []
+        pairs_q, pairs_d, sizes, first = [], [], [], []
         for g in groups:
             source, negatives = g["_rows"]
             pairs_q += [g["query"]] * (1 + len(negatives))
             pairs_d += self.store.texts([source, *negatives])
-        scores = self.teacher.score(pairs_q, pairs_d) if pairs_q else np.zeros(0)
+            sizes.append(1 + len(negatives))
+            first += g.pop("_first")
+        scores = (
+            self.teacher.score_groups(pairs_q, pairs_d, sizes, first) if pairs_q else np.zeros(0)
+        )
         counts["teacher_pairs"] += len(pairs_q)
         offset = 0
         for g in groups:
@@ -286,7 +309,10 @@ class Miner:
         )
         self.meeting.wait_for_all("shards mined")
         if self.process == 0:
-            records.finalize(cfg.output, count, self.digest, cfg.dedupe, self._header())
+            manifest = records.finalize(cfg.output, count, self.digest, cfg.dedupe, self._header())
+            if cfg.dev_share:
+                devset.write_dev(cfg.output, count, self.store, manifest, self.log)
+            diagnostics.write_report(cfg, count, self.log)
         self.meeting.wait_for_all("manifest written")
         self.stop.close()
         return records.read_run(cfg.output, MANIFEST)
@@ -295,7 +321,9 @@ class Miner:
         """Mines shard i, writes its file, then its record; returns its number of documents."""
         cfg, began = self.cfg, time.time()
         rows = self.sources[i * cfg.shard_size : (i + 1) * cfg.shard_size]
-        groups, counts = self.mine_shard(i, rows)
+        groups, dev, counts = self.mine_shard(i, rows)
+        if cfg.dev_share:  # before the shard: the record, written last, vouches for both
+            write_jsonl(storage.join(cfg.output, DEV_SHARD.format(i)), dev)
         write_jsonl(storage.join(cfg.output, SHARD.format(i)), groups)
         record = {
             "file": SHARD.format(i),

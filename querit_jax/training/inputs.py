@@ -21,7 +21,7 @@ from querit_jax.data.io import ReadReport, fingerprint, read_json, write_json, w
 from querit_jax.data.sources import dataset_name, load_dataset, parse_source
 from querit_jax.data.tokenize import PairEncoder
 from querit_jax.errors import QueritError, StorageError
-from querit_jax.retrieval.analyzers import SubwordAnalyzer
+from querit_jax.retrieval.analyzers import analyzer_for
 from querit_jax.retrieval.bm25 import BM25Retriever
 
 
@@ -45,7 +45,11 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         if not storage.exists(root):
             raise FileNotFoundError(f"data.train source {spec!r}: {root} does not exist.")
         inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(root)})
-    bm25 = f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
+    bm25 = (
+        tokenizer
+        if isinstance(tokenizer, str)
+        else f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
+    )
     signature = {"version": 2, "inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
     if storage.exists(path) and storage.exists(manifest_path):
         manifest = read_json(manifest_path)
@@ -72,7 +76,7 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
             if data_cfg.negatives == "bm25":
                 doc_ids = sorted(ds.corpus)
                 texts = [ds.doc_text(d) for d in doc_ids]
-                retriever = BM25Retriever(doc_ids, texts, SubwordAnalyzer(tokenizer))
+                retriever = BM25Retriever(doc_ids, texts, analyzer_for(tokenizer))
             found = groups.mine_groups(
                 ds,
                 data_cfg.num_negatives,
@@ -182,7 +186,9 @@ def input_pipeline(cfg, spec, tokenizer, workdir, log):
     returns (grain iterator over this process's rows, data manifest, BM25 tokenizer)."""
     data_dir = storage.join(workdir, "data")
     bm25_tokenizer = tokenizer
-    if cfg.data.bm25_tokenizer:
+    if cfg.data.bm25_tokenizer == "unicode":  # the built-in analyser (any language)
+        bm25_tokenizer = "unicode"
+    elif cfg.data.bm25_tokenizer:
         from transformers import AutoTokenizer
 
         name = cfg.data.bm25_tokenizer  # a directory (local or gs://) or a Hub id

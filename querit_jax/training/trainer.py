@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from querit_jax import config_lib, sharding, storage
 from querit_jax.data import packing
 from querit_jax.data.io import read_json, write_json
+from querit_jax.eval.selection import reference_scorer
 from querit_jax.eval.suite import EvalSuite, format_table
 from querit_jax.inference.runners import Scorer
 from querit_jax.loading import load_model, load_teacher
@@ -30,7 +31,16 @@ from querit_jax.models.checkpoint import save_model
 from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec, abstract_params, init_params
 from querit_jax.models.templates import make_template
 from querit_jax.sharding import axes, hybrid
-from querit_jax.training import compile_cache, guards, inputs, memory, optim, preemption, steps
+from querit_jax.training import (
+    compile_cache,
+    guards,
+    inputs,
+    memory,
+    optim,
+    preemption,
+    selection,
+    steps,
+)
 from querit_jax.training.checkpointing import Checkpointer, abstract_like
 from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
@@ -118,20 +128,24 @@ class Session:
     scorer: Scorer | None
     log: Any
     results: dict  # results.json as this run knows it (written by process 0)
+    dev_suite: EvalSuite | None = None  # synthetic dev sets for label-free selection
 
     @property
     def results_path(self) -> str:
         return storage.join(self.workdir, "results.json")
 
-    def evaluate(self, key: str, score_fn=None) -> dict | None:
-        """Runs the eval suite (the current parameters, or `score_fn`) and records it under `key`."""
+    def evaluate(self, key: str, score_fn=None, fusion=None) -> dict | None:
+        """Runs the eval suite (the current parameters, or `score_fn`) and records it under `key`;
+        with `fusion` (a teacher mix), its fused numbers are the ones recorded."""
         if not self.suite:
             return None
         t = time.time()
         with sharding.use_rules(self.mesh, self.rules):
             res = self.suite.evaluate(
-                score_fn or functools.partial(self.scorer.score, self.state.params)
+                score_fn or functools.partial(self.scorer.score, self.state.params), fusion
             )
+        for r in [*res["datasets"].values(), res["mean"]] if fusion else []:
+            r["reranked"] = r.pop("fused")
         self.log(
             f"{key}: mean nDCG@10 {res['mean']['reranked']['ndcg@10']:.4f} "
             f"(BM25 {res['mean']['first_stage']['ndcg@10']:.4f}) [{time.time() - t:.0f} s]"
@@ -148,7 +162,7 @@ class Session:
         the processes get the same numbers; process 0 writes them.
         """
         name = path.rstrip("/").rsplit("/", 1)[-1]  # a directory, gs:// URL or Hub id's last part
-        return self.evaluate(f"reference: {name}", load_teacher(path).score)
+        return self.evaluate(f"reference: {name}", *reference_scorer(load_teacher(path)))
 
 
 def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Session:
@@ -220,6 +234,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         donate_argnums=(0,),
     )
     suite = EvalSuite(cfg.eval, bm25_tokenizer, storage.join(workdir, "eval"), cfg.data.strict, log)
+    dev = selection.dev_suite(cfg, storage.join(workdir, "eval"), log)
     scorer = (
         Scorer(
             spec,
@@ -232,7 +247,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
             cfg.data.max_query_tokens,
             pack=cfg.data.pack,
         )
-        if suite
+        if suite or dev
         else None
     )
     results_path = storage.join(workdir, "results.json")
@@ -255,6 +270,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         scorer,
         log,
         read_json(results_path) if storage.exists(results_path) else {},
+        dev,
     )
 
 
@@ -311,6 +327,12 @@ def _train(s: Session, end: int) -> int:
                             },
                         )
                         writer.flush()
+                if (
+                    s.dev_suite
+                    and step % cfg.train.select_every == 0
+                    and step != cfg.train.num_steps
+                ):
+                    selection.score_step(s, step, _extra(s))
                 preemption.inject_fault("step", step)
                 if stopper.should_stop(step):
                     end = step
@@ -348,6 +370,8 @@ def run(
     with compile_cache.persistent_cache(workdir, cfg.train.compilation_cache, log) as cache:
         s = setup(cfg, workdir, devices)
         if s.start == 0:
+            if s.dev_suite:
+                selection.score_step(s, 0, _extra(s))
             s.evaluate("untrained")
             for path in cfg.eval.reference_models:
                 s.evaluate_reference(path)
@@ -382,7 +406,23 @@ def _finish(s: Session) -> None:
     spec = s.spec.replace(remat=False, scan_layers=False)
     if getattr(spec.backbone, "moe_impl", "") == "ep":
         spec = spec.replace(moe_impl="grouped")
-    extra = {
+    extra = _extra(s)
+    model_dir = storage.join(s.workdir, "model")
+    if s.dev_suite:
+        selection.finish(s, model_dir, spec, extra)
+    else:
+        save_model(model_dir, spec, s.state.params, s.tokenizer, extra)
+    if s.evaluate("final"):
+        shown = {k: v for k, v in s.results.items() if k.startswith("reference: ")}
+        shown.update({k: s.results[k] for k in ("untrained", "final") if k in s.results})
+        s.log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
+    s.log(f"Model written to {model_dir}.")
+
+
+def _extra(s: Session) -> dict:
+    """What model.json records about the training run."""
+    cfg = s.cfg
+    return {
         "training": {
             "workdir": s.workdir,
             "steps": cfg.train.num_steps,
@@ -390,13 +430,6 @@ def _finish(s: Session) -> None:
             "data": s.data_manifest,
         }
     }
-    model_dir = storage.join(s.workdir, "model")
-    save_model(model_dir, spec, s.state.params, s.tokenizer, extra)
-    if s.evaluate("final"):
-        shown = {k: v for k, v in s.results.items() if k.startswith("reference: ")}
-        shown.update({k: s.results[k] for k in ("untrained", "final") if k in s.results})
-        s.log(f"nDCG@10 (rerank BM25 top-{cfg.eval.top_k})\n{format_table(shown)}")
-    s.log(f"Model written to {model_dir}.")
 
 
 def _process0_log():
