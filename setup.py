@@ -1,4 +1,5 @@
-"""querit_jax: JAX/Flax NNX training, label-free adaptation, merging and export of multilingual rerankers."""
+"""querit_jax: JAX/Flax NNX training, label-free adaptation, merging and export of multilingual
+rerankers."""
 
 import setuptools
 
@@ -23,7 +24,8 @@ setuptools.setup(
         "grain>=0.2.18,<0.3",
         "tensorflow-datasets>=4.9.10,<5",
         "array-record>=0.8.6",
-        # tensorflow-datasets imports it lazily for builders that live in a package (not declared by it).
+        # tensorflow-datasets imports it lazily for builders that live in a package (not declared by
+        # it).
         "importlib_resources>=6",
         "ml-collections>=1.1.0,<2",
         "clu>=0.0.12",
@@ -53,7 +55,8 @@ setuptools.setup(
             "sentence-transformers>=6.2,<7",
             "ruff>=0.17,<0.18",
             "mteb>=2.26.24,<3",
-            # gs:// tests run against an in-memory Cloud Storage emulator on 127.0.0.1 (tests/gcs.py).
+            # gs:// tests run against an in-memory Cloud Storage emulator on 127.0.0.1
+            # (tests/gcs.py).
             "gcp-storage-emulator>=2024.8",
             "google-cloud-storage>=2.14",
         ],

@@ -8,11 +8,12 @@ fails:
               and gradient differences, and which kernel `attention_impl="auto"` picks;
   train       a Qwen3-0.6B-shaped reranker (random weights, bf16 compute, fp32 params + AdamW,
               remat) on packed rows of 512 tokens of the XQuAD-R pair-length mix: real tokens/s and
-              MFU = (6 N_non-embedding + 6 L n_q d_h S_eff) * tokens/s / peak, with S_eff = sum s^2 /
-              sum s over the packed pairs (causal attention within each pair), target >= 40% on H200;
+              MFU = (6 N_non-embedding + 6 L n_q d_h S_eff) * tokens/s / peak, with S_eff = sum s^2
+              / sum s over the packed pairs (causal attention within each pair), target >= 40% on
+              H200;
   scoring     pairs/s of the same model scoring the length mix, JAX (packed rows, bf16) against
-              transformers + torch (bf16, sdpa, length-sorted padded batches of 64) on the same chip,
-              after a score-agreement check; target >= 1.5x;
+              transformers + torch (bf16, sdpa, length-sorted padded batches of 64) on the same
+              chip, after a score-agreement check; target >= 1.5x;
   moe         an A0.4B-shaped MoE decoder (4 layers) train step, `grouped` against `dense` experts:
               tokens/s and active-parameter MFU;
   memory      peak device memory (the allocator's peak over the run).

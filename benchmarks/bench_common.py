@@ -1,9 +1,10 @@
 """Shared pieces of the reranker benchmarks (B1-B7): the tiny Qwen3 model in both frameworks, the
 XQuAD-R pair mix, interleaved timing, per-framework matmul FLOP/s and FLOP formulas.
 
-Protocol (notes/performance-and-reliability.md, section 2): one process, no fake-device XLA flag, fp32,
-compile excluded, the compared variants run interleaved (A B A B ...) and each reported ratio is the
-median over rounds of the per-round ratio; the machine is shared, so only ratios mean anything.
+Protocol (notes/performance-and-reliability.md, section 2): one process, no fake-device XLA flag,
+fp32, compile excluded, the compared variants run interleaved (A B A B ...) and each reported ratio
+is the median over rounds of the per-round ratio; the machine is shared, so only ratios mean
+anything.
 """
 
 import glob
@@ -41,9 +42,9 @@ def check_flags():
 def make_models(out_dir: str, seed: int = 0):
     """(HF Qwen3ForSequenceClassification in eval mode, our LoadedModel) with the same weights.
 
-    The HF model is saved with the demo tokenizer (pad token `<|fim_pad|>`, never inside a pair, so HF's
-    "rightmost non-pad token" pooling reads the same token as our segment pooling) and loaded by
-    `querit_jax.models.api.load_model` through the HF importer.
+    The HF model is saved with the demo tokenizer (pad token `<|fim_pad|>`, never inside a pair, so
+    HF's "rightmost non-pad token" pooling reads the same token as our segment pooling) and loaded
+    by `querit_jax.models.api.load_model` through the HF importer.
     """
     import torch
     import transformers
@@ -112,7 +113,8 @@ def xquad_pairs(n_pairs: int, group: int = 8, seed: int = 0):
 
 
 def interleave(fns: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Runs each callable once per round in turn (A B A B ...); returns seconds per call per name."""
+    """Runs each callable once per round in turn (A B A B ...); returns seconds per call per
+    name."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -185,5 +187,6 @@ def header(title: str) -> None:
     print(f"== {title}")
     print(
         f"cpus={os.cpu_count()} torch={torch.__version__} threads={torch.get_num_threads()} "
-        f"jax={jax.__version__} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (shared machine: ratios only)"
+        f"jax={jax.__version__} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (shared machine: "
+        "ratios only)"
     )

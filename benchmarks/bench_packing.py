@@ -1,14 +1,14 @@
-"""B3 useful pairs/s on the XQuAD-R length mix (PyTorch at its best standard setting vs ours packed) and
-B5 packing efficiency (share of real tokens: packed vs padded to max vs bucketed).
+"""B3 useful pairs/s on the XQuAD-R length mix (PyTorch at its best standard setting vs ours packed)
+and B5 packing efficiency (share of real tokens: packed vs padded to max vs bucketed).
 
   XLA_FLAGS= python benchmarks/bench_packing.py [--pairs=2048] [--timed_pairs=64] [--rounds=3]
 
 Pairs: XQuAD-R questions (8 languages) with their answer sentence and 7 random sentences of the same
-language, rendered with the qwen3_pair template and the demo tokenizer, budget `--max_length` tokens.
-B3 scores the same `--timed_pairs` pairs with the same ~30M Qwen3 weights in both frameworks:
-PyTorch with dynamic padding per batch of `--batch` pairs (in input order, and sorted by length;
-the faster is its best), ours with `Scorer(pack=True)` (and, for reference, its unpacked length
-buckets). Rounds are interleaved; ratios are medians of per-round ratios.
+language, rendered with the qwen3_pair template and the demo tokenizer, budget `--max_length`
+tokens. B3 scores the same `--timed_pairs` pairs with the same ~30M Qwen3 weights in both
+frameworks: PyTorch with dynamic padding per batch of `--batch` pairs (in input order, and sorted by
+length; the faster is its best), ours with `Scorer(pack=True)` (and, for reference, its unpacked
+length buckets). Rounds are interleaved; ratios are medians of per-round ratios.
 """
 
 import os
@@ -76,7 +76,8 @@ def main(argv):
     seqs, _ = encoder.encode(queries, docs)
     lengths = np.array([len(s) for s in seqs])
     print(
-        f"{len(seqs)} pairs: mean {lengths.mean():.0f} tokens, p95 {np.percentile(lengths, 95):.0f}, "
+        f"{len(seqs)} pairs: mean {lengths.mean():.0f} tokens, p95 "
+        f"{np.percentile(lengths, 95):.0f}, "
         f"max {lengths.max()} (budget {_MAX_LENGTH.value})"
     )
 
@@ -127,7 +128,8 @@ def main(argv):
     ref = torch_pass(by_length)
     got = runners[True].score_tokens(ours.params, timed)
     print(
-        f"\nparity: max |packed jax - torch| = {np.abs(got - ref).max():.2e} over {len(timed)} pairs"
+        f"\nparity: max |packed jax - torch| = {np.abs(got - ref).max():.2e} over {len(timed)} "
+        "pairs"
     )
     times = bc.interleave(
         {
@@ -149,7 +151,8 @@ def main(argv):
     )
     med, lo, hi = bc.median_ratio(times[best_torch], times["jax, packed"])
     print(
-        f"B3 ratio jax packed / best torch ({best_torch}): {med:.2f}x (IQR {lo:.2f}-{hi:.2f}; target >= 2.5)"
+        f"B3 ratio jax packed / best torch ({best_torch}): {med:.2f}x (IQR {lo:.2f}-{hi:.2f}; "
+        "target >= 2.5)"
     )
 
 

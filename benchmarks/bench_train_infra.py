@@ -6,10 +6,11 @@ the grain pipeline (sample groups -> tokenise -> pack), the jitted, donated trai
 
   XLA_FLAGS= python benchmarks/bench_train_infra.py [--steps=9] [--save_every=3]
 
-Model: the ~30M Qwen3 of bench_common, AdamW state (~400 MB with the moments). Data: XQuAD-R questions
-with their answer sentence and 15 random sentences, `--groups` groups of `--group_size` per step,
-packed into rows of `--max_length` tokens. B7 times the pipeline alone (a fresh iterator, `--batches`
-batches) and the step alone, and also reports how long the training loop waited in `next()`.
+Model: the ~30M Qwen3 of bench_common, AdamW state (~400 MB with the moments). Data: XQuAD-R
+questions with their answer sentence and 15 random sentences, `--groups` groups of `--group_size`
+per step, packed into rows of `--max_length` tokens. B7 times the pipeline alone (a fresh iterator,
+`--batches` batches) and the step alone, and also reports how long the training loop waited in
+`next()`.
 """
 
 import os
@@ -81,7 +82,8 @@ def main(argv):
 
     ds, rows = dataset()
     print(
-        f"{_GROUPS.value}x{_GROUP_SIZE.value} pairs per step packed into {rows} rows of {_MAX_LENGTH.value}"
+        f"{_GROUPS.value}x{_GROUP_SIZE.value} pairs per step packed into {rows} rows of "
+        f"{_MAX_LENGTH.value}"
     )
 
     # ----- B7 (a): the pipeline alone -----

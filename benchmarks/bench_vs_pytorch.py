@@ -1,13 +1,15 @@
 """B1 scoring, B2 train step: our JAX model vs transformers' PyTorch Qwen3ForSequenceClassification;
-B4: model FLOP/s of our train step / this machine's XLA matmul FLOP/s at the model's shapes (CPU MFU).
+B4: model FLOP/s of our train step / this machine's XLA matmul FLOP/s at the model's shapes (CPU
+MFU).
 
   XLA_FLAGS= python benchmarks/bench_vs_pytorch.py [--rounds=10] [--groups=2] [--group_size=4]
       [--length=64]
 
-Same tiny Qwen3 (~30M parameters, `bench_common.TINY_QWEN3`), same weights (the HF model is loaded into
-ours with `api.load_model`), same right-padded batch (pair lengths uniform in [length/2, length]), fp32,
-one process. The train step is AdamW + listwise softmax cross-entropy over [groups, group_size] in both.
-Each framework's own best fp32 GEMM FLOP/s at the model's projection shapes is printed alongside.
+Same tiny Qwen3 (~30M parameters, `bench_common.TINY_QWEN3`), same weights (the HF model is loaded
+into ours with `api.load_model`), same right-padded batch (pair lengths uniform in [length/2,
+length]), fp32, one process. The train step is AdamW + listwise softmax cross-entropy over [groups,
+group_size] in both. Each framework's own best fp32 GEMM FLOP/s at the model's projection shapes is
+printed alongside.
 """
 
 import os
@@ -50,7 +52,8 @@ def main(argv):
         hf, ours = bc.make_models(tmp)
     total, non_emb = bc.count_params(hf)
     print(
-        f"model: {total / 1e6:.1f}M parameters ({non_emb / 1e6:.1f}M non-embedding); batch {q}x{g} pairs x {t}"
+        f"model: {total / 1e6:.1f}M parameters ({non_emb / 1e6:.1f}M non-embedding); batch {q}x{g} "
+        f"pairs x {t}"
     )
 
     rng = np.random.default_rng(0)
@@ -157,11 +160,14 @@ def main(argv):
     pairs_s = {k: n / statistics.median(v) for k, v in b1.items()}
     print(f"B1 pairs/s: torch {pairs_s['torch']:.0f}, jax {pairs_s['jax']:.0f}")
     print(
-        f"matmul fp32 GFLOP/s at the model's shapes: torch {peak_torch / 1e9:.0f}, XLA {peak_jax / 1e9:.0f}"
+        f"matmul fp32 GFLOP/s at the model's shapes: torch {peak_torch / 1e9:.0f}, XLA "
+        f"{peak_jax / 1e9:.0f}"
     )
     print(
-        f"B4 train step on full rows: {1e3 * step_s:.1f} ms, model {model_flops / step_s / 1e9:.1f} GFLOP/s "
-        f"/ XLA matmul {peak_jax / 1e9:.0f} GFLOP/s = MFU {mfu:.2f} (median per round; target >= 0.7)"
+        f"B4 train step on full rows: {1e3 * step_s:.1f} ms, model "
+        f"{model_flops / step_s / 1e9:.1f} GFLOP/s "
+        f"/ XLA matmul {peak_jax / 1e9:.0f} GFLOP/s = MFU {mfu:.2f} (median per round; target >= "
+        "0.7)"
     )
 
 

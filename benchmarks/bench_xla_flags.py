@@ -1,12 +1,13 @@
-"""XLA CPU options vs our train step and scoring forward: is there a flag that makes B1/B2/B4 faster?
+"""XLA CPU options vs our train step and scoring forward: is there a flag that makes B1/B2/B4
+faster?
 
   XLA_FLAGS= python benchmarks/bench_xla_flags.py [--rounds=2]
 
-Each flag set runs in its own child process (XLA reads XLA_FLAGS once, at start-up): the ~30M Qwen3 of
-bench_common, the B2 batch (2x4 pairs x 64 tokens), median of 3 train steps and 3 forwards after
+Each flag set runs in its own child process (XLA reads XLA_FLAGS once, at start-up): the ~30M Qwen3
+of bench_common, the B2 batch (2x4 pairs x 64 tokens), median of 3 train steps and 3 forwards after
 compiling, plus XLA's best GEMM at the model's shapes. Rounds repeat every flag set in turn so load
-drift shows; the table gives each set's median time relative to the default (< 1 = faster). Flags that
-change numerics (fast math) are listed for information only: parity tests need the defaults.
+drift shows; the table gives each set's median time relative to the default (< 1 = faster). Flags
+that change numerics (fast math) are listed for information only: parity tests need the defaults.
 """
 
 import json

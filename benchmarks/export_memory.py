@@ -5,10 +5,11 @@ Writes a model checkpoint of a ~1B-parameter Qwen3-shaped model (default: width 
 weights, shape first and tensor by tensor (Orbax partial saves, so this process never holds the
 model either), exports it to bf16 safetensors shards in a subprocess, and prints the export's peak
 RSS (its own VmHWM at exit), the peak RSS of the same export of a 2-layer width-64 checkpoint (the
-runtime's own footprint: Python, JAX, Orbax, transformers' tokenizer), the largest shard, and
-peak / (1.5 x largest shard + footprint): below 1 means the export streams. Measured twice: the
-library call (`release.export.export_checkpoint`) and the CLI (tools/convert_hf/export_hf.py, which
-also runs the publishability scan over the written files). Checks free disk space first; removes everything at the end.
+runtime's own footprint: Python, JAX, Orbax, transformers' tokenizer), the largest shard, and peak /
+(1.5 x largest shard + footprint): below 1 means the export streams. Measured twice: the library
+call (`release.export.export_checkpoint`) and the CLI (tools/convert_hf/export_hf.py, which also
+runs the publishability scan over the written files). Checks free disk space first; removes
+everything at the end.
 
   python benchmarks/export_memory.py [--num_layers=20] [--hidden=2048] [--max_shard_size=1GB]
       [--in_memory]   # also measure the old path (load the whole model, convert, write)
@@ -56,7 +57,8 @@ _IN_MEMORY = (  # the path before streaming: the whole model loaded, then conver
     "import sys\n"
     "from querit_jax.loading import load_model\n"
     "from querit_jax.release.export import export_hf\n"
-    "export_hf(load_model(sys.argv[1]), sys.argv[2], dtype='bfloat16', max_shard_bytes=int(sys.argv[3]))\n"
+    "export_hf(load_model(sys.argv[1]), sys.argv[2], dtype='bfloat16', "
+    "max_shard_bytes=int(sys.argv[3]))\n"
 )
 
 

@@ -3,9 +3,9 @@
 Writes two randomly initialised checkpoints of a Qwen3 preset (default: the full Qwen3-0.6B, 596M
 parameters, float32 — 2.4 GB each) with `save_model`, merges them with SLERP in a subprocess, and
 prints wall time, the merge process's peak RSS (its own `ru_maxrss`, reported at exit), the peak RSS
-of a process that only imports the merge code and starts JAX (the floor any run pays), the checkpoint
-size and the ratio peak / checkpoint size (target < 2: the merge streams tensor by tensor instead of
-loading both models). Not run in CI.
+of a process that only imports the merge code and starts JAX (the floor any run pays), the
+checkpoint size and the ratio peak / checkpoint size (target < 2: the merge streams tensor by tensor
+instead of loading both models). Not run in CI.
 
   python benchmarks/merge_memory.py [--preset=qwen3_0p6b] [--param_dtype=float32] [--num_layers=0]
 """

@@ -8,17 +8,17 @@
    the vocabulary keeps growing as in a real corpus) is written once under `--workdir`.
 2. The corpus index (docstore, bm25s index, word statistics) is built once, in its own process
    (`mining.corpus_index.build_missing`): wall time, peak RSS, size on disk.
-3. Mining with the heuristic generator, BM25 candidates (10, round trip 10) and a tiny random Qwen3
-   reranker as teacher (128 tokens per pair) (tests/conftest.py's `make_hf_qwen3` shape), over `--max_docs` sampled
-   source documents (0 = all; the index always covers every document), with 1 process and with P
-   processes x 1 device (launch/local.py), each run to its own output over the same index.
-   Reported per process: docs/s (documents mined / mining seconds, models loaded beforehand) and
-   peak RSS (VmHWM); per run: aggregate docs/s (documents / slowest process) and the speed-up over
-   1 process; and the mined data's size on disk (shard files + records + manifest; the index apart).
-   Right after each run, a CPU-bound spin loop run by 1 and by P processes says how much parallel
-   work the (shared) machine gave P processes at that time: the ceiling for the speed-up.
-   `--pin` runs each process on its own core with one XLA thread (taskset), so the speed-up of P
-   processes shows the division of work apart from one process's use of several cores.
+3. Mining with the heuristic generator, BM25 candidates (10, round trip 10) and a tiny random
+   Qwen3 reranker as teacher (128 tokens per pair) (tests/conftest.py's `make_hf_qwen3` shape), over
+   `--max_docs` sampled source documents (0 = all; the index always covers every document), with 1
+   process and with P processes x 1 device (launch/local.py), each run to its own output over the
+   same index. Reported per process: docs/s (documents mined / mining seconds, models loaded
+   beforehand) and peak RSS (VmHWM); per run: aggregate docs/s (documents / slowest process) and the
+   speed-up over 1 process; and the mined data's size on disk (shard files + records + manifest; the
+   index apart). Right after each run, a CPU-bound spin loop run by 1 and by P processes says how
+   much parallel work the (shared) machine gave P processes at that time: the ceiling for the
+   speed-up. `--pin` runs each process on its own core with one XLA thread (taskset), so the
+   speed-up of P processes shows the division of work apart from one process's use of several cores.
 
 Prints one JSON object and a Markdown table row per run. Not run in CI.
 """
@@ -164,11 +164,19 @@ def config_file(args) -> str:
 
 def overrides(args, corpus_dir, teacher, output) -> list[str]:
     fields = dict(
-        target=corpus_dir, output=output, index_dir=os.path.join(args.workdir, f"index-{args.docs}"),
-        teacher=teacher, max_docs=args.max_docs, shard_size=args.shard_size, candidates=10,
-        round_trip_k=10, num_negatives=7, teacher_max_length=128, teacher_batch_size=128,
+        target=corpus_dir,
+        output=output,
+        index_dir=os.path.join(args.workdir, f"index-{args.docs}"),
+        teacher=teacher,
+        max_docs=args.max_docs,
+        shard_size=args.shard_size,
+        candidates=10,
+        round_trip_k=10,
+        num_negatives=7,
+        teacher_max_length=128,
+        teacher_batch_size=128,
         model_sharding="dp",
-    )  # fmt: skip
+    )
     return [f"--config.mining.{k}={v}" for k, v in fields.items()]
 
 

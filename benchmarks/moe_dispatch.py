@@ -1,16 +1,17 @@
-"""MoE dispatch strategies on this machine, and MoE FLOPs: XLA's count vs the active-parameter formula.
+"""MoE dispatch strategies on this machine, and MoE FLOPs: XLA's count vs the active-parameter
+formula.
 
   python benchmarks/moe_dispatch.py [--repeats=5]
 
 For each (experts, top-k, tokens) the same routed batch goes through:
   * grouped: sort token copies by expert + `jax.lax.ragged_dot` (dropless; the default path);
   * dense: every expert on every token, masked combine (the reference path; E/k times the work);
-  * one-hot: GShard-style dispatch/combine einsums into an [E, capacity] buffer (capacity factor 1.25,
-    so it may drop tokens: its drop rate is printed).
+  * one-hot: GShard-style dispatch/combine einsums into an [E, capacity] buffer (capacity factor
+    1.25, so it may drop tokens: its drop rate is printed).
 Times are medians of interleaved jitted runs (forward only); the table prints speedups of grouped
-over the others. FLOPs: `compiled.cost_analysis()` of each strategy vs 2*N*H*E (router) +
-k*N*6*H*I (experts) -- XLA on CPU lowers ragged_dot to a zero-padded dense dot (openxla PR 45996), so
-its count shows what the CPU really executes. Not a test; ratios only mean something within one run.
+over the others. FLOPs: `compiled.cost_analysis()` of each strategy vs 2*N*H*E (router) + k*N*6*H*I
+(experts) -- XLA on CPU lowers ragged_dot to a zero-padded dense dot (openxla PR 45996), so its
+count shows what the CPU really executes. Not a test; ratios only mean something within one run.
 """
 
 import os
@@ -59,10 +60,12 @@ def main(argv):
     }
     h, i = _HIDDEN.value, _INTER.value
     print(
-        f"H={h}, I={i}, fp32, {os.cpu_count()} CPU cores, jax {jax.__version__}, {jax.devices()[0].platform}"
+        f"H={h}, I={i}, fp32, {os.cpu_count()} CPU cores, jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}"
     )
     print(
-        "| experts | top-k | tokens | grouped ms | dense ms | one-hot ms | dense/grouped | one-hot/grouped | one-hot drop rate | XLA GFLOP grouped / dense / formula |"
+        "| experts | top-k | tokens | grouped ms | dense ms | one-hot ms | dense/grouped | "
+        "one-hot/grouped | one-hot drop rate | XLA GFLOP grouped / dense / formula |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -91,8 +94,10 @@ def main(argv):
         formula = (2 * n * h * e + k * n * 6 * h * i) / 1e9
         drop = float(jax.jit(lambda *a: one_hot_dispatch(*a)[1])(*args))
         print(
-            f"| {e} | {k} | {n} | {med['grouped']:.1f} | {med['dense']:.1f} | {med['one-hot']:.1f} | "
-            f"{med['dense'] / med['grouped']:.2f} | {med['one-hot'] / med['grouped']:.2f} | {drop:.3f} | "
+            f"| {e} | {k} | {n} | {med['grouped']:.1f} | {med['dense']:.1f} | {med['one-hot']:.1f} "
+            "| "
+            f"{med['dense'] / med['grouped']:.2f} | {med['one-hot'] / med['grouped']:.2f} | "
+            f"{drop:.3f} | "
             f"{flops['grouped']:.2f} / {flops['dense']:.2f} / {formula:.2f} |"
         )
 

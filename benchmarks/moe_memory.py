@@ -1,6 +1,7 @@
 """Per-device memory of one MoE layer (forward + backward) on 8 CPU devices: before and after.
 
-  python benchmarks/moe_memory.py [--rows=16 --length=256 --hidden=256 --inter=128 --experts=32 --top_k=4]
+  python benchmarks/moe_memory.py [--rows=16 --length=256 --hidden=256 --inter=128 --experts=32
+  --top_k=4]
 
 Compiled `memory_analysis()` temporary bytes per device of `jax.grad` of one routed layer for:
   * ep dropless (the `ep` path with capacity_factor <= 0: worst-case [ep, n*k, H] buffers),

@@ -1,13 +1,15 @@
-"""Dense first-stage throughput: querit_jax (JAX) vs sentence-transformers (PyTorch), same model, same machine.
+"""Dense first-stage throughput: querit_jax (JAX) vs sentence-transformers (PyTorch), same model,
+same machine.
 
-  python benchmarks/retrieval_throughput.py [--model=../shared/models/all-MiniLM-L6-v2] [--repeats=3]
+  python benchmarks/retrieval_throughput.py [--model=../shared/models/all-MiniLM-L6-v2]
+  [--repeats=3]
 
 Encodes the same corpus (XQuAD-R sentences, all bundled languages) and the same queries with both
 frameworks, each at its standard setting (ours: length buckets + jit; sentence-transformers: length-
 sorted dynamic padding), then runs exact top-100 search (ours: `ShardedCorpus`; PyTorch:
-`sentence_transformers.util.semantic_search`). Prints docs/s and queries/s per framework and the ratio
-JAX / PyTorch, each the median of `--repeats` interleaved runs after a warm-up. Not a test: timings on
-shared 2-core machines vary; only the ratio measured in one run means something.
+`sentence_transformers.util.semantic_search`). Prints docs/s and queries/s per framework and the
+ratio JAX / PyTorch, each the median of `--repeats` interleaved runs after a warm-up. Not a test:
+timings on shared 2-core machines vary; only the ratio measured in one run means something.
 """
 
 import glob

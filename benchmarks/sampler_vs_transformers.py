@@ -1,12 +1,12 @@
 """Greedy generation tokens/s: querit_jax's JaxSampler against transformers' `generate`.
 
 The same tiny random Qwen3 causal LM (bench_common.TINY_QWEN3, ~30M parameters, fp32) in both
-frameworks, the same 32 prompts (XQuAD-R sentences of every language, 10-140 tokens), greedy,
-batch 32, `--max_new_tokens` new tokens per prompt (a random model rarely emits a stop token, so both sides
-generate the full budget). The two run interleaved (A B A B ...) after one warm-up each (compilation
-excluded); the ratio reported is the median over rounds of the per-round tokens/s ratio. The tokens
-are compared too (greedy: they must be equal). Run without a fake-device XLA flag; the machine is
-shared, so only the ratio means anything.
+frameworks, the same 32 prompts (XQuAD-R sentences of every language, 10-140 tokens), greedy, batch
+32, `--max_new_tokens` new tokens per prompt (a random model rarely emits a stop token, so both
+sides generate the full budget). The two run interleaved (A B A B ...) after one warm-up each
+(compilation excluded); the ratio reported is the median over rounds of the per-round tokens/s
+ratio. The tokens are compared too (greedy: they must be equal). Run without a fake-device XLA flag;
+the machine is shared, so only the ratio means anything.
 
   python benchmarks/sampler_vs_transformers.py [--rounds=3] [--max_new_tokens=64]
 """

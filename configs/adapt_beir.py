@@ -6,7 +6,8 @@ The `mining` section is mined first when its output is missing (see configs/mine
 then starts from `model.init_from` and learns the teacher's soft labels (listwise KL).
 
 Variants:
-  (none)  a Qwen3-0.6B reranker adapted to a BEIR corpus with LLM queries and a cross-encoder teacher.
+  (none)  a Qwen3-0.6B reranker adapted to a BEIR corpus with LLM queries and a cross-encoder
+  teacher.
   demo    CPU, about 20 minutes, the README's main command: an English MiniLM cross-encoder (a new
           head on all-MiniLM-L6-v2, never trained on Spanish) adapted to Spanish using only the
           Spanish held-out XQuAD-R documents (heuristic queries, BM25 candidates, the MiniLM
@@ -29,7 +30,8 @@ def get_config(arg=None):
     variant = arg or "default"
     if variant not in ("default", "demo"):
         raise ValueError(f"Unknown variant {variant!r}; use demo (or none).")
-    c = _load("general_relevance").get_config(None)  # the training defaults, each field documented there
+    # the training defaults, each field documented there
+    c = _load("general_relevance").get_config(None)
     c.name = f"adapt_beir_{variant}"
     c.mining = _load("mine_beir").mining_section(variant)
     # Train on the mined groups with the teacher's soft labels (listwise KL; the source document as

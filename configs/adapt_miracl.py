@@ -1,11 +1,12 @@
-"""Label-free adaptation to a MIRACL language: mine its corpus, distil the teacher, evaluate on MIRACL dev.
+"""Label-free adaptation to a MIRACL language: mine its corpus, distil the teacher, evaluate on
+MIRACL dev.
 
   python -m querit_jax.train --config=configs/adapt_miracl.py[:VARIANT]
 
 Variants:
   (none)  one MIRACL language in the MIRACL layout (ROOT/topics, ROOT/qrels, ROOT/corpus/*.jsonl.gz;
-          set --config.mining.target=ROOT and eval.datasets=miracl:ROOT:LANG:dev), LLM queries from an
-          OpenAI-compatible server, a cross-encoder teacher, a Qwen3-0.6B student.
+          set --config.mining.target=ROOT and eval.datasets=miracl:ROOT:LANG:dev), LLM queries from
+          an OpenAI-compatible server, a cross-encoder teacher, a Qwen3-0.6B student.
   demo    CPU: MIRACL cannot be bundled, so the demo adapts to the bundled Chinese held-out XQuAD-R
           articles instead (data/xquad_r/zh/test), with adapt_beir's demo recipe.
 """

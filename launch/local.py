@@ -5,10 +5,10 @@
 
 Every process gets QUERIT_COORDINATOR / QUERIT_NUM_PROCESSES / QUERIT_PROCESS_ID (so
 `querit_jax.distributed.maybe_initialize` calls `jax.distributed.initialize` with gloo collectives),
-XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process> and JAX_PLATFORMS=cpu: the same
-code path a TPU pod slice takes, on one machine. Output lines are prefixed with `[i]`. If one process
-fails the others are stopped (a peer would otherwise wait for it forever); the exit code is the first
-non-zero one. `--dry_run` prints the commands and environment without starting anything.
+XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process> and JAX_PLATFORMS=cpu: the
+same code path a TPU pod slice takes, on one machine. Output lines are prefixed with `[i]`. If one
+process fails the others are stopped (a peer would otherwise wait for it forever); the exit code is
+the first non-zero one. `--dry_run` prints the commands and environment without starting anything.
 """
 
 import argparse
@@ -48,7 +48,8 @@ def _pump(index: int, stream, out) -> None:
 
 
 def run(command: list[str], envs: list[dict], timeout: float | None, cwd: str | None = None) -> int:
-    """Starts one `python <command>` per env, streams output, returns the first failing exit code."""
+    """Starts one `python <command>` per env, streams output, returns the first failing exit
+    code."""
     procs = [
         subprocess.Popen(
             [sys.executable, *command],

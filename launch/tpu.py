@@ -1,22 +1,26 @@
 """Cloud TPU VMs for querit_jax: create, install, run, logs, stop, delete (gcloud underneath).
 
-    python launch/tpu.py create  --name=rr --zone=us-east5-a --accelerator=v5p-128 [--spot] [--queued]
+    python launch/tpu.py create  --name=rr --zone=us-east5-a --accelerator=v5p-128 [--spot]
+    [--queued]
     python launch/tpu.py install --name=rr --zone=us-east5-a --accelerator=v5p-128
     python launch/tpu.py run     --name=rr --zone=us-east5-a --accelerator=v5p-128 \\
-        --config=configs/general_relevance.py --workdir=gs://BUCKET/runs/rr -- --config.train.num_steps=5000
+        --config=configs/general_relevance.py --workdir=gs://BUCKET/runs/rr --
+        --config.train.num_steps=5000
     python launch/tpu.py logs|stop|delete --name=rr --zone=us-east5-a --accelerator=v5p-128
 
-`--num_slices=N` (N > 1) makes a multislice job: a queued resource with N nodes `<name>-0..N-1`; `run`
-then gives every worker MEGASCALE_COORDINATOR_ADDRESS (worker 0 of slice 0), MEGASCALE_NUM_SLICES,
-MEGASCALE_SLICE_ID and MEGASCALE_PORT, and the config should set `sharding.dcn_data=N` (the hybrid mesh).
-Every command prints the gcloud commands it runs; `--dry_run` prints them and runs nothing (no gcloud
-needed). `--name`, `--zone` and `--project` default to $TPU_NAME, $ZONE and $PROJECT.
+`--num_slices=N` (N > 1) makes a multislice job: a queued resource with N nodes `<name>-0..N-1`;
+`run` then gives every worker MEGASCALE_COORDINATOR_ADDRESS (worker 0 of slice 0),
+MEGASCALE_NUM_SLICES, MEGASCALE_SLICE_ID and MEGASCALE_PORT, and the config should set
+`sharding.dcn_data=N` (the hybrid mesh). Every command prints the gcloud commands it runs;
+`--dry_run` prints them and runs nothing (no gcloud needed). `--name`, `--zone` and `--project`
+default to $TPU_NAME, $ZONE and $PROJECT.
 
-`run` starts training in the background on every worker with QUERIT_JAX_INIT=1 (jax.distributed finds
-its peers from the TPU metadata) and QUERIT_WATCH_MAINTENANCE=1 (a host-maintenance event becomes a
-preemption: checkpoint, exit 0); `stop` sends SIGTERM, which also saves a checkpoint before exiting.
-Running `run` again resumes from the newest checkpoint in --workdir. Secrets (HF_TOKEN, API keys) are
-never put on command lines: set them on the workers yourself (e.g. in ~/.querit_env, which `run` sources).
+`run` starts training in the background on every worker with QUERIT_JAX_INIT=1 (jax.distributed
+finds its peers from the TPU metadata) and QUERIT_WATCH_MAINTENANCE=1 (a host-maintenance event
+becomes a preemption: checkpoint, exit 0); `stop` sends SIGTERM, which also saves a checkpoint
+before exiting. Running `run` again resumes from the newest checkpoint in --workdir. Secrets
+(HF_TOKEN, API keys) are never put on command lines: set them on the workers yourself (e.g. in
+~/.querit_env, which `run` sources).
 """
 
 import argparse
@@ -157,7 +161,8 @@ class Job:
 
     def install(self, tarball: str) -> list[list[str]]:
         setup = (
-            f"mkdir -p {REMOTE_DIR} && tar xzf ~/querit_jax.tgz -C {REMOTE_DIR} && cd {REMOTE_DIR} && "
+            f"mkdir -p {REMOTE_DIR} && tar xzf ~/querit_jax.tgz -C {REMOTE_DIR} && cd {REMOTE_DIR} "
+            "&& "
             "python3 -m venv .venv && .venv/bin/pip install -q -U pip && "
             ".venv/bin/pip install -q 'jax[tpu]' -e ."
         )
@@ -323,7 +328,8 @@ def check_locations(job: "Job", config: str, workdir: str, extra: list[str]) -> 
     local = local_locations(load_config(config, extra))
     if local:
         raise LaunchError(
-            f"{', '.join(local)}: local paths; {where} cannot read them (only the code is shipped). "
+            f"{', '.join(local)}: local paths; {where} cannot read them (only the code is "
+            "shipped). "
             "Copy them to a bucket (gsutil -m cp -r DIR gs://BUCKET/...) and override, e.g. "
             f"-- --config.{local[0].split('=')[0]}=gs://BUCKET/..., or use a Hub id for models."
         )

@@ -29,7 +29,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         hint = re.search(r'Did you mean "[^"]*" instead of "[^"]*"\?', text)
         overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
         _fail(
-            f"config override {', '.join(overrides) or ''}: no field {key.group(1) if key else text!r}"
+            f"config override {', '.join(overrides) or ''}: no field "
+            f"{key.group(1) if key else text!r}"
             f" in the config{'; ' + hint.group(0) if hint else '.'}"
         )
 

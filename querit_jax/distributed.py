@@ -1,10 +1,10 @@
 """Multi-host start-up: `jax.distributed.initialize()` only when the environment asks for it.
 
-On a TPU VM pod slice set QUERIT_JAX_INIT=1 (JAX then discovers the coordinator itself); elsewhere set
-QUERIT_COORDINATOR (host:port), QUERIT_NUM_PROCESSES and QUERIT_PROCESS_ID (launch/local.py does, for
-N CPU processes on one machine). Without any of these a single process runs, so CPU machines and tests
-need nothing. The same code path then serves 1 or N processes: data is read per process, checkpoints
-are written collectively by Orbax, logs and files come from process 0.
+On a TPU VM pod slice set QUERIT_JAX_INIT=1 (JAX then discovers the coordinator itself); elsewhere
+set QUERIT_COORDINATOR (host:port), QUERIT_NUM_PROCESSES and QUERIT_PROCESS_ID (launch/local.py
+does, for N CPU processes on one machine). Without any of these a single process runs, so CPU
+machines and tests need nothing. The same code path then serves 1 or N processes: data is read per
+process, checkpoints are written collectively by Orbax, logs and files come from process 0.
 
 It must run before anything touches a JAX backend (some libraries do at import: bm25s runs a top_k),
 so the entry points call it before importing the rest of the package. Calling it again is a no-op.
@@ -28,7 +28,8 @@ def _backend_started() -> bool:
 
 
 def maybe_initialize() -> bool:
-    """Initialises jax.distributed if asked to by the environment; returns whether it is initialised."""
+    """Initialises jax.distributed if asked to by the environment; returns whether it is
+    initialised."""
     coordinator = os.environ.get("QUERIT_COORDINATOR")
     if not coordinator and not os.environ.get("QUERIT_JAX_INIT"):
         return False
@@ -36,7 +37,8 @@ def maybe_initialize() -> bool:
         return True
     if _backend_started():
         raise RuntimeError(
-            "QUERIT_COORDINATOR/QUERIT_JAX_INIT is set but a JAX backend was already started before "
+            "QUERIT_COORDINATOR/QUERIT_JAX_INIT is set but a JAX backend was already started "
+            "before "
             "jax.distributed.initialize(); call querit_jax.distributed.maybe_initialize() first."
         )
     if coordinator:

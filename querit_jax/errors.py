@@ -50,5 +50,6 @@ class NonFiniteError(QueritError, RuntimeError):
     """Training stopped after too many consecutive non-finite steps."""
 
 
-# What `cli.run` reports as one line. FileNotFoundError is there for paths given on the command line.
+# What `cli.run` reports as one line. FileNotFoundError is there for paths given on the command
+# line.
 USER_ERRORS = (QueritError, FileNotFoundError)

@@ -1,18 +1,19 @@
 """Rerank a first stage and report metrics, for one or several models side by side:
 
-    python -m querit_jax.evaluate --model=PATH[,PATH...] --data=DATASET_DIR[,DIR...] [--run=bm25] [--top_k=100]
+    python -m querit_jax.evaluate --model=PATH[,PATH...] --data=DATASET_DIR[,DIR...] [--run=bm25]
+    [--top_k=100]
 
-`--run` is a TREC or JSON run file (one, or one per dataset), or `bm25` to compute BM25 with an analyser
-that does not depend on the models (`--bm25_tokenizer`, the built-in Unicode one by default); every
-model reranks the same candidates. `--fusion` also reports each model fused with the first stage:
-`model` (the weight recorded with each model, chosen label-free during adaptation), `interpolate`
-(with `--alpha`) or `rrf`. Prints the first stage's and the reranked
-metrics (nDCG@10, MRR@10, Recall@100) and writes them as JSON (`--output`, default
-`<dataset>_<split>.metrics.json` in the current directory; one model on one dataset gives the summary
-itself, otherwise {"results": [summary per model and dataset]}), plus a report (`report.json`,
-`report.md`, `report.png`: nDCG@10 per dataset, first stage vs each model) in `--report_dir`
-(default: beside the metrics JSON as `<name>.report.{json,md,png}`), and the reranked run
-(`--rerank_output`, one model and dataset only).
+`--run` is a TREC or JSON run file (one, or one per dataset), or `bm25` to compute BM25 with an
+analyser that does not depend on the models (`--bm25_tokenizer`, the built-in Unicode one by
+default); every model reranks the same candidates. `--fusion` also reports each model fused with the
+first stage: `model` (the weight recorded with each model, chosen label-free during adaptation),
+`interpolate` (with `--alpha`) or `rrf`. Prints the first stage's and the reranked metrics (nDCG@10,
+MRR@10, Recall@100) and writes them as JSON (`--output`, default `<dataset>_<split>.metrics.json` in
+the current directory; one model on one dataset gives the summary itself, otherwise {"results":
+[summary per model and dataset]}), plus a report (`report.json`, `report.md`, `report.png`: nDCG@10
+per dataset, first stage vs each model) in `--report_dir` (default: beside the metrics JSON as
+`<name>.report.{json,md,png}`), and the reranked run (`--rerank_output`, one model and dataset
+only).
 """
 
 import json

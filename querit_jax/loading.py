@@ -1,11 +1,12 @@
-"""Any model location -> a model ready to run on a mesh; names of first stages and teachers -> objects.
+"""Any model location -> a model ready to run on a mesh; names of first stages and teachers ->
+objects.
 
 A model location is a querit_jax model checkpoint (`models.checkpoint`), a training workdir (its
 `model/`) or a Hugging Face model directory (converted in memory by `convert.hf_import`), on local
 disk or in a gs:// bucket, or a Hugging Face Hub id (`org/name[@revision]`, downloaded once into
-huggingface_hub's cache: safetensors only; the commit is recorded as the model's source). This module
-sits above `models/`, `convert/`, `retrieval/` and `inference/`, so none of them needs another's
-loading code: `load_model` for models, `load_teacher` for teachers, `build_retriever` and
+huggingface_hub's cache: safetensors only; the commit is recorded as the model's source). This
+module sits above `models/`, `convert/`, `retrieval/` and `inference/`, so none of them needs
+another's loading code: `load_model` for models, `load_teacher` for teachers, `build_retriever` and
 `first_stage_run` for first stages ("bm25" or an embedder location).
 """
 
@@ -82,8 +83,10 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
         ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
         raise CheckpointError(
-            f"{repo_id}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot "
-            f"be reached ({type(e).__name__}). On a machine with network run `hf download {repo_id} "
+            f"{repo_id}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
+            "cannot "
+            f"be reached ({type(e).__name__}). On a machine with network run `hf download "
+            f"{repo_id} "
             f"--include {' '.join(repr(p) for p in HUB_FILES)}` and copy the cache here (or set "
             "HF_HUB_CACHE), or give a local or gs:// directory instead."
         ) from None
@@ -103,8 +106,10 @@ def resolve_model_path(location: str) -> str:
     if is_model_checkpoint(storage.join(path, "model")):
         return storage.join(path, "model")
     raise CheckpointError(
-        f"{path} is not a querit_jax model checkpoint (no model.json), a Hugging Face model directory "
-        "(no config.json) or a training workdir (no model/model.json). Train a model, import one with "
+        f"{path} is not a querit_jax model checkpoint (no model.json), a Hugging Face model "
+        "directory "
+        "(no config.json) or a training workdir (no model/model.json). Train a model, import one "
+        "with "
         "tools/convert_hf/import_hf.py, or point to the right directory."
     )
 
@@ -132,10 +137,11 @@ def load_model(
     Hub model onto `mesh`.
 
     Args:
-      head: "auto" keeps the stored head (HF: by architecture); "score" converts a yes/no head exactly
+      head: "auto" keeps the stored head (HF: by architecture); "score" converts a yes/no head
+      exactly
         into a linear head; "yes_no" needs a checkpoint that has an LM head.
-      tokenizer_path: another tokenizer directory (local or gs://).
-      spec_fields: spec/backbone fields to override (dtype, param_dtype, remat, template, max_length...).
+      tokenizer_path: another tokenizer directory (local or gs://). spec_fields: spec/backbone
+      fields to override (dtype, param_dtype, remat, template, max_length...).
     Raises:
       CheckpointError: naming the path and the offending key, for anything unusable.
     """

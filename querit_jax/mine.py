@@ -1,4 +1,5 @@
-"""Mine label-free training data: `python -m querit_jax.mine --config=configs/mine_beir.py[:variant]`.
+"""Mine label-free training data: `python -m querit_jax.mine
+--config=configs/mine_beir.py[:variant]`.
 
 Writes soft-label shards, their records and a manifest to `mining.output` (see
 querit_jax/mining/miner.py); an interrupted run continues where it stopped when started again.

@@ -3,11 +3,11 @@
   python -m querit_jax.plan --config=configs/X.py[:VARIANT] [--config.a.b=v ...]
       [--mesh=data=1,fsdp=64] [--num_devices=N] [--device_memory_gib=G] [--mode=estimate|compile]
 
-Parameters, optimiser state and gradients are exact (shapes and shardings); activations come from the
-residuals JAX keeps for the backward pass (`--mode=estimate`, the default away from accelerators: any
-mesh size, no devices needed) or from the compiled step's memory_analysis() (`--mode=compile`; on a
-CPU machine it uses N fake CPU devices, whose figures ignore remat). Exits 2 with the fields to change
-when the plan does not fit. See querit_jax/training/memory.py.
+Parameters, optimiser state and gradients are exact (shapes and shardings); activations come from
+the residuals JAX keeps for the backward pass (`--mode=estimate`, the default away from
+accelerators: any mesh size, no devices needed) or from the compiled step's memory_analysis()
+(`--mode=compile`; on a CPU machine it uses N fake CPU devices, whose figures ignore remat). Exits 2
+with the fields to change when the plan does not fit. See querit_jax/training/memory.py.
 """
 
 from absl import flags

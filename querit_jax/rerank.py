@@ -1,8 +1,9 @@
-"""Score (query, document) pairs: `python -m querit_jax.rerank --model=PATH --input=pairs.jsonl --output=scores.jsonl`.
+"""Score (query, document) pairs: `python -m querit_jax.rerank --model=PATH --input=pairs.jsonl
+--output=scores.jsonl`.
 
-Input lines are `{"query": str, "document": str}` (optional `"id"`); output lines are `{"score": float}`
-(with the `"id"` when given) in input order. PATH is a model checkpoint, a training workdir, a Hugging
-Face directory (local or gs://) or a Hub id.
+Input lines are `{"query": str, "document": str}` (optional `"id"`); output lines are `{"score":
+float}` (with the `"id"` when given) in input order. PATH is a model checkpoint, a training workdir,
+a Hugging Face directory (local or gs://) or a Hub id.
 
 When every input line also carries the first stage's score (`"first_stage_score"`, and `"qid"` to
 group a query's candidates; the query text groups them otherwise), each output line also gets

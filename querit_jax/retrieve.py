@@ -3,9 +3,10 @@
     python -m querit_jax.retrieve --model=PATH|bm25 --data=DATASET_DIR --top_k=100 --output=run.trec
 
 PATH is an embedder (a model checkpoint, or a Hugging Face / sentence-transformers directory such as
-all-MiniLM-L6-v2); `bm25` uses bm25s with the built-in multilingual analyser (`--bm25_tokenizer=PATH`
-uses a Hugging Face tokenizer's subwords instead). The queries are those judged in the qrels of
-`--split` (BEIR layout); writes a TREC run and prints its nDCG@10, MRR@10 and Recall@100.
+all-MiniLM-L6-v2); `bm25` uses bm25s with the built-in multilingual analyser
+(`--bm25_tokenizer=PATH` uses a Hugging Face tokenizer's subwords instead). The queries are those
+judged in the qrels of `--split` (BEIR layout); writes a TREC run and prints its nDCG@10, MRR@10 and
+Recall@100.
 """
 
 import json

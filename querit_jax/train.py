@@ -1,4 +1,5 @@
-"""Train a reranker: `python -m querit_jax.train --config=configs/X.py[:variant] [--config.a.b=v] [--workdir=DIR]`."""
+"""Train a reranker: `python -m querit_jax.train --config=configs/X.py[:variant] [--config.a.b=v]
+[--workdir=DIR]`."""
 
 import os
 

@@ -429,9 +429,11 @@ def to_markdown(report: dict) -> str:
     lines += ["", "## Label-free choices (synthetic dev queries only)", ""]
     for name, s in (sel.get("adaptation") or {}).items():
         if s:
-            lines.append(f"- adaptation {name}: step {s['step']} of {s['of_steps']} "
-                         f"(dev fused {s['dev']['score']:.4f}, alpha {s['dev']['alpha']:.2f}, "
-                         f"reranker {s['dev']['reranked']:.4f}, BM25 {s['dev']['first_stage']:.4f})")  # fmt: skip
+            lines.append(
+                f"- adaptation {name}: step {s['step']} of {s['of_steps']} "
+                f"(dev fused {s['dev']['score']:.4f}, alpha {s['dev']['alpha']:.2f}, "
+                f"reranker {s['dev']['reranked']:.4f}, BM25 {s['dev']['first_stage']:.4f})"
+            )
     if sel.get("merge"):
         m = sel["merge"]
         lines.append(f"- merge: t={m['t']} of {m['grid']} (dev fused {m['dev']['score']:.4f}, "

@@ -5,10 +5,10 @@ as `tests.fixtures`, and so do the benchmarks, run from the repository root as
 `python -m benchmarks.<name>`.
 
 The random weights look like a trained checkpoint wherever that decides what a parity test can see:
-  * norm scales (RMSNorm, q/k-norm, LayerNorm) are 1 + small noise. Scales drawn around 0 (as a plain
-    `normal_(0, std)` over every parameter gives) shrink every activation towards 0, so attention is
-    uniform and positions barely matter: on such a fixture removing RoPE moved Qwen3 scores by 2.5e-4
-    and a 100x wrong rope_theta by 1e-4, about the 1e-4 parity tolerance;
+  * norm scales (RMSNorm, q/k-norm, LayerNorm) are 1 + small noise. Scales drawn around 0 (as a
+    plain `normal_(0, std)` over every parameter gives) shrink every activation towards 0, so
+    attention is uniform and positions barely matter: on such a fixture removing RoPE moved Qwen3
+    scores by 2.5e-4 and a 100x wrong rope_theta by 1e-4, about the 1e-4 parity tolerance;
   * embeddings are small (transformers' initializer_range, 0.02), as in real checkpoints, so a wrong
     norm epsilon shows in the first layers' statistics;
   * attention is peaked: Qwen3 normalises q and k per head, so the q/k-norm scales (not the
@@ -16,11 +16,11 @@ The random weights look like a trained checkpoint wherever that decides what a p
   * encoder classification heads are wide enough that scores spread over a few units, as a trained
     cross-encoder's logits do.
 tests/test_sensitivity.py checks that deliberately broken variants of our models (no RoPE, the
-interleaved or inverted rotation, a wrong theta or epsilon, tanh-GELU, a wrong XLM-R position offset,
-wrong MoE routing weights) move the outputs of these fixtures by at least 100x the parity tolerance.
-The one exception is the GELU variant on XLM-R (13x: the tanh approximation is within ~2e-4 of an
-activation, too close to float32 noise for any realistic fixture), where the activation functions
-are compared with transformers' one by one instead.
+interleaved or inverted rotation, a wrong theta or epsilon, tanh-GELU, a wrong XLM-R position
+offset, wrong MoE routing weights) move the outputs of these fixtures by at least 100x the parity
+tolerance. The one exception is the GELU variant on XLM-R (13x: the tanh approximation is within
+~2e-4 of an activation, too close to float32 noise for any realistic fixture), where the activation
+functions are compared with transformers' one by one instead.
 """
 
 import os
@@ -120,8 +120,9 @@ QWEN3_INIT = dict(std=0.1, qk_gain=2.0)
 def build_hf_qwen3(arch: str = "seq_cls", tok=None, seed: int = 0, std: float = 0.1, **config):
     """(transformers Qwen3 model in eval mode, its tokenizer): a tiny random model by default.
 
-    arch: seq_cls (Qwen3ForSequenceClassification), causal_lm (Qwen3ForCausalLM) or base (Qwen3Model).
-    config: Qwen3Config fields overriding the tiny defaults (width 64, 2 layers, 4 heads of 16).
+    arch: seq_cls (Qwen3ForSequenceClassification), causal_lm (Qwen3ForCausalLM) or base
+    (Qwen3Model). config: Qwen3Config fields overriding the tiny defaults (width 64, 2 layers, 4
+    heads of 16).
     """
     import torch
     import transformers
@@ -165,8 +166,8 @@ def make_hf_qwen3(
     """Saves a tiny random transformers Qwen3 model (+ the demo tokenizer) to out_dir; returns it.
 
     arch: seq_cls, causal_lm or base (see `build_hf_qwen3`). The demo tokenizer's pad token is
-    <|endoftext|>, which the Qwen3-Embedding template appends; pass pad_token="<|fim_pad|>" for a pad
-    id that never occurs in a pair (HF's seq-cls pooling reads the rightmost non-pad token).
+    <|endoftext|>, which the Qwen3-Embedding template appends; pass pad_token="<|fim_pad|>" for a
+    pad id that never occurs in a pair (HF's seq-cls pooling reads the rightmost non-pad token).
     """
     config.setdefault("tie_word_embeddings", tie)
     model, tok = build_hf_qwen3(arch, demo_tokenizer(pad_token), seed, std, **config)
@@ -182,7 +183,8 @@ def make_hf_qwen3_moe(
     std: float = QWEN3_INIT["std"],
     **config,
 ) -> str:
-    """Saves a tiny random transformers Qwen3-MoE (8 experts, top-2, 3 layers) with the demo tokenizer
+    """Saves a tiny random transformers Qwen3-MoE (8 experts, top-2, 3 layers) with the demo
+    tokenizer
     (pad token <|fim_pad|>); arch: seq_cls, causal_lm or base. Returns out_dir."""
     import torch
     import transformers
@@ -217,9 +219,9 @@ def make_hf_qwen3_moe(
     return _save(model, tok, out_dir)
 
 
-# Encoder fixtures (hidden 32): projections of std 0.3 give attention logits of standard deviation ~3
-# and MLP pre-activations ~1.7 (where tanh-GELU differs most from the exact one); the 0.5 head spreads
-# the scores over ~3 units.
+# Encoder fixtures (hidden 32): projections of std 0.3 give attention logits of standard deviation
+# ~3 and MLP pre-activations ~1.7 (where tanh-GELU differs most from the exact one); the 0.5 head
+# spreads the scores over ~3 units.
 ENCODER_INIT = dict(std=0.3, head_std=0.5)
 
 

@@ -2,11 +2,12 @@
 
 The emulator answers a media download without `x-goog-generation` and ignores the generation
 preconditions of reads. tensorstore (Orbax's array store) re-reads an OCDBT manifest with
-`ifGenerationNotMatch=<generation it wrote>` whenever a save commits in several rounds (a train state
-of ~100 arrays does) and then fails with "Malformed StorageGeneration". Real Cloud Storage sends the
-header and answers 304/412; this wrapper adds both to the emulator's download handler.
+`ifGenerationNotMatch=<generation it wrote>` whenever a save commits in several rounds (a train
+state of ~100 arrays does) and then fails with "Malformed StorageGeneration". Real Cloud Storage
+sends the header and answers 304/412; this wrapper adds both to the emulator's download handler.
 
-    python -m tests.gcs_server start --host=127.0.0.1 --port=PORT --no-store-on-disk --default-bucket=B
+    python -m tests.gcs_server start --host=127.0.0.1 --port=PORT --no-store-on-disk
+    --default-bucket=B
 
 takes the emulator's own arguments. `serving()` runs one for a test and points every client at it.
 """

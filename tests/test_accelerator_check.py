@@ -1,4 +1,5 @@
-"""The accelerator check script (benchmarks/accelerator_check.sh) runs end to end in its CPU dry run:
+"""The accelerator check script (benchmarks/accelerator_check.sh) runs end to end in its CPU dry
+run:
 every section reports figures (no errors), the JSON lands in the given directory, the JAX scores
 equal transformers' on the same weights."""
 

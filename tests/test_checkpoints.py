@@ -1,4 +1,5 @@
-"""Model checkpoints and Hugging Face directories: bad input gets a clear error and nothing unsafe runs."""
+"""Model checkpoints and Hugging Face directories: bad input gets a clear error and nothing unsafe
+runs."""
 
 import json
 import os
@@ -63,7 +64,8 @@ def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):
         json.dump(meta, f)
     with pytest.raises(
         CheckpointError,
-        match=r"model\.json\): parameter model\.layers\.0\.mlp\.down_proj\.kernel has shape \(96, 64\), the model expects \(100, 64\)",
+        match=r"model\.json\): parameter model\.layers\.0\.mlp\.down_proj\.kernel has shape \(96, "
+        r"64\), the model expects \(100, 64\)",
     ):
         load_model(ckpt)
 

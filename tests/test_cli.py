@@ -1,4 +1,5 @@
-"""The command-line contracts of DESIGN §4 on a trained checkpoint and on its Hugging Face export."""
+"""The command-line contracts of DESIGN §4 on a trained checkpoint and on its Hugging Face
+export."""
 
 import json
 import os
@@ -46,7 +47,10 @@ def pairs_file(tmp_path_factory):
 def exported(tiny_workdir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("export") / "hf")
     proc = _cli(
-        "tools/convert_hf/export_hf.py", f"--checkpoint={tiny_workdir}", f"--out={out}", "--verify",
+        "tools/convert_hf/export_hf.py",
+        f"--checkpoint={tiny_workdir}",
+        f"--out={out}",
+        "--verify",
         "--dtype=float32",  # the release default is bfloat16; these tests compare scores at 1e-4
     )
     assert (

@@ -131,7 +131,8 @@ def test_train_step_makes_no_host_transfers():
     assert int(state.step) == 2 and jnp.isfinite(metrics["loss"])
 
 
-# ----- scan over layers: same numbers and parameter layout as the loop, one layer compiled -----------
+# ----- scan over layers: same numbers and parameter layout as the loop, one layer compiled
+# -----------
 
 
 def _scores_and_grads(spec, host, batch):

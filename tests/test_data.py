@@ -1,4 +1,5 @@
-"""Data formats, the XQuAD-R converter, groups, the TFDS builder, the grain pipeline and templates."""
+"""Data formats, the XQuAD-R converter, groups, the TFDS builder, the grain pipeline and
+templates."""
 
 import filecmp
 import json

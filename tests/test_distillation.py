@@ -1,4 +1,5 @@
-"""Distillation losses against direct numpy implementations; masking; zero gradient at the teacher."""
+"""Distillation losses against direct numpy implementations; masking; zero gradient at the
+teacher."""
 
 import jax
 import jax.numpy as jnp

@@ -24,10 +24,10 @@ needs_xlmr_tok = pytest.mark.skipif(
     not os.path.isdir(XLMR_TOKENIZER), reason=f"{XLMR_TOKENIZER} is absent"
 )
 
-# Tiny-encoder scores agree with transformers within this in float32 (observed: 5.5e-6 for BERT, 2e-6
-# for XLM-R, on scores that spread over ~3). Tighter than the decoders' 1e-4 on purpose: tanh-GELU
-# differs from the exact GELU by ~2e-4 of an activation, which moves BERT's scores by 3.2e-3 and
-# XLM-R's by 2.6e-4 (tests/test_sensitivity.py).
+# Tiny-encoder scores agree with transformers within this in float32 (observed: 5.5e-6 for BERT,
+# 2e-6 for XLM-R, on scores that spread over ~3). Tighter than the decoders' 1e-4 on purpose:
+# tanh-GELU differs from the exact GELU by ~2e-4 of an activation, which moves BERT's scores by
+# 3.2e-3 and XLM-R's by 2.6e-4 (tests/test_sensitivity.py).
 ATOL = 2e-5
 
 
@@ -145,7 +145,8 @@ def test_qwen3_embedder_reads_the_last_real_token(tmp_path):
 @needs_xlmr_tok
 def test_xlm_roberta_embedder_matches_sentence_transformers(tmp_path):
     """A sentence-transformers folder (XLMRobertaModel + mean pooling + Normalize, the
-    multilingual-e5 layout): our embedder reads its pooling and equals SentenceTransformer.encode."""
+    multilingual-e5 layout): our embedder reads its pooling and equals
+    SentenceTransformer.encode."""
     from sentence_transformers import SentenceTransformer, models
 
     hf_dir, _, _ = _tiny_encoder_dir(tmp_path, "xlm_roberta", arch="base")

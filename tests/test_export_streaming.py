@@ -1,5 +1,6 @@
-"""Streaming export: a model checkpoint -> sharded safetensors, tensor by tensor, equal to the in-memory
-export; transformers loads the shards; --verify works on them; the whole model is never restored."""
+"""Streaming export: a model checkpoint -> sharded safetensors, tensor by tensor, equal to the
+in-memory export; transformers loads the shards; --verify works on them; the whole model is never
+restored."""
 
 import json
 import os
@@ -72,7 +73,8 @@ def test_shard_plan_and_names():
 
 @pytest.mark.parametrize("kind", ["dense", "yes_no", "moe"])
 def test_streamed_shards_equal_the_in_memory_export(ckpts, kind, tmp_path, monkeypatch):
-    """fp32: the same tensors bit for bit; each tensor restored on its own, never the whole model."""
+    """fp32: the same tensors bit for bit; each tensor restored on its own, never the whole
+    model."""
     memory = export_hf(load_model(ckpts[kind]), str(tmp_path / "memory"))
     reads = []
     original = checkpoint.StoredParams.read

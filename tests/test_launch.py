@@ -102,7 +102,8 @@ def test_a_pod_reads_and_writes_only_through_buckets_or_the_hub(capsys):
     ]
     _, run = _dry(capsys, *args, config, "--workdir=gs://b/run", "--", *overrides)
     assert "--workdir=gs://b/run --config.data.train=gs://b/data/train.jsonl" in run[-1]
-    # The adaptation config names a target corpus, a teacher and a mining output: all must be remote.
+    # The adaptation config names a target corpus, a teacher and a mining output: all must be
+    # remote.
     assert tpu.main([*args, "--config=configs/adapt_beir.py", "--workdir=gs://b/a", "--dry_run",
                      "--", *overrides]) == 2  # fmt: skip
     assert "mining.target=" in capsys.readouterr().err
@@ -150,8 +151,15 @@ def test_hybrid_mesh_keeps_model_axes_inside_a_slice():
         hybrid.make_hybrid_mesh((8, 1, 1, 1), 2, devices)  # CPU devices: not a multislice job
     c = load_config("configs/general_relevance.py", "tiny")
     c.sharding.mesh.update(dict(data=8))
-    cfg = config_lib.from_config_dict({**c.to_dict(), "sharding": {**c.sharding.to_dict(),
-                                       "mesh": {**c.sharding.mesh.to_dict(), "dcn_data": 3}}})  # fmt: skip
+    cfg = config_lib.from_config_dict(
+        {
+            **c.to_dict(),
+            "sharding": {
+                **c.sharding.to_dict(),
+                "mesh": {**c.sharding.mesh.to_dict(), "dcn_data": 3},
+            },
+        }
+    )
     with pytest.raises(
         config_lib.ConfigError, match="sharding.mesh: .*dcn_data=3: the data axis \\(8\\)"
     ):

@@ -1,19 +1,22 @@
 """The package's import layering: every unit imports only units of lower layers (lazy imports too).
 
-A unit is a subpackage (`models`, `data`, ...) or a top-level module (`storage`, `loading`, ...). The
-order, lowest first, and why each layer sits where it does:
+A unit is a subpackage (`models`, `data`, ...) or a top-level module (`storage`, `loading`, ...).
+The order, lowest first, and why each layer sits where it does:
 
   errors, distributed      nothing below them: every layer may raise a user error
   sharding, storage        mesh and logical axes; every location (local or gs://)
   logs                     the project logger, log files, progress lines
   models                   families, layers, spec, templates, the model checkpoint format
-  data                     formats (BEIR, MIRACL, groups, runs, mined shards, prompts), tokenisation,
+  data                     formats (BEIR, MIRACL, groups, runs, mined shards, prompts),
+  tokenisation,
                            packing, grain pipelines
-  convert                  Hugging Face interop (config and weight tables, safetensors, import/export)
+  convert                  Hugging Face interop (config and weight tables, safetensors,
+  import/export)
   retrieval                BM25, dense retrieval, exact sharded top-k: one `search` interface
   inference                batched runners over a mesh: scorer, embedder, teacher
   loading                  any model location -> a model, a retriever, a teacher
-  eval                     metrics, the reranking protocol, the evaluation suite and reports: used by
+  eval                     metrics, the reranking protocol, the evaluation suite and reports: used
+  by
                            training (evaluation during a run), mining, release and `evaluate`
   config_lib               ConfigDict -> frozen, validated dataclasses
   training, mining, merging          the phases: they never import each other

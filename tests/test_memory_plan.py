@@ -1,4 +1,5 @@
-"""The memory plan: exact state bytes (hand count), activations that follow batch and remat, a refusal
+"""The memory plan: exact state bytes (hand count), activations that follow batch and remat, a
+refusal
 that names what to change, the compiled path on 8 CPU devices, and the CLI on a 64-chip mesh."""
 
 import os

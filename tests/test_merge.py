@@ -1,6 +1,6 @@
 """Merging: SLERP / Multi-SLERP against independent numpy implementations of mergekit's formulas,
-per-tensor t from depth gradients and name filters, sharded == unsharded, MoE per expert, checks on bad
-input, and a merge killed with SIGKILL that reruns to the same result."""
+per-tensor t from depth gradients and name filters, sharded == unsharded, MoE per expert, checks on
+bad input, and a merge killed with SIGKILL that reruns to the same result."""
 
 import dataclasses
 import json
@@ -71,7 +71,8 @@ def _jit_slerp(v0, v1, t):
     return np.asarray(out.astype(v0.dtype)), bool(linear)
 
 
-# ----- the formula ---------------------------------------------------------------------------------
+# ----- the formula
+# ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 def test_slerp_equals_numpy_formula_on_both_branches_and_zero_tensors(dtype):
     rng = np.random.default_rng(0)
@@ -117,9 +118,9 @@ def test_multislerp_equals_numpy_formula_and_two_equal_weights_equal_slerp_half(
         np.testing.assert_allclose(
             np.asarray(got), np_multislerp(tensors, weights, origin), rtol=2e-5, atol=2e-5
         )
-    # mergekit's multislerp with two inputs and equal weights is the normalised bisector scaled by the
-    # mean norm; SLERP at t=0.5 applies equal sine weights to the originals. They agree exactly when
-    # the two tensors have the same norm (and differ otherwise, by design).
+    # mergekit's multislerp with two inputs and equal weights is the normalised bisector scaled by
+    # the mean norm; SLERP at t=0.5 applies equal sine weights to the originals. They agree exactly
+    # when the two tensors have the same norm (and differ otherwise, by design).
     b = xs[1] * (np.linalg.norm(xs[0]) / np.linalg.norm(xs[1]))
     two, _ = jax.jit(slerp_lib.multislerp)(jnp.stack([xs[0], b]), jnp.ones(2))
     half, _ = _jit_slerp(xs[0], b, 0.5)
@@ -156,7 +157,8 @@ def test_t_specs_positions_and_gradients():
         config_lib.parse_t([{"filter": "mlp"}])
 
 
-# ----- tiny checkpoints ----------------------------------------------------------------------------
+# ----- tiny checkpoints
+# ----------------------------------------------------------------------------
 def _spec(**fields):
     moe = fields.pop("moe", False)
     base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, head_dim=16)
@@ -165,7 +167,8 @@ def _spec(**fields):
 
 
 def _random_params(spec, seed):
-    """Random weights without compiling an initialiser; norm scales near 1, so that their SLERP takes
+    """Random weights without compiling an initialiser; norm scales near 1, so that their SLERP
+    takes
     the nearly-parallel (linear) branch, as trained norms often do."""
     rng = np.random.default_rng(seed)
     _, abstract = abstract_params(spec)

@@ -183,9 +183,18 @@ def test_two_processes_mine_what_one_does_and_a_killed_process_resumes(
     assert any(e["file"].endswith(".dedup.jsonl") for e in manifest["shards"].values())
 
     out = str(tmp_path / "two")
-    args = [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=1",
-            "--timeout=400", "--", "-m", "querit_jax.mine", "--config=configs/mine_beir.py:demo",
-            *(f"--config.mining.{k}={v}" for k, v in {**settings, "output": out}.items())]  # fmt: skip
+    args = [
+        sys.executable,
+        "launch/local.py",
+        "--num_processes=2",
+        "--devices_per_process=1",
+        "--timeout=400",
+        "--",
+        "-m",
+        "querit_jax.mine",
+        "--config=configs/mine_beir.py:demo",
+        *(f"--config.mining.{k}={v}" for k, v in {**settings, "output": out}.items()),
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "QUERIT_TEST_SHARD_DELAY": "0.3"}
     # The relaunch loads the programs the first launch compiled.
     env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jit"))

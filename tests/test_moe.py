@@ -225,7 +225,8 @@ def test_some_expert_gets_no_tokens_on_some_device_in_the_ep_test_batch():
 
 
 def _biased_route(bias):
-    """moe.route with a router bias added to the logits (as an aux-loss-free balancing bias would)."""
+    """moe.route with a router bias added to the logits (as an aux-loss-free balancing bias
+    would)."""
     from querit_jax.models import moe
 
     def route(x, router, top_k, norm_topk_prob):
@@ -240,7 +241,8 @@ def _biased_route(bias):
 
 
 def test_expert_parallel_equals_dense_with_idle_experts_and_an_idle_device(monkeypatch):
-    """A router bias of -30 on experts 6 and 7 (both on the last of 4 expert shards): no token of any
+    """A router bias of -30 on experts 6 and 7 (both on the last of 4 expert shards): no token of
+    any
     device reaches them, so that device computes for nobody, their weights get zero gradients, and
     other experts are idle on some devices too; ep must still equal dense."""
     module, route = _biased_route(jnp.asarray([0.0] * 6 + [-30.0] * 2))
@@ -396,7 +398,8 @@ def test_a0p4b_preset_matches_the_published_parameter_counts():
     assert cfg.num_layers == 24 and cfg.num_heads == 16
 
 
-# ----- dispatch at scale: grouped per device, ep with a capacity factor -----------------------------
+# ----- dispatch at scale: grouped per device, ep with a capacity factor
+# -----------------------------
 
 
 def _layer_inputs(rows=8, t=16, h=32, inter=16, e=8, k=2, seed=0):
@@ -426,7 +429,8 @@ def _dense_layer(x, weights, experts, *ws):
 
 
 def _layer_value_and_grads(fn, mesh, preset, x, weights, experts, ws):
-    """fn(x, weights, experts, *ws) -> (y, dropped); returns y, dropped, grads wrt x, weights, ws."""
+    """fn(x, weights, experts, *ws) -> (y, dropped); returns y, dropped, grads wrt x, weights,
+    ws."""
     cot = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)
 
     def loss(x, w, *ws):

@@ -1,10 +1,10 @@
 """Several processes train, evaluate and resume like one process with all the devices.
 
-Two processes on 127.0.0.1 (jax.distributed, gloo, 2 fake CPU devices each) against one process with 4:
-one chain of runs in one gs:// workdir (GCS emulator: the hosts of a pod share nothing else) goes
-2 processes (preempted by a notice that reaches only process 1) -> 1 process -> 2 processes, and must
-give the uninterrupted local 1-process run's losses, gradient norms, parameters and evaluation numbers
-(untrained, reference model, during training, final).
+Two processes on 127.0.0.1 (jax.distributed, gloo, 2 fake CPU devices each) against one process with
+4: one chain of runs in one gs:// workdir (GCS emulator: the hosts of a pod share nothing else) goes
+2 processes (preempted by a notice that reaches only process 1) -> 1 process -> 2 processes, and
+must give the uninterrupted local 1-process run's losses, gradient norms, parameters and evaluation
+numbers (untrained, reference model, during training, final).
 """
 
 import json
@@ -41,7 +41,8 @@ def _config_with_reference(tmp_path, reference: str) -> str:
     path = tmp_path / "config_with_reference.py"
     path.write_text(
         "import importlib.util\n"
-        f"_spec = importlib.util.spec_from_file_location('gr', {ROOT + '/configs/general_relevance.py'!r})\n"
+        "_spec = importlib.util.spec_from_file_location('gr', "
+        f"{ROOT + '/configs/general_relevance.py'!r})\n"
         "_gr = importlib.util.module_from_spec(_spec)\n"
         "_spec.loader.exec_module(_gr)\n\n\n"
         "def get_config(arg=None):\n"
@@ -54,7 +55,8 @@ def _config_with_reference(tmp_path, reference: str) -> str:
 
 @pytest.fixture
 def bucket():
-    """gs:// through the GCS emulator with the generation headers Orbax needs (tests/gcs_server.py)."""
+    """gs:// through the GCS emulator with the generation headers Orbax needs
+    (tests/gcs_server.py)."""
     with gcs_server.serving() as url:
         yield url
 
@@ -202,7 +204,8 @@ def test_two_processes_train_evaluate_and_resume_like_one_process(tmp_path, buck
             [got[s][key] for s in sorted(got)], [want[s][key] for s in sorted(want)], rtol=1e-5
         )
     a, b = load_model(f"{multi}/model"), load_model(os.path.join(single, "model"))
-    # Adam divides by |g|: reduction-order noise in near-zero gradients moves a few entries by ~1e-5.
+    # Adam divides by |g|: reduction-order noise in near-zero gradients moves a few entries by
+    # ~1e-5.
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-4)
 

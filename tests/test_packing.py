@@ -1,4 +1,5 @@
-"""Sequence packing: the packer's invariants, packed scores == unpacked scores (dense Qwen3, Qwen3-MoE
+"""Sequence packing: the packer's invariants, packed scores == unpacked scores (dense Qwen3,
+Qwen3-MoE
 incl. expert parallelism on 8 devices, BERT, XLM-R), and a packed train step == the unpacked one
 (metrics and gradients, for the same families)."""
 
@@ -132,7 +133,8 @@ def test_packed_moe_scores_equal_unpacked_with_expert_parallelism_on_8_devices()
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 
-# ----- packed train step == unpacked train step ----------------------------------------------------
+# ----- packed train step == unpacked train step
+# ----------------------------------------------------
 
 
 def _group_batch(q=4, g=4, t=48, seed=0, typed=False):
@@ -253,7 +255,8 @@ def test_packed_grain_pipeline_has_fixed_shapes_and_resumes_exactly(tokenizer):
 
 
 def test_packing_refuses_a_mesh_where_a_process_rows_are_not_one_block(monkeypatch):
-    """pair_row numbers process i's rows from i * rows_per_process; a batch sharding that does not give
+    """pair_row numbers process i's rows from i * rows_per_process; a batch sharding that does not
+    give
     each process that block would gather scores from the wrong rows, so setup refuses it."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -287,7 +290,8 @@ def _records(n=12, seed=0):
 
 
 def _packed_pairs(batch, process_index, first_query):
-    """{(query, document): token ids} of one process's packed batch (pair_row/pair_slot read back)."""
+    """{(query, document): token ids} of one process's packed batch (pair_row/pair_slot read
+    back)."""
     rows = batch["input_ids"].shape[0]
     out = {}
     for (q, g), row in np.ndenumerate(batch["pair_row"]):
@@ -301,7 +305,8 @@ def _packed_pairs(batch, process_index, first_query):
 def test_a_packed_step_is_the_same_pairs_on_any_process_count_and_resumes_across_counts(
     tokenizer, tmp_path
 ):
-    """Elements are global batches: process i of N packs its rows of the same batch one process packs
+    """Elements are global batches: process i of N packs its rows of the same batch one process
+    packs
     whole, so a run saved by 2 processes resumes on 1 (and back) from the same position."""
     import jax.numpy as jnp
 

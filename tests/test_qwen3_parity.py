@@ -1,9 +1,9 @@
 """Hugging Face parity of the dense Qwen3 cross-encoder: import, forward, export, reload.
 
-Reference: transformers' Qwen3 (fp32) on the same weights. Scores must agree within 1e-4 on batches of
-unequal lengths with left and right padding, including the Qwen3-Embedding case where the pad id equals
-the end token the template appends (HF's own seq-cls pooling is wrong there, so the reference is the
-last real token of Qwen3Model's hidden states, as Qwen3-Embedding's `last_token_pool`).
+Reference: transformers' Qwen3 (fp32) on the same weights. Scores must agree within 1e-4 on batches
+of unequal lengths with left and right padding, including the Qwen3-Embedding case where the pad id
+equals the end token the template appends (HF's own seq-cls pooling is wrong there, so the reference
+is the last real token of Qwen3Model's hidden states, as Qwen3-Embedding's `last_token_pool`).
 """
 
 import os
@@ -56,7 +56,8 @@ def test_seq_cls_scores_match_transformers(tmp_path, left):
 
 @pytest.mark.parametrize("left", [False, True])
 def test_hidden_states_match_transformers_with_pad_equal_to_appended_eos(tmp_path, left):
-    """Qwen3-Embedding case: pad id == the <|endoftext|> the template appends; every real token matches."""
+    """Qwen3-Embedding case: pad id == the <|endoftext|> the template appends; every real token
+    matches."""
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "seq_cls")  # demo tokenizer: pad = <|endoftext|>
     model = load_model(hf_dir)
     assert model.spec.template.suffix == "<|endoftext|>" == model.tokenizer.pad_token
@@ -214,7 +215,8 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
 
 
 def test_yes_no_head_converts_exactly_to_a_score_head(tmp_path):
-    """`head="score"` on a Qwen3ForCausalLM (e.g. Qwen3-Reranker) gives the same scores, linearly."""
+    """`head="score"` on a Qwen3ForCausalLM (e.g. Qwen3-Reranker) gives the same scores,
+    linearly."""
     hf_dir = make_hf_qwen3(str(tmp_path / "hf"), "causal_lm", tie=True)
     yes_no = load_model(hf_dir)
     score = load_model(hf_dir, head="score")
@@ -240,8 +242,9 @@ def _seq_cls_ckpt(tmp_path):
 
 def test_bf16_compute_stays_close_to_float32(tmp_path):
     """bf16 activations with fp32 master weights: within 4% of the fp32 scores' spread (a bound
-    relative to |score| passes anything on scores near 0), and bf16 really runs. Measured: 2.0% here;
-    transformers' own bf16 model is off by 1.1% of the spread on the same weights and inputs."""
+    relative to |score| passes anything on scores near 0), and bf16 really runs. Measured: 2.0%
+    here; transformers' own bf16 model is off by 1.1% of the spread on the same weights and
+    inputs."""
     import jax
     from flax import nnx
 

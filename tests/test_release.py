@@ -1,4 +1,5 @@
-"""Release: the exported directory (model card, publish checks, Hub push) and score parity of trained
+"""Release: the exported directory (model card, publish checks, Hub push) and score parity of
+trained
 and merged models with their Hugging Face exports (DESIGN §4, issue 6)."""
 
 import json
@@ -49,7 +50,8 @@ def eval_report(tiny_workdir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def release(tiny_workdir, eval_report, tmp_path_factory):
-    """(model, export dir) of the tiny trained model, exported with HF_TOKEN set in the environment."""
+    """(model, export dir) of the tiny trained model, exported with HF_TOKEN set in the
+    environment."""
     model = load_model(tiny_workdir)
     out = str(tmp_path_factory.mktemp("release") / "tiny-reranker")
     with pytest.MonkeyPatch.context() as mp:
@@ -241,7 +243,8 @@ def test_push_to_hub_uploads_only_the_export(release, monkeypatch):
 
 
 def test_export_cli_without_token_explains_and_pushes_nothing(tiny_workdir, tmp_path):
-    """The CLI exports (card from the workdir's report if any), then says it did not push; exit 0."""
+    """The CLI exports (card from the workdir's report if any), then says it did not push; exit
+    0."""
     out = str(tmp_path / "cli-export")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu", HF_HOME=str(tmp_path / "hf_home"))

@@ -1,7 +1,9 @@
-"""Faults a long preemptible run meets: NaN steps, SIGTERM, kill -9 (also mid-save), bad checkpoints.
+"""Faults a long preemptible run meets: NaN steps, SIGTERM, kill -9 (also mid-save), bad
+checkpoints.
 
-The subprocess tests share one uninterrupted reference run (tiny config, 12 steps, a checkpoint every 3)
-and compare a run interrupted in every way against it: losses and final parameters bitwise equal.
+The subprocess tests share one uninterrupted reference run (tiny config, 12 steps, a checkpoint
+every 3) and compare a run interrupted in every way against it: losses and final parameters bitwise
+equal.
 """
 
 import functools
@@ -145,7 +147,8 @@ def test_sigterm_and_kill_9_at_any_point_resume_to_the_uninterrupted_result(tmp_
 
 @pytest.fixture
 def bucket():
-    """gs:// through the GCS emulator with the generation headers Orbax needs (tests/gcs_server.py)."""
+    """gs:// through the GCS emulator with the generation headers Orbax needs
+    (tests/gcs_server.py)."""
     from tests import gcs_server
 
     with gcs_server.serving() as url:
@@ -222,8 +225,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        # A state of another structure (no clipping: one optimiser transform fewer) is a config error,
-        # not a corrupt checkpoint: nothing is moved aside and no older step is tried.
+        # A state of another structure (no clipping: one optimiser transform fewer) is a config
+        # error, not a corrupt checkpoint: nothing is moved aside and no older step is tried.
         c = load_config("configs/general_relevance.py", "tiny")
         c.train.num_steps, c.optim.clip_norm, c.eval.datasets = STEPS, 0.0, ""
         with pytest.raises(config_lib.ConfigError, match="another structure"):
@@ -337,7 +340,8 @@ def _next_step_loss(s) -> float:
 
 
 def test_checkpoint_restores_onto_another_mesh_and_rule_preset(tmp_path):
-    """Saved with fsdp over 8 devices; restored on 1 device and on fsdp=4 x tensor=2 (fsdp+tp rules)."""
+    """Saved with fsdp over 8 devices; restored on 1 device and on fsdp=4 x tensor=2 (fsdp+tp
+    rules)."""
     from querit_jax.training import trainer
 
     workdir = str(tmp_path / "run")
@@ -369,7 +373,8 @@ def test_checkpoint_restores_onto_another_mesh_and_rule_preset(tmp_path):
 
 
 def test_host_maintenance_event_is_a_preemption_notice(monkeypatch):
-    """A TPU VM maintenance event (GCE metadata) becomes SIGTERM, then a stop at the step boundary."""
+    """A TPU VM maintenance event (GCE metadata) becomes SIGTERM, then a stop at the step
+    boundary."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -1,4 +1,5 @@
-"""Untrusted files are never executed, manifest paths stay in their directory, secrets stay in the env."""
+"""Untrusted files are never executed, manifest paths stay in their directory, secrets stay in the
+env."""
 
 import json
 import os
@@ -95,7 +96,8 @@ def test_manifest_entries_cannot_leave_their_directory(tmp_path):
 
 
 def test_api_key_never_reaches_files_or_logs(tmp_path, monkeypatch, capsys, caplog):
-    """Mining through an OpenAI-compatible server: the key goes in the HTTP header and nowhere else."""
+    """Mining through an OpenAI-compatible server: the key goes in the HTTP header and nowhere
+    else."""
     import dataclasses
 
     from tests.test_mining import _cfg

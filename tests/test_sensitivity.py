@@ -1,14 +1,14 @@
 """The parity tests can see the bugs they exist for.
 
 Deliberately broken variants of our models (RoPE removed, the interleaved rotation, the rotation
-inverted, theta x100, a wrong norm epsilon, tanh-GELU for the exact one, a wrong XLM-R position offset,
-the MoE routing weights renormalised when the checkpoint does not) run on the tiny fixtures of the
-parity tests (tests/fixtures.py) and the same inputs. Each must move our outputs by at least 100x the
-tolerance the parity test uses, and so fail that test's assertion against transformers, which each
-case also checks. The bugs are planted where a real one would sit: `apply_rope` as the attention
-module calls it (monkeypatched: removed, interleaved, inverted, theta x100), or a config field the
-converter fills (epsilon, activation, position offset, norm_topk_prob), rebuilt into a new graph on
-the same parameters.
+inverted, theta x100, a wrong norm epsilon, tanh-GELU for the exact one, a wrong XLM-R position
+offset, the MoE routing weights renormalised when the checkpoint does not) run on the tiny fixtures
+of the parity tests (tests/fixtures.py) and the same inputs. Each must move our outputs by at least
+100x the tolerance the parity test uses, and so fail that test's assertion against transformers,
+which each case also checks. The bugs are planted where a real one would sit: `apply_rope` as the
+attention module calls it (monkeypatched: removed, interleaved, inverted, theta x100), or a config
+field the converter fills (epsilon, activation, position offset, norm_topk_prob), rebuilt into a new
+graph on the same parameters.
 
 Measured moves (max |broken - ours|, float32, CPU) are in the comment above each family's test; the
 assertions need >= 100x ATOL: 1e-2 for the decoders, 2e-3 for the encoders.
@@ -62,7 +62,8 @@ ROPE_BUGS = {
 
 
 def _outputs(model, inputs, patch=None, monkeypatch=None, **spec_fields):
-    """Our model's outputs on `inputs` (ids, segment ids[, token types]); with `spec_fields` the graph
+    """Our model's outputs on `inputs` (ids, segment ids[, token types]); with `spec_fields` the
+    graph
     is rebuilt from the changed spec on the same parameters, with `patch` apply_rope is replaced."""
     graphdef = abstract_params(model.spec.replace(**spec_fields))[0] if spec_fields else None
     module = nnx.merge(graphdef or model.graphdef, model.params)
@@ -118,7 +119,8 @@ def test_qwen3_scores_see_rope_and_norm_bugs(qwen3_seq_cls, bug, monkeypatch):
     _check(broken, ours, ref, DECODER_ATOL)
 
 
-# ----- Qwen3 embedder (test_encoders.test_qwen3_embedder_reads_the_last_real_token) ----------------
+# ----- Qwen3 embedder (test_encoders.test_qwen3_embedder_reads_the_last_real_token)
+# ----------------
 
 # max |broken - ours| over the unit embeddings' coordinates: no_rope 0.48, interleaved 0.59,
 # inverted 0.48, theta_x100 0.45. (An epsilon of 1e-5 moves them by 4.4e-3 only: the norm bug is
@@ -176,7 +178,8 @@ def test_qwen3_moe_scores_see_rope_and_routing_bugs(qwen3_moe, bug, monkeypatch)
     _check(broken, ours, ref, DECODER_ATOL)
 
 
-# ----- BERT and XLM-R cross-encoders (test_encoders.test_encoder_cross_encoders_match_...) ----------
+# ----- BERT and XLM-R cross-encoders (test_encoders.test_encoder_cross_encoders_match_...)
+# ----------
 
 # max |broken - ours| on the 4 pairs' scores (64 tokens; ours vs transformers: 5.5e-6 and 2.0e-6).
 # BERT (spread 3.3): tanh-GELU 3.2e-3, LayerNorm eps 1e-5 (for 1e-12) 5.5e-2, token types ignored

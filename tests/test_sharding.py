@@ -1,4 +1,5 @@
-"""Sharding: meshes from config, rule presets, shape-first init, and 8-device steps equal to 1 device."""
+"""Sharding: meshes from config, rule presets, shape-first init, and 8-device steps equal to 1
+device."""
 
 import jax
 import numpy as np
@@ -75,10 +76,10 @@ def _batch(seed=0, q=8, g=2, t=32):
 
 
 def _one_step(mesh, rules, host_params, batch):
-    # The production optimiser (general_relevance.py: AdamW, peak lr 2e-5), without warmup. Adam's first
-    # update is lr * g / (|g| + eps): scale-free, and summation-order noise in near-zero gradients becomes
-    # up to ~15% of lr, so the parameter check alone would miss a scale bug and flag noise at large lr;
-    # gradients and their global norm are compared separately.
+    # The production optimiser (general_relevance.py: AdamW, peak lr 2e-5), without warmup. Adam's
+    # first update is lr * g / (|g| + eps): scale-free, and summation-order noise in near-zero
+    # gradients becomes up to ~15% of lr, so the parameter check alone would miss a scale bug and
+    # flag noise at large lr; gradients and their global norm are compared separately.
     tx, schedule = optim.make_optimizer(OptimConfig(learning_rate=2e-5, warmup_steps=0), 10)
     graphdef, abstract = abstract_params(SPEC, mesh, rules)
     params = place_params(host_params, abstract)

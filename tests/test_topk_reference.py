@@ -1,7 +1,7 @@
 """The exact sharded top-k against a brute force written here in plain numpy (float64 scores, a full
-sort by score then index), sharing no code with querit_jax.retrieval.topk: a bug in the shared scoring
-kernel (`block_dot` / `all_scores`, which `brute_force_top_k` reuses) would pass tests/test_retrieval.py
-but not this one."""
+sort by score then index), sharing no code with querit_jax.retrieval.topk: a bug in the shared
+scoring kernel (`block_dot` / `all_scores`, which `brute_force_top_k` reuses) would pass
+tests/test_retrieval.py but not this one."""
 
 import jax
 import numpy as np
@@ -27,8 +27,9 @@ def test_sharded_top_k_equals_a_numpy_brute_force(n, block):
         queries[1] = corpus[5]
     k = min(10, n)
     want_scores, want_ids = _numpy_top_k(queries, corpus, k)
-    # float32 rounding (~1e-6 on these scores) cannot reorder: apart from the planted tie, neighbouring scores
-    # in the numpy ranking differ by more than that (smallest gap measured: 2.7e-4, n=1003)
+    # float32 rounding (~1e-6 on these scores) cannot reorder: apart from the planted tie,
+    # neighbouring scores in the numpy ranking differ by more than that (smallest gap measured:
+    # 2.7e-4, n=1003)
     top = np.sort(queries.astype(np.float64) @ corpus.astype(np.float64).T, -1)[:, ::-1][:, : k + 1]
     gaps = np.diff(top, axis=-1)
     gaps[gaps == 0] = -1.0

@@ -1,4 +1,5 @@
-"""Training end to end: resume equals an uninterrupted run, the step compiles once, outputs are usable."""
+"""Training end to end: resume equals an uninterrupted run, the step compiles once, outputs are
+usable."""
 
 import json
 import os
@@ -38,7 +39,8 @@ def _losses(workdir):
 
 
 def _train_cli(workdir, *extra, ok=True):
-    """Runs the training CLI in a fresh process (1 CPU device; every run in the same configuration)."""
+    """Runs the training CLI in a fresh process (1 CPU device; every run in the same
+    configuration)."""
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [
@@ -104,7 +106,8 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
 
 
 def test_init_from_takes_runtime_overrides_and_refuses_architecture_ones(tmp_path):
-    """`model.overrides` with `init_from`: how the model runs (moe_impl: ep, to fine-tune an imported
+    """`model.overrides` with `init_from`: how the model runs (moe_impl: ep, to fine-tune an
+    imported
     MoE with expert parallelism) is applied; what its parameters are comes from the checkpoint."""
     import pytest
 

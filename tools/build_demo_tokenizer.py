@@ -1,11 +1,12 @@
 """Trains the demo's Qwen-style byte-level BPE tokenizer on the bundled XQuAD-R text.
 
-No Qwen tokenizer can be downloaded here, so the CPU demo uses a small tokenizer with the same design:
-NFC normalisation, Qwen2's pre-tokenisation regex, byte-level BPE, and Qwen's special tokens
+No Qwen tokenizer can be downloaded here, so the CPU demo uses a small tokenizer with the same
+design: NFC normalisation, Qwen2's pre-tokenisation regex, byte-level BPE, and Qwen's special tokens
 (`<|endoftext|>` is both the pad token and the end token a `qwen3_pair` template appends: the
 Qwen3-Embedding pad==EOS case the exporter must handle).
 
-  python tools/build_demo_tokenizer.py --data=data/xquad_r --out=data/tokenizers/xquad_r_bpe --vocab_size=16384
+  python tools/build_demo_tokenizer.py --data=data/xquad_r --out=data/tokenizers/xquad_r_bpe
+  --vocab_size=16384
 """
 
 import glob
@@ -85,7 +86,8 @@ def main(argv):
     del argv
     fast = build(_DATA.value, _OUT.value, _VOCAB.value)
     print(
-        f"wrote {_OUT.value}: {len(fast)} tokens; yes={fast.convert_tokens_to_ids('yes')} no={fast.convert_tokens_to_ids('no')}"
+        f"wrote {_OUT.value}: {len(fast)} tokens; yes={fast.convert_tokens_to_ids('yes')} "
+        f"no={fast.convert_tokens_to_ids('no')}"
     )
 
 

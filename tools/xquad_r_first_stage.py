@@ -3,9 +3,10 @@
   python tools/xquad_r_first_stage.py --src=../shared/data/xquad-r \\
       --models=bm25,../shared/models/all-MiniLM-L6-v2 [--out=workdirs/xquad_r_first_stage]
 
-Converts every language file found in --src (LAReQA's sentence-level task: all 1190 questions against
-all ~1200 sentences of the language), runs each first stage with `querit_jax.retrieval.dense`, and
-prints a Markdown table (also written to <out>/table.md with the runs and a JSON of the numbers).
+Converts every language file found in --src (LAReQA's sentence-level task: all 1190 questions
+against all ~1200 sentences of the language), runs each first stage with
+`querit_jax.retrieval.dense`, and prints a Markdown table (also written to <out>/table.md with the
+runs and a JSON of the numbers).
 """
 
 import json

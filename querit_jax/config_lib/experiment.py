@@ -1,7 +1,7 @@
 """Whole configs: the experiment (training) config, and the entry points that read a config file.
 
-`from_config_dict` (train), `mining_from_config_dict` (mine) and `merge_from_config_dict` (merge) each
-build their sections with the one parser of parse.py. Checks that need the device count (batch
+`from_config_dict` (train), `mining_from_config_dict` (mine) and `merge_from_config_dict` (merge)
+each build their sections with the one parser of parse.py. Checks that need the device count (batch
 divisible by the data axes) run in `validate_for_devices` before anything is compiled.
 """
 
@@ -60,7 +60,8 @@ class ExperimentConfig:
 
 
 def _require_experts_split(experts: int, target, sizes: dict) -> None:
-    """The experts split evenly over the mesh axis `target` (sizes: mesh axis -> size, -1 = rest)."""
+    """The experts split evenly over the mesh axis `target` (sizes: mesh axis -> size, -1 =
+    rest)."""
     if experts and isinstance(target, str):
         size = sizes[target]
         require(
@@ -100,13 +101,15 @@ def validate_for_devices(
     return shape
 
 
-# Fields a resume may change: they do not change which examples are read, in what order, or the model.
-# (The packed row count can be raised after a packing overflow: packed and unpacked scores are equal.)
+# Fields a resume may change: they do not change which examples are read, in what order, or the
+# model. (The packed row count can be raised after a packing overflow: packed and unpacked scores
+# are equal.)
 RESUMABLE_CHANGES = ("data.num_threads", "data.strict", "data.pack_rows", "data.pack_max_pairs")
 
 
 def config_drift(saved: dict, current: dict) -> list[str]:
-    """'section.field: saved -> current' for model/data fields that differ (what a resume must keep)."""
+    """'section.field: saved -> current' for model/data fields that differ (what a resume must
+    keep)."""
     # Through JSON: tuples -> lists, as saved.
     saved, current = (json.loads(json.dumps(c)) for c in (saved, current))
     out = []

@@ -1,4 +1,5 @@
-"""The `model` section: which backbone (family, preset, overrides) or checkpoint, head and template."""
+"""The `model` section: which backbone (family, preset, overrides) or checkpoint, head and
+template."""
 
 import dataclasses
 from typing import Any
@@ -31,8 +32,8 @@ class ModelConfig:
     remat: bool = False
     # With remat: full | dots_saveable | dots_with_no_batch_dims_saveable.
     remat_policy: str = "full"
-    # Run the layers with jax.lax.scan: compile one layer instead of N, for one extra stacked copy of
-    # the layer weights during the step. The parameter layout is unchanged.
+    # Run the layers with jax.lax.scan: compile one layer instead of N, for one extra stacked copy
+    # of the layer weights during the step. The parameter layout is unchanged.
     scan_layers: bool = False
     seed: int = 0
 
@@ -46,7 +47,8 @@ class ModelConfig:
         return self.remat and self.remat_policy
 
     def backbone_config(self, **extra):
-        """The preset's DecoderConfig (qwen3) or EncoderConfig (bert, xlm_roberta) with overrides."""
+        """The preset's DecoderConfig (qwen3) or EncoderConfig (bert, xlm_roberta) with
+        overrides."""
         fields = {
             **dict(self.overrides),
             "dtype": self.dtype,
@@ -123,6 +125,7 @@ def head_config(model: ModelConfig, tokenizer) -> HeadConfig:
     ids = [tokenizer.convert_tokens_to_ids(t) for t in (model.yes_token, model.no_token)]
     if any(i is None or i == tokenizer.unk_token_id for i in ids):
         raise ConfigError(
-            f"model.yes_token/no_token: {model.yes_token!r}/{model.no_token!r} are not single tokens."
+            f"model.yes_token/no_token: {model.yes_token!r}/{model.no_token!r} are not single "
+            "tokens."
         )
     return HeadConfig(kind="yes_no", yes_token_id=ids[0], no_token_id=ids[1])

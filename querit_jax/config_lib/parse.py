@@ -2,11 +2,11 @@
 
 A section is a frozen dataclass with a default for every field and a `validate()` method that raises
 `ConfigError` naming the field (`data.batch_size: must be >= 1.`). `build` fills it from the plain
-dict of a config file: unknown keys are refused naming the section, nested sections are built the same
-way, comma lists become tuples, mappings of overrides become sorted tuples of pairs, and a field may
-name its own converter (`field(metadata={"parse": fn})`, e.g. the merge's t specs). Each section is
-validated as soon as it is built, nested sections first, so the outermost `validate()` (the
-experiment's cross-section rules) sees sections that are already valid.
+dict of a config file: unknown keys are refused naming the section, nested sections are built the
+same way, comma lists become tuples, mappings of overrides become sorted tuples of pairs, and a
+field may name its own converter (`field(metadata={"parse": fn})`, e.g. the merge's t specs). Each
+section is validated as soon as it is built, nested sections first, so the outermost `validate()`
+(the experiment's cross-section rules) sees sections that are already valid.
 """
 
 import dataclasses
@@ -51,10 +51,10 @@ def build(cls, values: Mapping, path: str = "", **fixed):
     """A validated `cls` from the plain dict of its section.
 
     Args:
-      cls: a frozen config dataclass whose fields all have defaults.
-      values: the section as given; fields it leaves out keep their defaults.
-      path: the section's dotted name in messages ("" for a whole config, "merge", "merge.sharding").
-      **fixed: fields the caller sets and the config may not (e.g. the merge's `raw`).
+      cls: a frozen config dataclass whose fields all have defaults. values: the section as given;
+      fields it leaves out keep their defaults. path: the section's dotted name in messages ("" for
+      a whole config, "merge", "merge.sharding"). **fixed: fields the caller sets and the config may
+      not (e.g. the merge's `raw`).
     Returns:
       The instance, checked by its own `validate()` and its nested sections'.
     Raises:

@@ -1,4 +1,5 @@
-"""The training sections: `data` (groups and batches), `optim`, `train` (steps, losses) and `eval`."""
+"""The training sections: `data` (groups and batches), `optim`, `train` (steps, losses) and
+`eval`."""
 
 import dataclasses
 
@@ -37,7 +38,8 @@ class DataConfig:
     strict: bool = True  # False: skip malformed rows, count them in the data manifest
     num_threads: int = 2
     seed: int = 0
-    # Packing (data/packing.py): several pairs per row of max_length tokens, told apart by segment ids.
+    # Packing (data/packing.py): several pairs per row of max_length tokens, told apart by segment
+    # ids.
     pack: bool = False
     pack_rows: int = 0  # rows per step over all processes; 0 = estimated from the first batches
     pack_max_pairs: int = 8  # pairs per row at most
@@ -113,8 +115,8 @@ class TrainConfig:
     async_checkpoints: bool = True
     # Steps with a non-finite loss or gradients are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = 5
-    # Keep compiled programs in <workdir>/compilation_cache (works on gs://): a relaunched run on the
-    # same devices loads them instead of compiling again (training/compile_cache.py).
+    # Keep compiled programs in <workdir>/compilation_cache (works on gs://): a relaunched run on
+    # the same devices loads them instead of compiling again (training/compile_cache.py).
     compilation_cache: bool = True
     seed: int = 0
     # Label-free selection: synthetic dev sets ("DIR[:split]", e.g. a mining run's <output>/dev)

@@ -1,10 +1,11 @@
-"""BERT / XLM-RoBERTa <-> transformers: config.json fields and the weight-name table of our encoders.
+"""BERT / XLM-RoBERTa <-> transformers: config.json fields and the weight-name table of our
+encoders.
 
-BertModel / XLMRobertaModel tensors live under `bert.` / `roberta.` inside the sequence-classification
-classes and at the top level in bare checkpoints (sentence-transformers models such as all-MiniLM-L6-v2).
-Heads: BertForSequenceClassification's `bert.pooler.dense` + `classifier`, XLMRobertaForSequenceClassification's
-`classifier.dense` + `classifier.out_proj`, both the same computation (dense, tanh, one-label linear),
-stored in our `dense` / `out_proj`.
+BertModel / XLMRobertaModel tensors live under `bert.` / `roberta.` inside the
+sequence-classification classes and at the top level in bare checkpoints (sentence-transformers
+models such as all-MiniLM-L6-v2). Heads: BertForSequenceClassification's `bert.pooler.dense` +
+`classifier`, XLMRobertaForSequenceClassification's `classifier.dense` + `classifier.out_proj`, both
+the same computation (dense, tanh, one-label linear), stored in our `dense` / `out_proj`.
 """
 
 from typing import Any
@@ -50,7 +51,8 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> EncoderConfig:
         )
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
-            f"position_embedding_type={hf['position_embedding_type']!r}; only 'absolute' is implemented."
+            f"position_embedding_type={hf['position_embedding_type']!r}; only 'absolute' is "
+            "implemented."
         )
     roberta = model_type != "bert"
     pad = hf.get("pad_token_id", 1 if roberta else 0)

@@ -1,22 +1,24 @@
 """querit_jax model -> a Hugging Face directory that transformers and sentence-transformers load.
 
 Rerankers: config.json, the weights (Qwen3ForSequenceClassification, Qwen3ForCausalLM for yes/no
-models on request, BertForSequenceClassification, XLMRobertaForSequenceClassification), the tokenizer
-(decoders: with a `chat_template.jinja` rendering the pair template from ("query", "document")
-messages), and the sentence-transformers CrossEncoder files with an identity activation, so
-`CrossEncoder(dir).predict` returns the raw scores this project computes. Embedders: the bare model
-(Qwen3Model, BertModel, XLMRobertaModel) with sentence-transformers' Pooling (and Normalize) modules
-and the query/document prompts. The model card and the publishing checks are `querit_jax.release`'s.
+models on request, BertForSequenceClassification, XLMRobertaForSequenceClassification), the
+tokenizer (decoders: with a `chat_template.jinja` rendering the pair template from ("query",
+"document") messages), and the sentence-transformers CrossEncoder files with an identity activation,
+so `CrossEncoder(dir).predict` returns the raw scores this project computes. Embedders: the bare
+model (Qwen3Model, BertModel, XLMRobertaModel) with sentence-transformers' Pooling (and Normalize)
+modules and the query/document prompts. The model card and the publishing checks are
+`querit_jax.release`'s.
 
 Weights are converted and written tensor by tensor, from memory (`LoadedModel`) or straight from a
-model checkpoint (`checkpoint.StoredModel`: each tensor restored on its own), into safetensors shards
-of at most 5 GB (`model.safetensors`, or `model-0000i-of-0000N.safetensors` with
+model checkpoint (`checkpoint.StoredModel`: each tensor restored on its own), into safetensors
+shards of at most 5 GB (`model.safetensors`, or `model-0000i-of-0000N.safetensors` with
 `model.safetensors.index.json`, transformers' layout), optionally cast (bf16 for release).
 
-Pooling contract: the score is read at the last real token. transformers' Qwen3ForSequenceClassification
-reads the rightmost token whose id != pad_token_id, which is the same token only if the pad id never
-occurs in real inputs. When the tokenizer's pad token is a token the template emits (Qwen3-Embedding pads
-with the `<|endoftext|>` it appends), the export switches the pad token to an unused special token.
+Pooling contract: the score is read at the last real token. transformers'
+Qwen3ForSequenceClassification reads the rightmost token whose id != pad_token_id, which is the same
+token only if the pad id never occurs in real inputs. When the tokenizer's pad token is a token the
+template emits (Qwen3-Embedding pads with the `<|endoftext|>` it appends), the export switches the
+pad token to an unused special token.
 """
 
 import copy
@@ -66,7 +68,8 @@ def chat_template(template) -> str:
         "{%- elif message['role'] == 'document' -%}{%- set ns.document = text -%}\n"
         "{%- endif -%}\n"
         "{%- endfor -%}\n"
-        f"{{{{- {lit(template.prefix)} + ns.query + {lit(template.middle)} + ns.document + {lit(template.suffix)} -}}}}"
+        f"{{{{- {lit(template.prefix)} + ns.query + {lit(template.middle)} + ns.document + "
+        f"{lit(template.suffix)} -}}}}"
     )
 
 
@@ -74,7 +77,8 @@ def choose_pad_token(tokenizer, template, vocab_size: int) -> tuple[str, int]:
     """A pad token that never occurs in rendered inputs (see module docstring).
 
     Raises:
-      CheckpointError: when every special token occurs in the template and the embedding has no free row.
+      CheckpointError: when every special token occurs in the template and the embedding has no free
+      row.
     """
     rendered = set(
         tokenizer(template.prefix + template.middle + template.suffix, add_special_tokens=False)[
@@ -101,7 +105,8 @@ def choose_pad_token(tokenizer, template, vocab_size: int) -> tuple[str, int]:
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
         return "<|pad|>", tokenizer.convert_tokens_to_ids("<|pad|>")
     raise CheckpointError(
-        "No token is free to serve as the pad token (all special tokens occur in the template and the "
+        "No token is free to serve as the pad token (all special tokens occur in the template and "
+        "the "
         "embedding has no spare row); add a pad token to the tokenizer before exporting."
     )
 
@@ -179,7 +184,8 @@ def _source(model):
 
 
 def hf_tensors(model: LoadedModel, head_format: str) -> dict[str, np.ndarray]:
-    """The transformers state dict for `head_format` ('seq_cls', 'causal_lm' or 'embed'), in memory."""
+    """The transformers state dict for `head_format` ('seq_cls', 'causal_lm' or 'embed'), in
+    memory."""
     _, entries = export_entries(model.spec, head_format)
     read = _source(model)[0]
     return {name: value for e in entries for name, value in entry_tensors(e, read)}
@@ -244,7 +250,8 @@ def check_head_format(spec, head_format: str | None) -> str:
     allowed = ("embed",) if embed else ("seq_cls", "causal_lm")
     if head_format not in allowed:
         raise ValueError(
-            f"head_format must be one of {allowed} for a {spec.head.kind} model, got {head_format!r}."
+            f"head_format must be one of {allowed} for a {spec.head.kind} model, got "
+            f"{head_format!r}."
         )
     return head_format
 

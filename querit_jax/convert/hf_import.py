@@ -1,9 +1,9 @@
 """Hugging Face model directory -> querit_jax model (in memory or as a model checkpoint).
 
 Accepted architectures:
-  * Qwen3ForSequenceClassification (score head), Qwen3ForCausalLM (yes/no head over the LM head, or
-    converted exactly to a score head w = lm_head[yes] - lm_head[no]), Qwen3Model with or without the
-    `model.` prefix (a new score head, or an embedder with `head="embed"`);
+  * Qwen3ForSequenceClassification (score head), Qwen3ForCausalLM (yes/no head over the LM head,
+    or converted exactly to a score head w = lm_head[yes] - lm_head[no]), Qwen3Model with or without
+    the `model.` prefix (a new score head, or an embedder with `head="embed"`);
   * BertForSequenceClassification / XLMRobertaForSequenceClassification (one-label rerankers) and
     BertModel / XLMRobertaModel (embedders; sentence-transformers folders give the pooling, the
     normalisation, the prompts and the token budget).
@@ -58,8 +58,10 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
         )
         if pickles:
             raise CheckpointError(
-                f"{hf_dir} holds only pickle weights ({', '.join(pickles)}). Pickle files can run arbitrary "
-                "code when loaded, so querit_jax never reads them. Convert the checkpoint to safetensors "
+                f"{hf_dir} holds only pickle weights ({', '.join(pickles)}). Pickle files can run "
+                "arbitrary "
+                "code when loaded, so querit_jax never reads them. Convert the checkpoint to "
+                "safetensors "
                 "with a trusted tool first (e.g. in an isolated environment: "
                 "`AutoModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`)."
             )
@@ -92,7 +94,8 @@ def architecture(config: dict, hf_dir: str) -> str:
     supported = [a for names in ARCHITECTURES.values() for a in names]
     if model_type not in ARCHITECTURES:
         raise CheckpointError(
-            f"{hf_dir}: model_type {model_type!r} (architectures {archs}) is not supported by this importer; "
+            f"{hf_dir}: model_type {model_type!r} (architectures {archs}) is not supported by this "
+            "importer; "
             f"supported: {', '.join(supported)}."
         )
     arch = archs[0] if archs else ARCHITECTURES[model_type][-1]
@@ -175,7 +178,8 @@ def read_sentence_transformers(hf_dir: str) -> dict:
 
 
 def _head_config(arch, head, tokenizer, st, yes_token, no_token, where) -> HeadConfig:
-    """The head as stored: yes/no for a causal LM, embed for bare models of ST folders, else score."""
+    """The head as stored: yes/no for a causal LM, embed for bare models of ST folders, else
+    score."""
     if head not in HEADS:
         raise CheckpointError(f"Unknown head {head!r}; use one of {HEADS}.")
     bare = arch.endswith("Model")
@@ -302,7 +306,8 @@ def read_hf_dir(
       head: "auto" (by architecture: yes_no for causal LMs, embed for bare encoders and ST folders,
         score otherwise), "score" (a causal LM's yes/no head is converted exactly into a linear
         head; bare models get a new head), "yes_no" or "embed".
-      template, max_length: default to what a querit_jax export recorded in config.json ("querit_jax"),
+      template, max_length: default to what a querit_jax export recorded in config.json
+      ("querit_jax"),
         then to a sentence-transformers folder's settings, then to the architecture's usual template
         and the tokenizer's model_max_length (capped at 512).
     """

@@ -219,8 +219,10 @@ class StackEntry:
 
 
 def moe_entries(cfg: DecoderConfig, hf: str, ours: tuple) -> list:
-    """A sparse layer: router `mlp.gate.weight` [E, H] and per-expert `mlp.experts.{e}.*` (the layout
-    transformers writes to disk; its in-memory fused `gate_up_proj` is handled by `unfuse_experts`)."""
+    """A sparse layer: router `mlp.gate.weight` [E, H] and per-expert `mlp.experts.{e}.*` (the
+    layout
+    transformers writes to disk; its in-memory fused `gate_up_proj` is handled by
+    `unfuse_experts`)."""
     out: list = [Entry(f"{hf}mlp.gate.weight", (*ours, "mlp", "gate"), _transpose, _transpose)]
     for proj in ("gate_proj", "up_proj", "down_proj"):
         names = tuple(f"{hf}mlp.experts.{e}.{proj}.weight" for e in range(cfg.num_experts))
@@ -229,7 +231,8 @@ def moe_entries(cfg: DecoderConfig, hf: str, ours: tuple) -> list:
 
 
 def unfuse_experts(weights: dict, cfg: DecoderConfig) -> dict:
-    """Rewrites fused expert tensors (transformers v5: `experts.gate_up_proj` [E, 2I, H], first I rows
+    """Rewrites fused expert tensors (transformers v5: `experts.gate_up_proj` [E, 2I, H], first I
+    rows
     gate, and `experts.down_proj` [E, H, I]) into the per-expert names `moe_entries` reads."""
     fused = [
         k for k in weights if k.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))

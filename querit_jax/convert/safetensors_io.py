@@ -3,8 +3,8 @@
 safetensors' own numpy backend cannot return bfloat16, the dtype most checkpoints are stored in. The
 format is small (u64 little-endian header size, JSON header, raw little-endian bytes), so we read it
 ourselves and validate every header field before touching data: a tampered header (oversized length,
-offsets out of range, sizes that disagree with shapes) raises a clear error instead of reading garbage.
-Pickle formats are never read anywhere in this project.
+offsets out of range, sizes that disagree with shapes) raises a clear error instead of reading
+garbage. Pickle formats are never read anywhere in this project.
 """
 
 import json
@@ -86,7 +86,8 @@ def read_file(path: str) -> dict[str, np.ndarray]:
 def write_file(
     path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
 ) -> None:
-    """Writes tensors (sorted by name, contiguous, 8-byte aligned header) readable by safetensors."""
+    """Writes tensors (sorted by name, contiguous, 8-byte aligned header) readable by
+    safetensors."""
     header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
     arrays = []
@@ -110,14 +111,16 @@ def write_file(
             f.write(a.tobytes())
 
 
-# ----- sharded checkpoints (transformers' layout) ----------------------------------------------------
+# ----- sharded checkpoints (transformers' layout)
+# ----------------------------------------------------
 
 INDEX = "model.safetensors.index.json"
 FLOAT_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16)}
 
 
 def shard_plan(sizes: list[int], max_bytes: int) -> list[list[int]]:
-    """Groups consecutive items (their byte sizes) into shards of at most `max_bytes`; an item larger
+    """Groups consecutive items (their byte sizes) into shards of at most `max_bytes`; an item
+    larger
     than that gets a shard of its own (as transformers' `save_pretrained` does)."""
     shards: list[list[int]] = []
     used = 0

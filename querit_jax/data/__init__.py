@@ -1,1 +1,2 @@
-"""Data: dataset formats, the XQuAD-R converter, training groups, templates, TFDS builders, grain pipelines."""
+"""Data: dataset formats, the XQuAD-R converter, training groups, templates, TFDS builders, grain
+pipelines."""

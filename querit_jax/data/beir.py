@@ -1,9 +1,9 @@
 """BEIR-layout datasets: corpus.jsonl (`_id`, `title`, `text`), queries.jsonl (`_id`, `text`),
 qrels/<split>.tsv (header; query-id, corpus-id, score).
 
-Conventions follow BEIR (`beir/datasets/data_loader.py`, `beir/reranking/rerank.py`): a document's text
-for scoring is `(title + " " + text).strip()`; qrels with score <= 0 are kept for metrics (pytrec_eval
-ignores them for gain) but never used as positives.
+Conventions follow BEIR (`beir/datasets/data_loader.py`, `beir/reranking/rerank.py`): a document's
+text for scoring is `(title + " " + text).strip()`; qrels with score <= 0 are kept for metrics
+(pytrec_eval ignores them for gain) but never used as positives.
 """
 
 import csv
@@ -47,7 +47,8 @@ def _find(root: str, *names: str) -> str:
 def iter_corpus(
     path: str, strict: bool = True, report: ReadReport | None = None, stream=None
 ) -> Iterator[tuple[str, str, str, str]]:
-    """Streams corpus.jsonl(.gz): (doc id, title, text, "path:line") per usable document, one line in
+    """Streams corpus.jsonl(.gz): (doc id, title, text, "path:line") per usable document, one line
+    in
     memory at a time. A document without an id, with non-string fields or with neither title nor
     text is skipped (strict: DataFormatError naming file:line). Duplicate ids are left to the caller
     (it alone knows what it has seen). `stream`: an already opened text stream of `path`."""
@@ -161,7 +162,8 @@ def load_qrels(
             if len(row) < 3:
                 report.skip(
                     where,
-                    f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}.",
+                    "expected 3 tab-separated columns (query-id, corpus-id, score), got "
+                    f"{len(row)}.",
                     strict,
                 )
                 continue

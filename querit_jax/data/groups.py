@@ -1,9 +1,10 @@
 """Training groups: FlagEmbedding-compatible JSONL, and mining them from a BEIR dataset.
 
-A group is `{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float], "neg_scores"?:
-[float], "prompt"?: str, "lang"?: str, "qid"?: str}` (the format of FlagEmbedding's reranker fine-tuning;
-mined soft-label data adds a teacher score for every document). Negatives for a BEIR dataset come from
-BM25 (hard negatives: the top-ranked non-relevant documents) or uniformly at random.
+A group is `{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float],
+"neg_scores"?: [float], "prompt"?: str, "lang"?: str, "qid"?: str}` (the format of FlagEmbedding's
+reranker fine-tuning; mined soft-label data adds a teacher score for every document). Negatives for
+a BEIR dataset come from BM25 (hard negatives: the top-ranked non-relevant documents) or uniformly
+at random.
 """
 
 import random

@@ -1,7 +1,7 @@
 """Line-oriented readers that report bad input by file and line, never deep inside a jit.
 
-Every reader takes `strict`: True raises `DataFormatError` at the first bad row; False skips bad rows,
-counts them in a `ReadReport` that callers log and write into manifests.
+Every reader takes `strict`: True raises `DataFormatError` at the first bad row; False skips bad
+rows, counts them in a `ReadReport` that callers log and write into manifests.
 """
 
 import dataclasses
@@ -44,7 +44,8 @@ def iter_jsonl(
     """Yields (line number, object) for every non-blank line of a JSONL file.
 
     Raises:
-      DataFormatError: `path:line: ...` for invalid JSON or a line that is not a JSON object (strict).
+      DataFormatError: `path:line: ...` for invalid JSON or a line that is not a JSON object
+      (strict).
     """
     report = report if report is not None else ReadReport()
     with open_text(path) as f:

@@ -4,8 +4,8 @@
     ROOT/qrels/qrels.miracl-v1.0-{lang}-{split}.tsv        qid Q0 docid relevance   (TREC qrels)
     ROOT/corpus/*.jsonl[.gz]                               {"docid", "title", "text"}
 
-(the layout of the MIRACL release; file names are matched by language and split). Loaded into the same
-`BeirDataset` as BEIR, with the same file:line errors.
+(the layout of the MIRACL release; file names are matched by language and split). Loaded into the
+same `BeirDataset` as BEIR, with the same file:line errors.
 """
 
 from querit_jax import storage

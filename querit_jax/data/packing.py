@@ -1,19 +1,21 @@
-"""Sequence packing: several (query, document) pairs per row of a fixed length, told apart by segment ids.
+"""Sequence packing: several (query, document) pairs per row of a fixed length, told apart by
+segment ids.
 
-Reranker pairs are short and of very unequal length; padding each one to the batch maximum wastes most
-of the compute (notes/performance-and-reliability.md, M4: 0.26-0.33 real tokens padded, 0.96 packed).
-A packed row holds pairs back to back with segment ids 1..S (0 = padding); the models mask attention
-across segments, restart positions per segment and read each pair at its own last token (decoders) or
-first token (encoders), so a packed pair scores exactly as it does alone (tests/test_packing.py).
+Reranker pairs are short and of very unequal length; padding each one to the batch maximum wastes
+most of the compute (notes/performance-and-reliability.md, M4: 0.26-0.33 real tokens padded, 0.96
+packed). A packed row holds pairs back to back with segment ids 1..S (0 = padding); the models mask
+attention across segments, restart positions per segment and read each pair at its own last token
+(decoders) or first token (encoders), so a packed pair scores exactly as it does alone
+(tests/test_packing.py).
 
-The packer is best-fit decreasing (pairs longest first, each into the open row it fills most tightly,
-with at most `max_pairs` pairs per row), a variant of first-fit decreasing (both use at most 11/9 of
-the optimal number of rows, asymptotically, without the pairs-per-row cap). grain's own packers
-(`grain.experimental.FirstFitPackIterDataset`, `BestFitPackIterDataset`)
-stream rows across batch boundaries: they would split a listwise group over two steps and need an
-`IterDataset`, which loses the random-access (one index) iterator state of our `MapDataset` pipeline.
-Here every batch of groups is packed on its own into a fixed number of rows, so the train step keeps
-one shape and traces once.
+The packer is best-fit decreasing (pairs longest first, each into the open row it fills most
+tightly, with at most `max_pairs` pairs per row), a variant of first-fit decreasing (both use at
+most 11/9 of the optimal number of rows, asymptotically, without the pairs-per-row cap). grain's own
+packers (`grain.experimental.FirstFitPackIterDataset`, `BestFitPackIterDataset`) stream rows across
+batch boundaries: they would split a listwise group over two steps and need an `IterDataset`, which
+loses the random-access (one index) iterator state of our `MapDataset` pipeline. Here every batch of
+groups is packed on its own into a fixed number of rows, so the train step keeps one shape and
+traces once.
 """
 
 import dataclasses
@@ -27,7 +29,8 @@ from querit_jax.errors import ConfigError, PackingError
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """Where each pair went: row, slot (segment id - 1) and first token in the row; all [N] int32."""
+    """Where each pair went: row, slot (segment id - 1) and first token in the row; all [N]
+    int32."""
 
     row: np.ndarray
     slot: np.ndarray
@@ -38,14 +41,16 @@ class Placement:
 def best_fit_decreasing(
     lengths: Sequence[int], row_length: int, max_pairs: int, num_rows: int | None = None
 ) -> Placement:
-    """Packs items of the given lengths into rows of `row_length` tokens, at most `max_pairs` per row.
+    """Packs items of the given lengths into rows of `row_length` tokens, at most `max_pairs` per
+    row.
 
     Args:
-      lengths: [N] pair lengths, each 1..row_length.
-      num_rows: a fixed number of rows to pack into (PackingError when they do not suffice), or None to
+      lengths: [N] pair lengths, each 1..row_length. num_rows: a fixed number of rows to pack into
+      (PackingError when they do not suffice), or None to
         open as many as needed.
     Returns:
-      a Placement; rows are numbered in the order they were opened, slots in the order pairs arrived.
+      a Placement; rows are numbered in the order they were opened, slots in the order pairs
+      arrived.
     """
     lengths = np.asarray(lengths, np.int64).reshape(-1)
     if max_pairs < 1 or row_length < 1:
@@ -127,14 +132,16 @@ def pack_sequences(
 
 
 def slot_valid(placement: Placement, max_pairs: int) -> np.ndarray:
-    """[R, max_pairs] bool: which slots hold a pair (its shape tells the step how many slots to score)."""
+    """[R, max_pairs] bool: which slots hold a pair (its shape tells the step how many slots to
+    score)."""
     out = np.zeros((placement.num_rows, max_pairs), bool)
     out[placement.row, placement.slot] = True
     return out
 
 
 def unpack(values: np.ndarray, placement: Placement) -> np.ndarray:
-    """Per-slot model outputs [R, S, ...] -> per-pair outputs [N, ...] in the original pair order."""
+    """Per-slot model outputs [R, S, ...] -> per-pair outputs [N, ...] in the original pair
+    order."""
     return values[placement.row, placement.slot]
 
 
@@ -191,9 +198,9 @@ class PackGroups:
 def estimate_rows(batches, row_length: int, max_pairs: int, margin: float = 0.15) -> int:
     """Rows per batch for `PackGroups`: the most any of the sample batches needs, plus `margin`.
 
-    A batch of many pairs needs close to (its tokens / row_length) rows, and that total varies little
-    from batch to batch, so a margin over a sample of batches leaves overflow (a PackingError naming
-    data.pack_rows) rare; set the rows explicitly for a guarantee.
+    A batch of many pairs needs close to (its tokens / row_length) rows, and that total varies
+    little from batch to batch, so a margin over a sample of batches leaves overflow (a PackingError
+    naming data.pack_rows) rare; set the rows explicitly for a guarantee.
     """
     most = 0
     for batch in batches:
@@ -240,7 +247,8 @@ def pack_train_dataset(
     process_count: int = 1,
     sample_batches: int = 8,
 ):
-    """Appends `PackGroups` to the training `grain.MapDataset` of padded group batches (`data.pack`).
+    """Appends `PackGroups` to the training `grain.MapDataset` of padded group batches
+    (`data.pack`).
 
     Rows per step (over all processes) are `data.pack_rows`, or estimated from the first
     `sample_batches` batches (the largest estimate of any process); either is rounded up to a

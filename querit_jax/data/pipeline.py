@@ -91,8 +91,8 @@ def train_dataset(
         )
     ds = ds.shuffle(seed=seed).repeat(None)
     ds = ds.random_map(SampleGroup(group_size), seed=seed + 1)
-    # Every process draws the same global batch and keeps its own rows (only those are tokenised), so
-    # N processes train on exactly the batches one process would.
+    # Every process draws the same global batch and keeps its own rows (only those are tokenised),
+    # so N processes train on exactly the batches one process would.
     ds = ds.batch(batch_size * process_count, drop_remainder=True, batch_fn=list)
     if process_count > 1:
         ds = ds.map(ProcessRows(process_index * batch_size, batch_size))

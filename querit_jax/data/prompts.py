@@ -2,10 +2,10 @@
 
 Prompts are data: a name, the target language, the number of queries to ask for, and a text with a
 `{content}` slot for the document. The presets are modelled on the Querit-Reranker paper's appendix
-(French school-student questions for Alloprof-style reranking, Russian factoid questions that name the
-entity by an alternate surface form for RuBQ, Japanese MS MARCO-style search queries) plus a generic
-web-search prompt. Generators must wrap each query between `<|begin_of_query|>` and `<|end_of_query|>`;
-anything else is counted as malformed, never fatal.
+(French school-student questions for Alloprof-style reranking, Russian factoid questions that name
+the entity by an alternate surface form for RuBQ, Japanese MS MARCO-style search queries) plus a
+generic web-search prompt. Generators must wrap each query between `<|begin_of_query|>` and
+`<|end_of_query|>`; anything else is counted as malformed, never fatal.
 """
 
 import dataclasses
@@ -49,7 +49,8 @@ PRESETS = {
         "fr",
         "Tu es un élève de primaire ou de secondaire qui cherche de l'aide pour ses devoirs.\n"
         "Écris des questions qui :\n1. Sont naturelles et qu'un élève pourrait vraiment poser.\n"
-        "2. Portent sur l'information principale du document, sans recopier ni reformuler son texte.\n"
+        "2. Portent sur l'information principale du document, sans recopier ni reformuler son "
+        "texte.\n"
         "3. Utilisent un français familier de tous les jours, pas un style académique.\n"
         "4. Font entre 10 et 100 mots.\n" + _OUTPUT_RULES + "\nDocument : {content}",
     ),
@@ -58,24 +59,24 @@ PRESETS = {
         "ru",
         "Составь фактоидный вопрос по документу.\n"
         "1. Найди главную именованную сущность документа.\n"
-        "2. Если у неё есть другая форма написания (латиница или кириллица, транслитерация, разговорная "
+        "2. Если у неё есть другая форма написания (латиница или кириллица, транслитерация, "
+        "разговорная "
         "форма), используй в вопросе форму, отличную от той, что в документе.\n"
         "3. Если другой формы нет, используй каноническую русскую.\n"
         "Ограничения: только русский язык; в каждом вопросе одна сущность и один факт; 5–20 слов; "
-        "предпочтительно «Когда…», «Кто…», «В каком году…», «Где…»; не копируй предложения документа.\n"
-        + _OUTPUT_RULES
-        + "\nДокумент: {content}",
+        "предпочтительно «Когда…», «Кто…», «В каком году…», «Где…»; не копируй предложения "
+        "документа.\n" + _OUTPUT_RULES + "\nДокумент: {content}",
         num_queries=1,
     ),
     "ja_msmarco": PromptTemplate(
         "ja_msmarco",
         "ja",
         "以下の文書を見つけるために日本のユーザーが検索エンジンに入力しそうな検索クエリを書いてください。\n"
-        "各クエリは:\n1. 文書に含まれる具体的な情報を一つだけ尋ねる。\n2. 短く簡潔で自然な日本語にする。\n"
+        "各クエリは:\n1. 文書に含まれる具体的な情報を一つだけ尋ねる。\n"
+        "2. 短く簡潔で自然な日本語にする。\n"
         "3. 文書の主要な実体や概念に沿う（語の重なりは構わない）。\n"
-        "4. 文書に重要な数値（電話番号、価格、日付など）があれば、少なくとも一つのクエリでその数値を尋ねる。\n"
-        + _OUTPUT_RULES
-        + "\n文書: {content}",
+        "4. 文書に重要な数値（電話番号、価格、日付など）があれば、"
+        "少なくとも一つのクエリでその数値を尋ねる。\n" + _OUTPUT_RULES + "\n文書: {content}",
     ),
 }
 

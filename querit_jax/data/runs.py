@@ -1,4 +1,5 @@
-"""Runs: {query id: {doc id: score}}, and their files: TREC (`qid Q0 docid rank score tag`) or JSON."""
+"""Runs: {query id: {doc id: score}}, and their files: TREC (`qid Q0 docid rank score tag`) or
+JSON."""
 
 import json
 
@@ -41,7 +42,8 @@ def read_run(path: str) -> Run:
             parts = line.split()
             if len(parts) != 6:
                 raise DataFormatError(
-                    f"{path}:{lineno}: expected 6 whitespace-separated fields (qid Q0 docid rank score tag), got {len(parts)}."
+                    f"{path}:{lineno}: expected 6 whitespace-separated fields (qid Q0 docid rank "
+                    f"score tag), got {len(parts)}."
                 )
             qid, _, doc, rank, score, _ = parts
             try:

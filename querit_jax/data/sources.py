@@ -26,7 +26,8 @@ def split_spec(spec: str) -> list[str]:
 
 def parse_source(spec: str, default_split: str = "train") -> tuple[str, str, str]:
     """'x.jsonl' -> ("groups", path, ""); a mining output dir -> ("mined", DIR, "");
-    'miracl:ROOT:LANG[:split]' -> ("miracl", "ROOT:LANG", split); 'DIR[:split]' -> ("beir", DIR, split).
+    'miracl:ROOT:LANG[:split]' -> ("miracl", "ROOT:LANG", split); 'DIR[:split]' -> ("beir", DIR,
+    split).
 
     Without an explicit split, a directory named like one of its qrels files (data/xquad_r/en/test)
     uses that split, else `default_split`.

@@ -1,10 +1,11 @@
-"""A TFDS builder that turns training-group JSONL into ArrayRecord, read back with the data-source API.
+"""A TFDS builder that turns training-group JSONL into ArrayRecord, read back with the data-source
+API.
 
 TensorFlow is never imported: the builder constructs its `DatasetInfo` directly and is prepared from
 Python (`download_and_prepare`), the `tfds build` CLI and `tfds.load` need TensorFlow (see
-../shared/notes/libraries.md §1). Prepared data lives in a directory keyed by the content hash of the
-input files, so a changed input is rebuilt and an unchanged one is reused. The directory may be a
-bucket: the dataset is then built locally, uploaded once and read through local copies, so several
+../shared/notes/libraries.md §1). Prepared data lives in a directory keyed by the content hash of
+the input files, so a changed input is rebuilt and an unchanged one is reused. The directory may be
+a bucket: the dataset is then built locally, uploaded once and read through local copies, so several
 hosts share one build.
 """
 
@@ -102,7 +103,8 @@ def build_groups(splits: dict[str, str], cache_dir: str) -> str:
 
 def open_groups(location: str) -> QueritGroups:
     """The prepared builder of a dataset written by `build_groups` (a remote one is read through a
-    local copy: ArrayRecord reads local files). `builder.as_data_source(split)` gives random access."""
+    local copy: ArrayRecord reads local files). `builder.as_data_source(split)` gives random
+    access."""
     if storage.is_remote(location) and not storage.is_committed(location, MARKER):
         raise FileNotFoundError(f"{location}: no complete training-group dataset there.")
     builder = _builder(storage.local_copy(location))

@@ -6,8 +6,8 @@ the document to what remains, so the suffix -- the token that is scored -- alway
 (sentence-transformers #3787: a truncated suffix makes causal rerankers score garbage). Native
 templates use the tokenizer's own special tokens and "longest_first" truncation, as transformers and
 sentence-transformers do. Hugging Face fast tokenizers are not safe to call from several threads at
-once (their truncation state is mutable), so every call holds a lock; grain's reader threads share one
-encoder.
+once (their truncation state is mutable), so every call holds a lock; grain's reader threads share
+one encoder.
 """
 
 import threading
@@ -27,13 +27,15 @@ def _check_vocab(sequences, vocab_size):
     top = max(max(ids) for ids in sequences if ids)
     if top >= vocab_size:
         raise ValueError(
-            f"Token id {top} is outside the model's {vocab_size}-row embedding: the tokenizer does not "
+            f"Token id {top} is outside the model's {vocab_size}-row embedding: the tokenizer does "
+            "not "
             "belong to this model."
         )
 
 
 def _keep_template_tokens(offsets, spans, budgets, max_length) -> np.ndarray:
-    """Which tokens to keep. `spans` = [(start, end)] of the variable parts in order, `budgets` their
+    """Which tokens to keep. `spans` = [(start, end)] of the variable parts in order, `budgets`
+    their
     token limits (None = what remains); tokens touching text outside the spans are always kept."""
     starts = np.array([o[0] for o in offsets])
     ends = np.maximum(np.array([o[1] for o in offsets]), starts + 1)  # zero-width -> one char
@@ -50,7 +52,8 @@ def _keep_template_tokens(offsets, spans, budgets, max_length) -> np.ndarray:
             room = max_length - int(keep.sum() - (owner == i).sum())
             if room < 0:
                 raise ValueError(
-                    f"The template and fixed parts need {max_length - room} tokens; max_length={max_length}."
+                    f"The template and fixed parts need {max_length - room} tokens; "
+                    f"max_length={max_length}."
                 )
             keep[np.flatnonzero(owner == i)[room:]] = False
     return keep
@@ -85,8 +88,10 @@ class PairEncoder:
             fixed = len(tokenizer(parts, add_special_tokens=False)["input_ids"])
             if fixed + max_query_tokens + BOUNDARY_SLACK >= max_length:
                 raise ValueError(
-                    f"Template {template.name!r} takes {fixed} tokens and queries up to {max_query_tokens}: "
-                    f"max_length={max_length} leaves no room for the document. Raise max_length or lower "
+                    f"Template {template.name!r} takes {fixed} tokens and queries up to "
+                    f"{max_query_tokens}: "
+                    f"max_length={max_length} leaves no room for the document. Raise max_length or "
+                    "lower "
                     "max_query_tokens."
                 )
 
@@ -185,7 +190,8 @@ def pad_batch(
     left: bool = False,
     types: Sequence[Sequence[int]] | None = None,
 ):
-    """Pads to `[N, length]`; returns (input_ids, segment_ids, token_type_ids), segment 1 = real token.
+    """Pads to `[N, length]`; returns (input_ids, segment_ids, token_type_ids), segment 1 = real
+    token.
 
     Raises:
       ValueError: when a sequence is longer than `length` or empty.

@@ -1,8 +1,8 @@
 """XQuAD-R (LAReQA; Roy et al., EMNLP 2020, arXiv 2004.05484) -> BEIR layout at sentence level.
 
-Each language file is SQuAD-style JSON whose paragraphs carry `sentences` and `sentence_breaks`. As in
-the paper, the candidates are the sentences and a question's relevant candidate is the sentence whose
-[start, end) span contains the answer's `answer_start`. The data is split by *article* (every
+Each language file is SQuAD-style JSON whose paragraphs carry `sentences` and `sentence_breaks`. As
+in the paper, the candidates are the sentences and a question's relevant candidate is the sentence
+whose [start, end) span contains the answer's `answer_start`. The data is split by *article* (every
 `test_every`-th article is test) into two BEIR directories per language, `<lang>/train` and
 `<lang>/test`, each with the corpus of its own articles only: training never sees a test article's
 sentences, not even as a mined negative, in any language (the data is 11-way parallel: question ids
@@ -62,7 +62,8 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
             sentences, breaks = para.get("sentences"), para.get("sentence_breaks")
             if sentences is None or breaks is None or len(sentences) != len(breaks):
                 raise DataFormatError(
-                    f"{src_json}: article {a} paragraph {p} lacks matching 'sentences'/'sentence_breaks'."
+                    f"{src_json}: article {a} paragraph {p} lacks matching "
+                    "'sentences'/'sentence_breaks'."
                 )
             for s, sentence in enumerate(sentences):
                 if sentence.strip():
@@ -74,7 +75,8 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
                 s = _sentence_of(breaks, start)
                 if s is None:
                     raise DataFormatError(
-                        f"{src_json}: question {qa['id']} answer_start={start} lies in no sentence span."
+                        f"{src_json}: question {qa['id']} answer_start={start} lies in no sentence "
+                        "span."
                     )
                 split["queries"].append(
                     {
@@ -100,7 +102,8 @@ def convert_language(src_json: str, out_dir: str, lang: str, test_every: int = 5
 def convert(
     src_dir: str, out_dir: str, languages: Sequence[str] | None = None, test_every: int = 5
 ) -> dict:
-    """Converts every language file found in `src_dir` (or the given ones); returns counts per language."""
+    """Converts every language file found in `src_dir` (or the given ones); returns counts per
+    language."""
     languages = languages or [
         lang for lang in LANGUAGES if storage.exists(storage.join(src_dir, f"{lang}.json"))
     ]

@@ -1,1 +1,2 @@
-"""Evaluation: IR metrics (pytrec-eval-terrier), run files, batched JAX scoring and the rerank protocol."""
+"""Evaluation: IR metrics (pytrec-eval-terrier), run files, batched JAX scoring and the rerank
+protocol."""

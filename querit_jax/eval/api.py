@@ -1,4 +1,5 @@
-"""Library functions behind the `rerank` and `evaluate` commands (the entry points only parse flags)."""
+"""Library functions behind the `rerank` and `evaluate` commands (the entry points only parse
+flags)."""
 
 import functools
 
@@ -28,7 +29,8 @@ def read_pairs(path: str) -> list[dict]:
             raise DataFormatError(f"{path}:{lineno}: 'first_stage_score' must be a number.")
         if rows and ("first_stage_score" in rows[0]) != (score is not None):
             raise DataFormatError(
-                f"{path}:{lineno}: 'first_stage_score' is given on some lines only; give it on every "
+                f"{path}:{lineno}: 'first_stage_score' is given on some lines only; give it on "
+                "every "
                 "line (to fuse the reranker with the first stage) or on none."
             )
         rows.append(row)
@@ -38,7 +40,8 @@ def read_pairs(path: str) -> list[dict]:
 
 
 def fuse_pairs(rows: list[dict], scores, fusion: Fusion) -> list[float]:
-    """Fused scores of scored pairs that carry first-stage scores; a query's candidates are the lines
+    """Fused scores of scored pairs that carry first-stage scores; a query's candidates are the
+    lines
     with the same "qid" (or, without one, the same query text)."""
     first, reranked, keys = {}, {}, []
     for i, (row, score) in enumerate(zip(rows, scores)):
@@ -111,14 +114,16 @@ def evaluate_models(
         fusion recorded with each model (its label-free choice; none if it has none).
     Returns:
       (summaries, reranked runs). One summary per (model, dataset), model-major, carrying "label",
-      "dataset", "model", "data", "split" and "first_stage_run"; reranked runs keyed by (label, dataset).
+      "dataset", "model", "data", "split" and "first_stage_run"; reranked runs keyed by (label,
+      dataset).
     """
     runs = [runs] * len(data_paths) if isinstance(runs, str) else list(runs)
     if len(runs) == 1 and len(data_paths) > 1:
         runs = runs * len(data_paths)
     if len(runs) != len(data_paths):
         raise DataFormatError(
-            f"Got {len(runs)} first-stage runs for {len(data_paths)} datasets; give one run, or one per dataset."
+            f"Got {len(runs)} first-stage runs for {len(data_paths)} datasets; give one run, or "
+            "one per dataset."
         )
     labels = list(labels) if labels else model_labels(model_paths)
     if len(labels) != len(model_paths) or len(set(labels)) != len(labels):
@@ -173,7 +178,8 @@ def evaluate_model(
     max_length: int | None = None,
     max_queries: int = 0,
 ) -> tuple[dict, dict]:
-    """Reranks a first stage (a run file, or "bm25") on a BEIR dataset. Returns (summary, reranked run)."""
+    """Reranks a first stage (a run file, or "bm25") on a BEIR dataset. Returns (summary, reranked
+    run)."""
     summaries, reranked = evaluate_models(
         [model_path], [data], [run], split, top_k, batch_size, max_length, max_queries
     )

@@ -1,14 +1,16 @@
-"""Combining a reranker with its first stage: what a user deploys is the pair, not the reranker alone.
+"""Combining a reranker with its first stage: what a user deploys is the pair, not the reranker
+alone.
 
 Two standard combinations over each query's reranked candidates:
 
   * interpolation: `alpha * norm(reranker) + (1 - alpha) * norm(first stage)`, scores min-max
-    normalised per query (the scales of a cross-encoder and of BM25 have nothing in common); alpha = 1
-    is the reranker alone, alpha = 0 the first stage alone;
+    normalised per query (the scales of a cross-encoder and of BM25 have nothing in common); alpha =
+    1 is the reranker alone, alpha = 0 the first stage alone;
   * reciprocal-rank fusion (Cormack et al., SIGIR 2009): `sum over runs of 1 / (k + rank)`, k = 60.
 
 The weight is chosen label-free (`choose_alpha` on held-out synthetic queries, never on real test
-questions) and travels with the model (`Fusion.to_dict` in model.json, the model card's usage notes).
+questions) and travels with the model (`Fusion.to_dict` in model.json, the model card's usage
+notes).
 """
 
 import dataclasses

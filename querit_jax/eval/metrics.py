@@ -2,8 +2,8 @@
 
 * nDCG uses trec_eval's linear gain (BEIR, MTEB); MRR@k is the reciprocal rank within the top k;
   Recall@k and MAP@k come from trec_eval's `recall_k` / `map_cut_k`.
-* `ignore_identical_ids=True` drops a retrieved document whose id equals the query id (BEIR's default;
-  it matters for ArguAna and Quora).
+* `ignore_identical_ids=True` drops a retrieved document whose id equals the query id (BEIR's
+  default; it matters for ArguAna and Quora).
 * Means are over every query that has relevance judgements: a query missing from the run scores 0.
 """
 

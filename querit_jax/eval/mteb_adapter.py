@@ -1,7 +1,8 @@
-"""MTEB (>= 2.26) integration: a querit_jax reranker as an MTEB cross-encoder, and local reranking tasks.
+"""MTEB (>= 2.26) integration: a querit_jax reranker as an MTEB cross-encoder, and local reranking
+tasks.
 
-`MtebCrossEncoder` implements MTEB's `CrossEncoderProtocol` (`predict(inputs1, inputs2, ...)` over two
-aligned dataloaders of queries and documents, plus `mteb_model_meta`): MTEB wraps it in its
+`MtebCrossEncoder` implements MTEB's `CrossEncoderProtocol` (`predict(inputs1, inputs2, ...)` over
+two aligned dataloaders of queries and documents, plus `mteb_model_meta`): MTEB wraps it in its
 `SearchCrossEncoderWrapper`, which scores each query's `top_ranked` candidates, and computes the
 metrics with pytrec_eval as for any reranker. Scoring goes through our JAX model, loaded from a
 checkpoint, a training workdir or an exported Hugging Face directory; MTEB's text for a document is
@@ -154,7 +155,8 @@ def beir_reranking_task(
     language = language or next((p for p in reversed(parts) if p in MTEB_LANGUAGES), None)
     if language not in MTEB_LANGUAGES:
         raise ValueError(
-            f"Unknown language {language!r} for {data}; pass language= one of {sorted(MTEB_LANGUAGES)}."
+            f"Unknown language {language!r} for {data}; pass language= one of "
+            f"{sorted(MTEB_LANGUAGES)}."
         )
     doc_ids = sorted({d for docs in top.values() for d in docs})
     split_data = {

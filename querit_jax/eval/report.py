@@ -1,8 +1,8 @@
 """Evaluation reports: one JSON, a Markdown table and a PNG bar chart of the same numbers.
 
 A report compares a first stage (BM25 or a run file) with one or several rerankers on one or several
-datasets (typically one per language). Every reranker reranks the same first-stage candidates, so the
-columns are comparable. Layout of `report.json`:
+datasets (typically one per language). Every reranker reranks the same first-stage candidates, so
+the columns are comparable. Layout of `report.json`:
 
     {"metric": "ndcg@10", "metrics": [...], "first_stage": "BM25", "models": [label, ...],
      "datasets": {name: {"first_stage": {metric: v}, "models": {label: {metric: v}},
@@ -80,7 +80,8 @@ def build_report(
 def from_summaries(summaries: list[dict], first_stage_name: str = "BM25") -> dict:
     """A report from `evaluate_rerank` summaries carrying "label" and "dataset" keys (evaluate CLI).
 
-    A summary with fused metrics adds a column `<label> + <first stage> (<fusion>)` next to the model's.
+    A summary with fused metrics adds a column `<label> + <first stage> (<fusion>)` next to the
+    model's.
     """
     first, models, details = {}, {}, {}
     for s in summaries:
@@ -173,7 +174,8 @@ def to_markdown(report: dict) -> str:
 
 
 def plot(report: dict, path, metric: str | None = None):
-    """Grouped bar chart (PNG) of `metric` per dataset: first stage, then each model. `path`: a local
+    """Grouped bar chart (PNG) of `metric` per dataset: first stage, then each model. `path`: a
+    local
     file name or a binary file object."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -223,7 +225,8 @@ def write_report(report: dict, out_dir: str, stem: str = "report") -> dict[str, 
 
 
 def write_training_report(workdir: str) -> dict[str, str] | None:
-    """Writes report.{json,md,png} into a training workdir from its results.json (None: nothing to do)."""
+    """Writes report.{json,md,png} into a training workdir from its results.json (None: nothing to
+    do)."""
     results_path = storage.join(workdir, "results.json")
     if not storage.exists(results_path):
         return None
@@ -249,7 +252,8 @@ def load_report(path: str) -> dict:
 
 
 def is_training_report(report) -> bool:
-    """Whether a report is the one the trainer writes (it has the final model's "trained" column)."""
+    """Whether a report is the one the trainer writes (it has the final model's "trained"
+    column)."""
     return isinstance(report, dict) and TRAINED_LABEL in (report.get("models") or [])
 
 

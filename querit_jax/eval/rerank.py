@@ -1,10 +1,11 @@
 """The BEIR reranking protocol: rerank the top-k of a first-stage run with a cross-encoder.
 
-`score_fn(queries, documents) -> scores` is any pair scorer: `functools.partial(scorer.score, params)`
-for a model being trained, a `Teacher.score` for a reference model.
+`score_fn(queries, documents) -> scores` is any pair scorer: `functools.partial(scorer.score,
+params)` for a model being trained, a `Teacher.score` for a reference model.
 
-As `beir/reranking/rerank.py`: candidates are the first stage's k best documents per query, the text is
-`(title + " " + text).strip()`, the reranked run holds only those k documents with the model's scores.
+As `beir/reranking/rerank.py`: candidates are the first stage's k best documents per query, the text
+is `(title + " " + text).strip()`, the reranked run holds only those k documents with the model's
+scores.
 """
 
 from querit_jax.data.beir import BeirDataset
@@ -21,7 +22,8 @@ def judged_queries(dataset: BeirDataset, max_queries: int = 0) -> list[str]:
 
 
 def candidate_pairs(dataset: BeirDataset, run: Run, top_k: int, qids: list[str]):
-    """(query ids, doc ids, query texts, doc texts) for the top-k candidates of each query in `qids`."""
+    """(query ids, doc ids, query texts, doc texts) for the top-k candidates of each query in
+    `qids`."""
     ranked = metrics_lib.top_k({q: run[q] for q in qids if q in run}, top_k)
     pq, pd, tq, td = [], [], [], []
     for q, docs in ranked.items():

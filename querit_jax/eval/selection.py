@@ -1,7 +1,8 @@
-"""Label-free selection on synthetic dev queries: which checkpoint, which fusion weight, which merge.
+"""Label-free selection on synthetic dev queries: which checkpoint, which fusion weight, which
+merge.
 
-`dev_score` reranks every dataset of an `EvalSuite` (synthetic dev sets, each with its own first-stage
-run) with one scorer, pools their queries, and chooses the interpolation weight alpha
+`dev_score` reranks every dataset of an `EvalSuite` (synthetic dev sets, each with its own
+first-stage run) with one scorer, pools their queries, and chooses the interpolation weight alpha
 (`fusion.choose_alpha`). Its `score` is the nDCG@10 of the reranker fused at that alpha, i.e. of
 what would be deployed (alpha = 1 is the reranker alone, 0 the first stage alone), so a candidate
 that does not help on dev scores as the first stage and is never preferred to one that does. Real
@@ -17,7 +18,8 @@ METRIC = "ndcg@10"
 
 
 def dev_score(suite, score_fn) -> dict:
-    """{"score", "alpha", "reranked", "first_stage", "alphas", "queries"} over the pooled dev queries
+    """{"score", "alpha", "reranked", "first_stage", "alphas", "queries"} over the pooled dev
+    queries
     of every dataset in `suite` (query ids prefixed by the dataset's name)."""
     first, reranked, qrels = {}, {}, {}
     for name, ds in suite.datasets.items():
@@ -40,7 +42,8 @@ def dev_score(suite, score_fn) -> dict:
 
 
 def better(a: dict | None, b: dict) -> bool:
-    """Whether dev result `b` beats `a`: the fused score, then the reranker alone (ties keep `a`)."""
+    """Whether dev result `b` beats `a`: the fused score, then the reranker alone (ties keep
+    `a`)."""
     if a is None:
         return True
     return (round(b["score"], 6), round(b["reranked"], 6)) > (

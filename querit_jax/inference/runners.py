@@ -2,8 +2,8 @@
 
 Token sequences are sorted by length and cut into fixed-size batches padded to a small set of length
 buckets, so the forward pass compiles once per bucket; results come back in input order. Batches are
-sharded over the mesh's batch axes. Token budgets default to the ones stored with the model.
-With `pack=True` several sequences share a row instead (`data.packing`: segment ids, per-pair pooling),
+sharded over the mesh's batch axes. Token budgets default to the ones stored with the model. With
+`pack=True` several sequences share a row instead (`data.packing`: segment ids, per-pair pooling),
 which computes the same outputs with far less padding.
 """
 
@@ -55,7 +55,8 @@ class BatchedRunner:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
         self.batch_size = -(-batch_size // split) * split
-        # Packed mode: rows per call, a quarter of the pairs per call (each row holds several pairs).
+        # Packed mode: rows per call, a quarter of the pairs per call (each row holds several
+        # pairs).
         self.pack_rows = -(-max(1, batch_size // 4) // split) * split
         self._split = split
         self.buckets = length_buckets(self.max_length)
@@ -77,7 +78,8 @@ class BatchedRunner:
     def run(
         self, params, sequences: Sequence[Sequence[int]], types=None, progress=None
     ) -> np.ndarray:
-        """Model outputs (float32) for each sequence, in input order: [n] scores or [n, H] embeddings."""
+        """Model outputs (float32) for each sequence, in input order: [n] scores or [n, H]
+        embeddings."""
         if self.pack and len(sequences):
             return self._run_packed(params, sequences, types, progress)
         n = len(sequences)
@@ -106,7 +108,8 @@ class BatchedRunner:
         return out if out is not None else np.zeros((0,), np.float32)
 
     def _run_packed(self, params, sequences, types, progress) -> np.ndarray:
-        """`run` with several sequences per row (`data.packing`); rows as long as the smallest bucket
+        """`run` with several sequences per row (`data.packing`); rows as long as the smallest
+        bucket
         that holds the longest sequence, `pack_rows` rows per call (fewer, a power of two, for the
         last call), so the forward compiles once per (bucket, row count)."""
         length = next(b for b in self.buckets if b >= max(len(s) for s in sequences))

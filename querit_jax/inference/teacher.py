@@ -1,10 +1,10 @@
 """Teacher scores for (query, candidate) pairs.
 
 A teacher is any loaded model: a reranker (its raw score) or an embedder (the inner product of the
-query and document embeddings, i.e. cosine for normalised ones), batched and sharded like every other
-inference here; or a weighted mix of such models and the first stage's own scores (`TeacherMix`,
-`"stage1/model:0.6,bm25:0.4"`), each normalised per query. `querit_jax.loading.load_teacher` builds
-either from its spec.
+query and document embeddings, i.e. cosine for normalised ones), batched and sharded like every
+other inference here; or a weighted mix of such models and the first stage's own scores
+(`TeacherMix`, `"stage1/model:0.6,bm25:0.4"`), each normalised per query.
+`querit_jax.loading.load_teacher` builds either from its spec.
 """
 
 import numpy as np

@@ -1,22 +1,24 @@
 """Reading merge inputs one tensor at a time and writing the merged model checkpoint incrementally.
 
-Inputs are querit_jax model checkpoints (`models/checkpoint.py`: model.json + params/ + tokenizer/) or
-training workdirs (their exported `model/`), local or gs://, resolved by `loading.resolve_model_path`. Each tensor is restored on its
-own with Orbax's partial restore (`PyTreeRestore(item=<one leaf>, partial_restore=True)`), straight onto
-its sharding, so host memory never holds a whole input model.
+Inputs are querit_jax model checkpoints (`models/checkpoint.py`: model.json + params/ + tokenizer/)
+or training workdirs (their exported `model/`), local or gs://, resolved by
+`loading.resolve_model_path`. Each tensor is restored on its own with Orbax's partial restore
+(`PyTreeRestore(item=<one leaf>, partial_restore=True)`), straight onto its sharding, so host memory
+never holds a whole input model.
 
 The output is written with Orbax's partial save (`orbax.checkpoint.v1.partial`): merged tensors are
-appended to one pending checkpoint every `flush_bytes`, and finalised at the end. The output directory
-is committed by its model.json, written last (`storage.DirectoryWriter`): a killed merge leaves no
-directory that looks complete, and a rerun starts from scratch.
+appended to one pending checkpoint every `flush_bytes`, and finalised at the end. The output
+directory is committed by its model.json, written last (`storage.DirectoryWriter`): a killed merge
+leaves no directory that looks complete, and a rerun starts from scratch.
 
-On a local disk everything goes into `<output>.tmp`, and an existing `<output>` is replaced by renames
-only: it is moved to `<output>.old`, `<output>.tmp` is moved to `<output>`, and only then is
-`<output>.old` deleted. A kill at any point leaves either the previous or the new complete output under
-`<output>`, or (between the two renames) the previous one under `<output>.old` with no `<output>`; the
-next merge into the same place first moves such an `<output>.old` back to `<output>` and deletes an
-`<output>.old` left beside an `<output>` (a kill while deleting it). On an object store (gs://), which
-has no rename, the old model.json is deleted first and the new files are written in place.
+On a local disk everything goes into `<output>.tmp`, and an existing `<output>` is replaced by
+renames only: it is moved to `<output>.old`, `<output>.tmp` is moved to `<output>`, and only then is
+`<output>.old` deleted. A kill at any point leaves either the previous or the new complete output
+under `<output>`, or (between the two renames) the previous one under `<output>.old` with no
+`<output>`; the next merge into the same place first moves such an `<output>.old` back to `<output>`
+and deletes an `<output>.old` left beside an `<output>` (a kill while deleting it). On an object
+store (gs://), which has no rename, the old model.json is deleted first and the new files are
+written in place.
 """
 
 import dataclasses
@@ -43,8 +45,9 @@ from querit_jax.merging import assemble
 from querit_jax.models.checkpoint import MARKER, is_model_checkpoint, read_spec
 from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec
 
-# Backbone fields that do not change what a parameter means: runtime choices (models.spec), token ids,
-# training-only loss weights, and the vocabulary (checked through the embedding shapes instead).
+# Backbone fields that do not change what a parameter means: runtime choices (models.spec), token
+# ids, training-only loss weights, and the vocabulary (checked through the embedding shapes
+# instead).
 _NON_ARCHITECTURE = {
     *RUNTIME_FIELDS,
     "bos_token_id",
@@ -59,7 +62,8 @@ _NON_ARCHITECTURE = {
 
 @dataclasses.dataclass
 class ModelInput:
-    """One checkpoint taking part in a merge: its spec and the shapes/dtypes of its stored tensors."""
+    """One checkpoint taking part in a merge: its spec and the shapes/dtypes of its stored
+    tensors."""
 
     path: str  # as configured
     resolved: str  # the model checkpoint directory
@@ -127,7 +131,8 @@ def open_input(path: str) -> ModelInput:
 
 
 def logical_axes(spec: ModelSpec) -> dict[str, tuple]:
-    """Flat name -> logical axis names of every parameter (which dims are vocab rows, experts...)."""
+    """Flat name -> logical axis names of every parameter (which dims are vocab rows,
+    experts...)."""
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: spec.build())
     _, state = nnx.split(abstract)
@@ -138,7 +143,8 @@ def logical_axes(spec: ModelSpec) -> dict[str, tuple]:
 
 
 def canonical_order(names) -> list[str]:
-    """Embeddings first, then layers in numeric order, then the rest: depth order, as mergekit plans."""
+    """Embeddings first, then layers in numeric order, then the rest: depth order, as mergekit
+    plans."""
 
     def key(name):
         m = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
@@ -155,8 +161,8 @@ def check_compatible(
     """Refuses inputs that are not the same architecture as the base, naming the first difference.
 
     Family and head kind first, then the other head fields (the yes/no token ids...) and the pair
-    template, then parameter names and shapes in depth order (a difference only in vocabulary rows is
-    allowed when `vocab_policy` is "rectify"), then the architecture fields. The output takes the
+    template, then parameter names and shapes in depth order (a difference only in vocabulary rows
+    is allowed when `vocab_policy` is "rectify"), then the architecture fields. The output takes the
     base's head and template, so a model trained to read other token ids or another prompt format
     would be merged into weights that score its half of the recipe wrongly: such inputs are refused.
 
@@ -166,7 +172,8 @@ def check_compatible(
     where = f"{other.path} cannot be merged with the base {base.path}"
     if other.spec.family != base.spec.family or other.spec.head.kind != base.spec.head.kind:
         raise CheckpointError(
-            f"{where}: it is a {other.spec.family} model with a {other.spec.head.kind} head, the base "
+            f"{where}: it is a {other.spec.family} model with a {other.spec.head.kind} head, the "
+            "base "
             f"a {base.spec.family} model with a {base.spec.head.kind} head."
         )
     _check_head_and_template(base, other, where)
@@ -178,7 +185,8 @@ def check_compatible(
             )
         if name not in base.shapes:
             raise CheckpointError(
-                f"{where}: it has parameter {name} {other.shapes[name]} that the base does not; the "
+                f"{where}: it has parameter {name} {other.shapes[name]} that the base does not; "
+                "the "
                 "checkpoints must have the same architecture."
             )
         have, want = other.shapes[name], base.shapes[name]
@@ -195,8 +203,10 @@ def check_compatible(
             )
         if vocab_policy != "rectify":
             raise CheckpointError(
-                f"{where}: vocabulary sizes differ (parameter {name} has shape {have} there, {want} "
-                "in the base); set merge.vocab_policy='rectify' to cut or pad its embedding rows to "
+                f"{where}: vocabulary sizes differ (parameter {name} has shape {have} there, "
+                f"{want} "
+                "in the base); set merge.vocab_policy='rectify' to cut or pad its embedding rows "
+                "to "
                 "the base's vocabulary, or merge models that share a tokenizer."
             )
     mine, theirs = base.spec.backbone.to_dict(), other.spec.backbone.to_dict()
@@ -220,7 +230,8 @@ def _check_head_and_template(base: ModelInput, other: ModelInput, where: str) ->
         if mine.get(field) != theirs.get(field):
             raise CheckpointError(
                 f"{where}: head field {field} is {theirs.get(field)!r} there but "
-                f"{mine.get(field)!r} in the base; the merged model keeps the base's head, so merge "
+                f"{mine.get(field)!r} in the base; the merged model keeps the base's head, so "
+                "merge "
                 "checkpoints whose heads read the same tokens."
             )
     mine, theirs = base.spec.template.to_dict(), other.spec.template.to_dict()
@@ -230,13 +241,15 @@ def _check_head_and_template(base: ModelInput, other: ModelInput, where: str) ->
                 f"{where}: its template {other.spec.template.name!r} differs from the base's "
                 f"{base.spec.template.name!r} in {field} ({_short(theirs.get(field))} there, "
                 f"{_short(mine.get(field))} in the base); the merged model scores with the base's "
-                "prompt format, which the other model was not trained on. Merge checkpoints trained "
+                "prompt format, which the other model was not trained on. Merge checkpoints "
+                "trained "
                 "with the same template."
             )
 
 
 def content_hash(directory: str) -> dict:
-    """sha256 over every file of a checkpoint directory (relative path and bytes, in sorted order)."""
+    """sha256 over every file of a checkpoint directory (relative path and bytes, in sorted
+    order)."""
     digest, count, total = hashlib.sha256(), 0, 0
     for rel in storage.files(directory):
         digest.update(rel.encode() + b"\0")
@@ -251,8 +264,8 @@ def content_hash(directory: str) -> dict:
 class OutputWriter:
     """Writes the merged model checkpoint tensor by tensor, committed at the end by its model.json.
 
-    The directory is a `storage.DirectoryWriter`: staged in `<output>.tmp` and moved in by renames on
-    a local disk, written in place after removing the old marker on an object store. Tensors are
+    The directory is a `storage.DirectoryWriter`: staged in `<output>.tmp` and moved in by renames
+    on a local disk, written in place after removing the old marker on an object store. Tensors are
     appended with Orbax's partial save and finalised into `params/`:
 
       * local output: every process takes part in the saves (each writes its shards), process 0
@@ -293,7 +306,9 @@ class OutputWriter:
                 stored, dtype = assemble.to_part(np.asarray(host))
                 file = f"{len(self._part_list):05d}.npy"
                 storage.save_array(storage.join(self._scratch, file), stored)
-                self._part_list.append({"keys": list(self._keys[name]), "file": file, "dtype": dtype})
+                self._part_list.append(
+                    {"keys": list(self._keys[name]), "file": file, "dtype": dtype}
+                )
             return
         node = self._pending
         *parents, last = self._keys[name]
@@ -330,7 +345,8 @@ class OutputWriter:
             )
 
     def finish(self, model_json: dict, tokenizer_dir: str, manifest: dict, manifest_name: str):
-        """Finalises params/, writes the tokenizer and the manifest, then model.json (the commit)."""
+        """Finalises params/, writes the tokenizer and the manifest, then model.json (the
+        commit)."""
         if self._parts:
             if self._first:
                 self._assemble_parts()
@@ -362,7 +378,8 @@ class OutputWriter:
         multihost_utils.sync_global_devices(f"querit_jax merge done {self.path}")
 
     def abort(self) -> None:
-        """Removes the partial output after a failed merge; an existing local `<output>` is left as it
+        """Removes the partial output after a failed merge; an existing local `<output>` is left as
+        it
         was (on an object store it was uncommitted when the merge started)."""
         if self._first:
             self._dir.abort()
@@ -371,7 +388,8 @@ class OutputWriter:
 
 
 def _write_checkpoint_metadata(params_dir: str) -> None:
-    """The `_CHECKPOINT_METADATA` a StandardCheckpointer save leaves (the partial-save layout keeps it
+    """The `_CHECKPOINT_METADATA` a StandardCheckpointer save leaves (the partial-save layout keeps
+    it
     one level up); without it every load of the merged model logs a missing-metadata warning."""
     handler = ocp.StandardCheckpointHandler
     now = time.time_ns()

@@ -1,10 +1,10 @@
 """Merge model checkpoints tensor by tensor: SLERP, sequential SLERP and Multi-SLERP.
 
 For each parameter, in depth order: restore it from every input onto its sharding (Orbax partial
-restore), merge it with one jitted function (fp32 compute; norms and dots are cross-shard reductions),
-cast it to the base's dtype and hand it to the writer, which appends it to the output checkpoint.
-Peak host memory is therefore about the inputs of the largest tensor plus at most `flush_mb` of merged
-tensors waiting to be written, not whole models.
+restore), merge it with one jitted function (fp32 compute; norms and dots are cross-shard
+reductions), cast it to the base's dtype and hand it to the writer, which appends it to the output
+checkpoint. Peak host memory is therefore about the inputs of the largest tensor plus at most
+`flush_mb` of merged tensors waiting to be written, not whole models.
 
 Methods (mergekit's semantics; see querit_jax/merging/slerp.py):
   slerp             two models; the first is the base (t=0), t may vary by depth and by name.
@@ -12,8 +12,8 @@ Methods (mergekit's semantics; see querit_jax/merging/slerp.py):
                     kept in float32 between steps and cast once at the end.
   multislerp        the weighted spherical barycentre of N models, optionally of their task vectors
                     relative to `base_model`.
-Mixture-of-Experts weights stacked as [experts, ...] are merged expert by expert (each expert its own
-tensor, as mergekit sees the Hugging Face layout).
+Mixture-of-Experts weights stacked as [experts, ...] are merged expert by expert (each expert its
+own tensor, as mergekit sees the Hugging Face layout).
 """
 
 import dataclasses
@@ -324,7 +324,8 @@ def _manifest(cfg, inputs, hashes, origin, origin_hash, base, entries, params, l
         },
         "filters": sorted({r.filter for s in cfg.step_specs() for r in s if r.filter}),
         "position_rule": (
-            "layer i of n -> i/(n-1) (1 when n = 1); names containing 'embed' -> 0; everything else (final "
+            "layer i of n -> i/(n-1) (1 when n = 1); names containing 'embed' -> 0; everything "
+            "else (final "
             "norm, heads) -> 1; a gradient list is read piecewise-linearly at that position"
         ),
         "sharding": {

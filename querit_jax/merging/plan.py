@@ -1,13 +1,14 @@
 """Which interpolation factor each tensor gets: mergekit's scalar / gradient / filtered parameters.
 
-A `t` spec is given the way mergekit's YAML gives it (a number, a gradient over depth, or filter rules;
-see querit_jax/config_lib/merge.py, where `parse_t` turns it into `Rule`s).
+A `t` spec is given the way mergekit's YAML gives it (a number, a gradient over depth, or filter
+rules; see querit_jax/config_lib/merge.py, where `parse_t` turns it into `Rule`s).
 
-A gradient is read at the tensor's relative depth: layer i of n sits at i / (n - 1) (a single layer at
-1), everything before the layers (embeddings) at 0 and everything after them (final norm, scoring or LM
-head) at 1, exactly as mergekit's `MergePlanner.plan_slice` computes it. Filters are substrings of our
-parameter names, which mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`,
-`model.layers.3.mlp.gate_proj`), so mergekit recipes keep their meaning.
+A gradient is read at the tensor's relative depth: layer i of n sits at i / (n - 1) (a single layer
+at 1), everything before the layers (embeddings) at 0 and everything after them (final norm, scoring
+or LM head) at 1, exactly as mergekit's `MergePlanner.plan_slice` computes it. Filters are
+substrings of our parameter names, which mirror Hugging Face's
+(`model.layers.3.self_attn.q_proj.kernel`, `model.layers.3.mlp.gate_proj`), so mergekit recipes keep
+their meaning.
 """
 
 import math

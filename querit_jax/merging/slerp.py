@@ -1,10 +1,10 @@
 """Spherical interpolation of parameter tensors: mergekit's SLERP and Multi-SLERP in pure jnp.
 
-`slerp` follows mergekit's `merge_methods/slerp.py` (notes/anchors-and-parity.md D.3): the two tensors
-are normalised as whole flat vectors (only when their norm exceeds eps), their dot product decides the
-branch — |dot| > 0.9995 means nearly (anti)parallel and the tensors are interpolated linearly —
-otherwise the sine weights of the angle are applied to the *original* tensors, so norms are not
-re-projected onto the sphere. Everything is computed in float32 and cast back by the caller.
+`slerp` follows mergekit's `merge_methods/slerp.py` (notes/anchors-and-parity.md D.3): the two
+tensors are normalised as whole flat vectors (only when their norm exceeds eps), their dot product
+decides the branch — |dot| > 0.9995 means nearly (anti)parallel and the tensors are interpolated
+linearly — otherwise the sine weights of the angle are applied to the *original* tensors, so norms
+are not re-projected onto the sphere. Everything is computed in float32 and cast back by the caller.
 
 `multislerp` follows mergekit's `merge_methods/multislerp.py` (the spherical barycentre of
 https://goddard.blog/posts/multislerp-wow-what-a-cool-idea): unit directions are averaged with the
@@ -13,8 +13,8 @@ the exponential map and rescaled by the weighted mean norm; optionally relative 
 (task vectors).
 
 Norms and dot products are full reductions (`jnp.sum` of an elementwise product in float32, the same
-number as `jnp.vdot` on the flattened tensors without a reshape), so on sharded arrays under `jit` they
-become a local reduction plus one all-reduce and no tensor is gathered on one device.
+number as `jnp.vdot` on the flattened tensors without a reshape), so on sharded arrays under `jit`
+they become a local reduction plus one all-reduce and no tensor is gathered on one device.
 """
 
 import jax
@@ -101,14 +101,13 @@ def multislerp(
     """Weighted spherical barycentre of N tensors (mergekit's Multi-SLERP), in float32.
 
     Args:
-      tensors: [N, ...] the stacked tensors (N >= 1).
-      weights: [N] their weights.
-      base: optional [...] origin; the tensors' differences to it (task vectors) are interpolated and
+      tensors: [N, ...] the stacked tensors (N >= 1). weights: [N] their weights. base: optional
+      [...] origin; the tensors' differences to it (task vectors) are interpolated and
         the base is added back.
     Returns:
-      (result, degenerate): the float32 [...] result, and a bool scalar that is True where the weighted
-      mean direction vanished (two inputs: mergekit falls back to the weighted linear sum; more inputs
-      are NaN there and the caller reports an error).
+      (result, degenerate): the float32 [...] result, and a bool scalar that is True where the
+      weighted mean direction vanished (two inputs: mergekit falls back to the weighted linear sum;
+      more inputs are NaN there and the caller reports an error).
     """
     x = tensors.astype(jnp.float32)
     if base is not None:

@@ -1,4 +1,5 @@
-"""Filters for synthetic queries, each counting what it keeps and drops (the counts go to the manifest).
+"""Filters for synthetic queries, each counting what it keeps and drops (the counts go to the
+manifest).
 
 * length: queries outside [min_chars, max_chars] characters;
 * copied: queries whose normalised words are mostly a contiguous copy of the document
@@ -23,7 +24,8 @@ def normalize(text: str) -> str:
 
 
 def longest_common_run(query_words: list[str], doc_words: list[str]) -> int:
-    """Length of the longest run of consecutive query words that appears consecutively in the document."""
+    """Length of the longest run of consecutive query words that appears consecutively in the
+    document."""
     best = 0
     positions: dict[str, list[int]] = {}
     for i, w in enumerate(doc_words):

@@ -133,10 +133,10 @@ class WordFrequencies:
 class HeuristicGenerator:
     """Inverse-cloze / salient-span pseudo-queries, deterministic per (document, seed).
 
-    Query i of a document alternates: salient span (a window of `min_len`..`max_len` units centred on
-    one of the document's highest-IDF words) and inverse cloze (a random window). Words are counted
-    across the target corpus (`corpus` texts, or a prebuilt `frequencies` table), so "rare" means
-    rare in the target collection.
+    Query i of a document alternates: salient span (a window of `min_len`..`max_len` units centred
+    on one of the document's highest-IDF words) and inverse cloze (a random window). Words are
+    counted across the target corpus (`corpus` texts, or a prebuilt `frequencies` table), so "rare"
+    means rare in the target collection.
     """
 
     name = "heuristic"

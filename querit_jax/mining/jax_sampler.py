@@ -2,9 +2,9 @@
 
 `generate_ids` decodes a queue of prompts with `batch_size` rows in flight. Each row holds one
 sequence in a preallocated KV cache [B, S, K, D] (S = longest prompt bucket + max_new_tokens) used
-as a ring: decode step c writes every row's new key/value at slot c % S, and a row admitted at step c
-has its prompt prefilled into the slots just before it, so its prompt and all its new tokens fit in
-S slots without ever overwriting each other. Attention reads the slots a row's `valid` mask marks
+as a ring: decode step c writes every row's new key/value at slot c % S, and a row admitted at step
+c has its prompt prefilled into the slots just before it, so its prompt and all its new tokens fit
+in S slots without ever overwriting each other. Attention reads the slots a row's `valid` mask marks
 (RoPE is applied before caching, so slot order does not matter). When rows finish, the host refills
 them with the next prompts (longest first) in groups of `batch_size / 4` rows, each group prefilled
 in one pass and scattered into the cache; the batch never waits for its slowest row.
@@ -280,7 +280,8 @@ class JaxSampler:
         self._full_forward = jax.jit(functools.partial(_full_forward, graphdef))
         self._capacity = 0  # prompt slots of the cache (grows to the longest prompt bucket seen)
 
-    # ----- public API ------------------------------------------------------------------------------
+    # ----- public API
+    # ------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
         if self.use_chat_template:
             ids = self.tokenizer.apply_chat_template(
@@ -339,7 +340,8 @@ class JaxSampler:
             texts.append(strip_thinking(text))
         return texts
 
-    # ----- internals -------------------------------------------------------------------------------
+    # ----- internals
+    # -------------------------------------------------------------------------------
     def _empty_state(self) -> dict:
         return self._new_state(self._capacity + self.sampling.max_new_tokens)
 

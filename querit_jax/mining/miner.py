@@ -1,4 +1,5 @@
-"""Label-free training data: synthetic queries -> filters -> first-stage candidates -> teacher soft labels.
+"""Label-free training data: synthetic queries -> filters -> first-stage candidates -> teacher soft
+labels.
 
 For a target corpus (a BEIR directory of which only `corpus.jsonl` is read, or a MIRACL root) the
 miner:
@@ -22,12 +23,12 @@ normalised per query (`inference.teacher.TeacherMix`): the first-stage score of 
 kept for it.
 
 Work is cut into shards of `shard_size` source documents, and shard i belongs to process i % P:
-every process mines its own shards with its own generator, first stage and teacher on all of its devices,
-and records each shard when its file is written. Nothing is shared while mining but the storage
-(`mining.output`, local or gs://, seen by every process). A relaunch skips recorded shards (even
-after a SIGKILL: a shard written but not recorded is mined again); SIGTERM finishes and records the
-current shard, then exits 0. When every process is done, process 0 dedupes across shards and writes
-`manifest.json` once. The result is the same set of groups for any number of processes.
+every process mines its own shards with its own generator, first stage and teacher on all of its
+devices, and records each shard when its file is written. Nothing is shared while mining but the
+storage (`mining.output`, local or gs://, seen by every process). A relaunch skips recorded shards
+(even after a SIGKILL: a shard written but not recorded is mined again); SIGTERM finishes and
+records the current shard, then exits 0. When every process is done, process 0 dedupes across shards
+and writes `manifest.json` once. The result is the same set of groups for any number of processes.
 """
 
 import dataclasses
@@ -160,7 +161,8 @@ class Miner:
             )
         return self._generator
 
-    # ----- one shard -------------------------------------------------------------------------------
+    # ----- one shard
+    # -------------------------------------------------------------------------------
     def _source_text(self, text: str, counts: Counter) -> str:
         if len(text) > self.cfg.max_doc_chars:
             counts["truncated_documents"] += 1
@@ -254,7 +256,8 @@ class Miner:
                 neg_ids=self.store.ids(chosen),
             )
 
-    # ----- the run ---------------------------------------------------------------------------------
+    # ----- the run
+    # ---------------------------------------------------------------------------------
     def _check_run(self) -> None:
         """Process 0 claims `output` for this run (or finds it there); every process checks."""
         output = self.cfg.output
@@ -279,7 +282,8 @@ class Miner:
             )
 
     def run(self) -> dict:
-        """Mines this process's unrecorded shards; returns the manifest once every process is done."""
+        """Mines this process's unrecorded shards; returns the manifest once every process is
+        done."""
         cfg = self.cfg
         self._check_run()
         count = -(-len(self.sources) // cfg.shard_size)

@@ -1,15 +1,15 @@
 """An OpenAI-compatible chat-completions client (vLLM, TGI, ...) as a query generator.
 
-Requests go to `{endpoint}/chat/completions` with a single user turn, at most `concurrency` in flight.
-Given several endpoints (one server per host is the usual deployment), process i of a multi-process
-run sends everything to endpoint i % count, so every host mines against its own server. Thinking is
-switched off through `chat_template_kwargs` (vLLM's and SGLang's extension; Qwen3's
-`enable_thinking`) unless `enable_thinking` is set, and any `<think>` block left in an answer is
-removed before the queries are parsed.
-Timeouts, connection errors and retryable statuses (408, 409, 425, 429, 5xx) are retried with
-exponential backoff up to `max_retries` times; then a `GenerationError` says which URL failed, how and
-after how many attempts. The API key is read from an environment variable, sent only in the
-Authorization header, and never logged, printed or written anywhere (not even in error messages).
+Requests go to `{endpoint}/chat/completions` with a single user turn, at most `concurrency` in
+flight. Given several endpoints (one server per host is the usual deployment), process i of a
+multi-process run sends everything to endpoint i % count, so every host mines against its own
+server. Thinking is switched off through `chat_template_kwargs` (vLLM's and SGLang's extension;
+Qwen3's `enable_thinking`) unless `enable_thinking` is set, and any `<think>` block left in an
+answer is removed before the queries are parsed. Timeouts, connection errors and retryable statuses
+(408, 409, 425, 429, 5xx) are retried with exponential backoff up to `max_retries` times; then a
+`GenerationError` says which URL failed, how and after how many attempts. The API key is read from
+an environment variable, sent only in the Authorization header, and never logged, printed or written
+anywhere (not even in error messages).
 """
 
 import http.client

@@ -1,8 +1,9 @@
 """Segment-aware grouped-query attention (the Qwen3 attention block), on the backend's fused kernel.
 
-A query attends to a key only when both carry the same segment id (packed pairs never see each other;
-padding, segment 0, only sees padding, so no row is ever fully masked) and, for causal models, when
-the key is not in the future. Logits and softmax run in float32 whatever the compute dtype.
+A query attends to a key only when both carry the same segment id (packed pairs never see each
+other; padding, segment 0, only sees padding, so no row is ever fully masked) and, for causal
+models, when the key is not in the future. Logits and softmax run in float32 whatever the compute
+dtype.
 
 Implementations (`attention_impl`, a runtime field of the model configs; one semantics):
   * "xla": `jax.nn.dot_product_attention(implementation="xla")` with the segment mask [B, 1, T, S]
@@ -13,7 +14,8 @@ Implementations (`attention_impl`, a runtime field of the model configs; one sem
   * "splash": the Pallas TPU splash-attention kernel (`splash_attention.py`) with segment ids and a
     causal or full block mask, inside a `shard_map` over the batch and head mesh axes;
   * "reference": the explicit einsum below ([B, K, G, T, S] float32 logits), kept for parity tests;
-  * "auto": cudnn on GPU for bf16/fp16, splash on TPU when the length is a multiple of 128, else xla.
+  * "auto": cudnn on GPU for bf16/fp16, splash on TPU when the length is a multiple of 128, else
+    xla.
 The KV-cache decode path (`Attention.decode`, used by mining/jax_sampler.py) takes an explicit
 [B, T, S] mask over cache slots and always runs the reference, so sampling stays exact.
 """
@@ -106,7 +108,8 @@ def segment_attention(
 
 
 class Attention(nnx.Module):
-    """Qwen3 self-attention: q/k/v projections, RMSNorm on q and k per head *before* RoPE, GQA, o_proj."""
+    """Qwen3 self-attention: q/k/v projections, RMSNorm on q and k per head *before* RoPE, GQA,
+    o_proj."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         pdt = jnp.dtype(cfg.param_dtype)

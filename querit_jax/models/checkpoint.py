@@ -2,7 +2,8 @@
 
 A model checkpoint is a directory
 
-    model.json   {"format": "querit_jax.model", "family", "backbone", "head", "template", "max_length", ...}
+    model.json   {"format": "querit_jax.model", "family", "backbone", "head", "template",
+    "max_length", ...}
     params/      Orbax (OCDBT) checkpoint of the parameter tree
     tokenizer/   the tokenizer files (tokenizer.json, tokenizer_config.json, ...)
 
@@ -32,7 +33,8 @@ def save_model(
     """Writes a model checkpoint directory (local or gs://, replacing `path`). Returns the location.
 
     Every process takes part in the Orbax save (sharded arrays are written collectively); process 0
-    writes the tokenizer and, last, model.json, which commits the directory (storage.DirectoryWriter).
+    writes the tokenizer and, last, model.json, which commits the directory
+    (storage.DirectoryWriter).
     """
     first = jax.process_index() == 0
     writer = storage.DirectoryWriter(path, MARKER, prepare=first)
@@ -64,7 +66,8 @@ def read_spec(path: str) -> tuple[ModelSpec, dict]:
 
 
 def load_tokenizer(path: str, meta: dict):
-    """The tokenizer stored with a checkpoint (copied locally first when the checkpoint is remote)."""
+    """The tokenizer stored with a checkpoint (copied locally first when the checkpoint is
+    remote)."""
     from transformers import AutoTokenizer
 
     location = storage.contained(
@@ -135,7 +138,8 @@ class StoredParams:
 
     def read(self, name: str, sharding=None) -> jax.Array:
         """The tensor `name` ("model.layers.0.mlp.gate_proj.kernel"), in its stored dtype, on
-        `sharding` (default: this host's first CPU device: host memory, whatever the accelerator)."""
+        `sharding` (default: this host's first CPU device: host memory, whatever the
+        accelerator)."""
         if name not in self.keys:
             raise CheckpointError(f"{self.params_dir}: no parameter {name}.")
         sharding = sharding or jax.sharding.SingleDeviceSharding(

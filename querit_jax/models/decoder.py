@@ -1,9 +1,9 @@
 """The Qwen3 decoder (transformers `Qwen3Model` / `Qwen3MoeModel`) in Flax NNX.
 
 Pre-norm blocks `h = x + attn(ln1(x)); y = h + mlp(ln2(h))`, a final RMSNorm, no embedding scaling;
-`mlp` is a SwiGLU, or a sparse MoE block on the layers `DecoderConfig.is_sparse` names.
-Inputs use segment ids instead of an attention mask: 0 marks padding, 1..S mark the pairs packed into a
-row, and positions restart at 0 for each pair. An unpacked, padded batch is segment_ids = attention_mask.
+`mlp` is a SwiGLU, or a sparse MoE block on the layers `DecoderConfig.is_sparse` names. Inputs use
+segment ids instead of an attention mask: 0 marks padding, 1..S mark the pairs packed into a row,
+and positions restart at 0 for each pair. An unpacked, padded batch is segment_ids = attention_mask.
 """
 
 import jax
@@ -30,7 +30,8 @@ class DecoderLayer(nnx.Module):
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, param_dtype=pdt)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array):
-        """Returns (x, None), or for a sparse layer (x, (router logits [B, T, E], dropped share))."""
+        """Returns (x, None), or for a sparse layer (x, (router logits [B, T, E], dropped
+        share))."""
         x = x + self.self_attn(self.input_layernorm(x), positions, segment_ids)
         h = self.post_attention_layernorm(x)
         aux = None
@@ -84,7 +85,8 @@ class Qwen3Decoder(nnx.Module):
         positions: jax.Array | None = None,
         return_aux: bool = False,
     ):
-        """Args: input_ids, segment_ids [B, T] int; positions [B, T] (derived from segments if None).
+        """Args: input_ids, segment_ids [B, T] int; positions [B, T] (derived from segments if
+        None).
 
         Returns hidden states [B, T, H], and with `return_aux` also {"router_logits": the sparse
         layers' router logits [B, T, E] (what the load-balancing loss reads), "moe_dropped": their

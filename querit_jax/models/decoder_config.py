@@ -1,7 +1,7 @@
 """Frozen model configurations and presets for the Qwen3 decoder family.
 
-Field names follow the numbers of transformers' `Qwen3Config` ,
-so that import and export are a small, checked mapping (`convert.qwen3`). Presets name the published models: use
+Field names follow the numbers of transformers' `Qwen3Config` , so that import and export are a
+small, checked mapping (`convert.qwen3`). Presets name the published models: use
 `DecoderConfig.qwen3_0p6b()` and friends, override a few fields with `dataclasses.replace`.
 """
 
@@ -67,9 +67,9 @@ class DecoderConfig:
     mlp_only_layers: tuple[int, ...] = ()
     router_aux_loss_coef: float = 0.001  # load-balancing loss weight in training
     router_z_loss_coef: float = 0.0  # optional router z-loss weight
-    # How experts run: "dense" (reference: every expert on every token), "grouped" (sort + ragged_dot
-    # on each device's own tokens, dropless) or "ep" (expert parallel: shard_map all-to-all over the
-    # `expert` mesh axis).
+    # How experts run: "dense" (reference: every expert on every token), "grouped" (sort +
+    # ragged_dot on each device's own tokens, dropless) or "ep" (expert parallel: shard_map
+    # all-to-all over the `expert` mesh axis).
     moe_impl: str = "grouped"
     # ep: slots per expert = ceil(capacity_factor * token copies per device / num_experts); copies
     # over capacity are dropped (padding first) and their share is reported. <= 0: dropless, with
@@ -105,7 +105,8 @@ class DecoderConfig:
             )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (GQA)."
+                f"num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads} (GQA)."
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings.")
@@ -236,8 +237,9 @@ class DecoderConfig:
     def qwen3_moe_a0p4b(cls, **overrides) -> "DecoderConfig":
         """The paper's compact backbone size: ~4.95B total, ~0.41B active, 24 layers, 16 heads.
 
-        The Querit MoE card gives 4.92B-A0.43B, 4.79B non-embedding, 24 layers, 16 heads and no config;
-        this preset is sized to those counts (width 896 as in Qwen2.5-0.5B, 128 experts of 576, top-6).
+        The Querit MoE card gives 4.92B-A0.43B, 4.79B non-embedding, 24 layers, 16 heads and no
+        config; this preset is sized to those counts (width 896 as in Qwen2.5-0.5B, 128 experts of
+        576, top-6).
         """
         base = dict(
             vocab_size=151936,

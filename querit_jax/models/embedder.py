@@ -1,8 +1,10 @@
-"""Qwen3-Embedding-style embedder: the Qwen3 decoder read at each segment's last real token, L2-normalised.
+"""Qwen3-Embedding-style embedder: the Qwen3 decoder read at each segment's last real token,
+L2-normalised.
 
-As the Qwen3-Embedding model card: queries carry an instruction (`Instruct: {task}\\nQuery:{query}`),
-documents do not, the tokenizer's end token closes both, and the embedding is the final hidden state of
-that last token (found from the attention mask, not from the pad id, see `heads.pool`).
+As the Qwen3-Embedding model card: queries carry an instruction (`Instruct:
+{task}\\nQuery:{query}`), documents do not, the tokenizer's end token closes both, and the embedding
+is the final hidden state of that last token (found from the attention mask, not from the pad id,
+see `heads.pool`).
 """
 
 from flax import nnx

@@ -6,8 +6,8 @@ pairs never see each other; padding only sees padding). Positions restart at 0 f
 are shifted by `position_offset` (XLM-R: padding_idx + 1), which equals transformers on right-padded
 BERT inputs and on any XLM-R input (BERT itself shifts positions under left padding; we do not).
 
-Heads: `EncoderCrossEncoder` reproduces BertForSequenceClassification (pooler dense + tanh on CLS, then
-`classifier`) and XLMRobertaForSequenceClassification (`classifier.dense` + tanh on CLS, then
+Heads: `EncoderCrossEncoder` reproduces BertForSequenceClassification (pooler dense + tanh on CLS,
+then `classifier`) and XLMRobertaForSequenceClassification (`classifier.dense` + tanh on CLS, then
 `classifier.out_proj`), both with one label; `EncoderEmbedder` pools CLS or the mean of a segment's
 tokens (sentence-transformers' Pooling) and optionally L2-normalises.
 """
@@ -162,7 +162,8 @@ class Encoder(nnx.Module):
 
 
 class EncoderCrossEncoder(nnx.Module):
-    """BERT / XLM-R sequence classification with one label, read at each segment's first token (CLS)."""
+    """BERT / XLM-R sequence classification with one label, read at each segment's first token
+    (CLS)."""
 
     def __init__(self, cfg: EncoderConfig, head: HeadConfig, *, rngs: nnx.Rngs):
         if head.kind != "score":
@@ -171,7 +172,8 @@ class EncoderCrossEncoder(nnx.Module):
         h = cfg.hidden_size
         self.cfg = cfg
         self.encoder = Encoder(cfg, rngs=rngs)
-        # BERT: pooler (dense + tanh) then classifier; XLM-R: classifier.dense (+ tanh) then out_proj.
+        # BERT: pooler (dense + tanh) then classifier; XLM-R: classifier.dense (+ tanh) then
+        # out_proj.
         self.dense = DenseGeneral(
             (h,), (h,), (axes.EMBED, None), rngs=rngs, use_bias=True, param_dtype=pdt
         )

@@ -1,7 +1,7 @@
 """Frozen configurations and presets for the BERT / XLM-RoBERTa encoder family.
 
-Field names follow transformers' `BertConfig` / `XLMRobertaConfig` numbers; `position_offset` is where
-positions start (0 for BERT, padding_idx + 1 = 2 for XLM-RoBERTa, whose position ids are
+Field names follow transformers' `BertConfig` / `XLMRobertaConfig` numbers; `position_offset` is
+where positions start (0 for BERT, padding_idx + 1 = 2 for XLM-RoBERTa, whose position ids are
 `padding_idx + 1 + index` for real tokens).
 """
 
@@ -122,7 +122,8 @@ class EncoderConfig:
 
     @classmethod
     def bge_reranker_v2_m3(cls, **overrides) -> "EncoderConfig":
-        """BAAI/bge-reranker-v2-m3: XLM-RoBERTa large with 8192-token positions (a common teacher)."""
+        """BAAI/bge-reranker-v2-m3: XLM-RoBERTa large with 8192-token positions (a common
+        teacher)."""
         return cls.tiny_xlm_roberta(
             **{
                 "vocab_size": 250002,

@@ -1,9 +1,9 @@
 """Scoring heads and pooling for cross-encoders.
 
-Pooling is by segment ids (the attention mask of an unpacked batch), never by searching for a pad id:
-each pair is read at its own last real token (decoders) or its own first token (encoders, CLS). This
-is correct for left and right padding, for packed rows, and when the tokenizer's pad id equals the end
-token the template appends (Qwen3-Embedding's `<|endoftext|>`), the case where transformers'
+Pooling is by segment ids (the attention mask of an unpacked batch), never by searching for a pad
+id: each pair is read at its own last real token (decoders) or its own first token (encoders, CLS).
+This is correct for left and right padding, for packed rows, and when the tokenizer's pad id equals
+the end token the template appends (Qwen3-Embedding's `<|endoftext|>`), the case where transformers'
 `Qwen3ForSequenceClassification` (rightmost token != pad id) would read the token before it.
 
 Heads:
@@ -69,7 +69,8 @@ def last_token_index(segment_ids: jax.Array, num_segments: int) -> tuple[jax.Arr
 
 
 def first_token_index(segment_ids: jax.Array, num_segments: int) -> tuple[jax.Array, jax.Array]:
-    """Index of the first token of each segment (CLS pooling for encoders); see `last_token_index`."""
+    """Index of the first token of each segment (CLS pooling for encoders); see
+    `last_token_index`."""
     t_len = segment_ids.shape[1]
     t = jnp.arange(t_len, dtype=jnp.int32)
     seg = jnp.arange(1, num_segments + 1, dtype=segment_ids.dtype)
@@ -133,6 +134,7 @@ class LMHead(nnx.Module):
 
 
 def yes_no_score(pooled: jax.Array, output_matrix: jax.Array, yes: int, no: int) -> jax.Array:
-    """logit[yes] - logit[no] for pooled states [B, S, H] and an output matrix [H, V]. Returns [B, S]."""
+    """logit[yes] - logit[no] for pooled states [B, S, H] and an output matrix [H, V]. Returns [B,
+    S]."""
     w = output_matrix.astype(pooled.dtype)
     return pooled @ w[:, yes] - pooled @ w[:, no]

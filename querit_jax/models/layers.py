@@ -1,8 +1,9 @@
-"""Building blocks shared by the decoder families: RMSNorm, rotary embeddings, SwiGLU MLP, embedding.
+"""Building blocks shared by the decoder families: RMSNorm, rotary embeddings, SwiGLU MLP,
+embedding.
 
 Numerics follow transformers' Qwen3 modules exactly (`modeling_qwen3.py`): RMSNorm statistics in
-float32 with the cast back to the input dtype *before* the scale multiply; rotary cos/sin computed in
-float32 from `inv_freq = 1 / theta^(2i/d)` and cast to the activation dtype; half-split rotation.
+float32 with the cast back to the input dtype *before* the scale multiply; rotary cos/sin computed
+in float32 from `inv_freq = 1 / theta^(2i/d)` and cast to the activation dtype; half-split rotation.
 """
 
 import jax
@@ -12,8 +13,8 @@ from flax import nnx
 from querit_jax.sharding import axes, shard
 
 # Rematerialisation of one layer in the backward pass (`remat` in the model configs): "full" saves
-# only the layer's input and recomputes everything; the dots policies also keep matmul outputs, which
-# trades some of the memory saving for less recomputation (jax.checkpoint_policies).
+# only the layer's input and recomputes everything; the dots policies also keep matmul outputs,
+# which trades some of the memory saving for less recomputation (jax.checkpoint_policies).
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
@@ -177,8 +178,10 @@ def _identical_runs(layers) -> list[tuple[object, list]]:
 
 
 def _scan_run(graphdef, run: list, call, x, remat):
-    """One run of identical layers through `jax.lax.scan`: their states stacked on a new leading axis
-    at trace time (the per-layer parameters keep their paths; gradients flow back through the stack)."""
+    """One run of identical layers through `jax.lax.scan`: their states stacked on a new leading
+    axis
+    at trace time (the per-layer parameters keep their paths; gradients flow back through the
+    stack)."""
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(lyr) for lyr in run])
 
     def body(h, state):
@@ -191,9 +194,9 @@ def _scan_run(graphdef, run: list, call, x, remat):
 def run_layers(layers, call, x: jax.Array, *, remat: bool | str, scan: bool):
     """Applies `call(layer, x) -> (x, out)` layer after layer; returns (x, [out of each layer]).
 
-    With `scan`, each maximal run of identical consecutive layers is traced and compiled once and run
-    with `jax.lax.scan` (compile time flat in depth), at the cost of one stacked copy of that run's
-    weights during the step; a run of one layer is called directly. Numbers equal the loop's.
+    With `scan`, each maximal run of identical consecutive layers is traced and compiled once and
+    run with `jax.lax.scan` (compile time flat in depth), at the cost of one stacked copy of that
+    run's weights during the step; a run of one layer is called directly. Numbers equal the loop's.
     """
     if not scan:
         call_layer = maybe_remat(call, remat)

@@ -1,19 +1,19 @@
 """Sparse mixture-of-experts feed-forward (transformers' Qwen3MoeSparseMoeBlock semantics).
 
-Routing: logits = x @ W_router; p = softmax(logits) over all experts (float32); the top-k of p are the
-chosen experts; with `norm_topk_prob` their weights are renormalised to sum to one (otherwise they stay
-full-softmax probabilities: HF semantics, not MaxText's softmax over the top-k logits); the weights are
-cast back to the activation dtype. Every chosen expert computes `down(silu(gate(x)) * up(x))` and the
-outputs are summed with the weights.
+Routing: logits = x @ W_router; p = softmax(logits) over all experts (float32); the top-k of p are
+the chosen experts; with `norm_topk_prob` their weights are renormalised to sum to one (otherwise
+they stay full-softmax probabilities: HF semantics, not MaxText's softmax over the top-k logits);
+the weights are cast back to the activation dtype. Every chosen expert computes `down(silu(gate(x))
+* up(x))` and the outputs are summed with the weights.
 
 Execution paths (one semantics, `DecoderConfig.moe_impl`):
   * `dense`: every expert on every token, masked combine (the reference; E times the FLOPs);
-  * `grouped`: token copies sorted by expert, one grouped matmul (`jax.lax.ragged_dot`) per weight;
-    dropless. Under a mesh it runs inside a `shard_map` over the batch axes, so each device sorts and
-    computes only its own tokens (`moe_parallel.experts_grouped_sharded`);
+  * `grouped`: token copies sorted by expert, one grouped matmul (`jax.lax.ragged_dot`) per
+    weight; dropless. Under a mesh it runs inside a `shard_map` over the batch axes, so each device
+    sorts and computes only its own tokens (`moe_parallel.experts_grouped_sharded`);
   * `ep`: expert parallelism over the `expert` mesh axis (`moe_parallel.py`): dropless with
-    worst-case buffers (`moe_capacity_factor <= 0`), or with a fixed capacity per expert, where copies
-    over capacity are dropped (padding first) and counted.
+    worst-case buffers (`moe_capacity_factor <= 0`), or with a fixed capacity per expert, where
+    copies over capacity are dropped (padding first) and counted.
 All are pure functions of arrays; `MoeBlock` only holds the parameters.
 """
 
@@ -26,7 +26,8 @@ from querit_jax.sharding import axes
 
 
 def route(x: jax.Array, router: jax.Array, top_k: int, norm_topk_prob: bool):
-    """Args: x [N, H], router [H, E]. Returns (logits [N, E], weights [N, k] in x.dtype, experts [N, k])."""
+    """Args: x [N, H], router [H, E]. Returns (logits [N, E], weights [N, k] in x.dtype, experts [N,
+    k])."""
     logits = x @ router.astype(x.dtype)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     weights, experts = jax.lax.top_k(probs, top_k)
@@ -51,7 +52,8 @@ def experts_dense(x, weights, experts, w_gate, w_up, w_down):
 
 
 def grouped_ffn(xs, group_sizes, w_gate, w_up, w_down):
-    """Rows of `xs` [M, H] sorted by expert, `group_sizes` [E] rows each (the rest are zero rows)."""
+    """Rows of `xs` [M, H] sorted by expert, `group_sizes` [E] rows each (the rest are zero
+    rows)."""
     hidden = ffn(
         jax.lax.ragged_dot(xs, w_gate, group_sizes), jax.lax.ragged_dot(xs, w_up, group_sizes)
     )
@@ -59,7 +61,8 @@ def grouped_ffn(xs, group_sizes, w_gate, w_up, w_down):
 
 
 def experts_grouped(x, weights, experts, w_gate, w_up, w_down):
-    """Dropless sorted dispatch: N*k token copies sorted by expert, grouped matmuls, weighted scatter-add."""
+    """Dropless sorted dispatch: N*k token copies sorted by expert, grouped matmuls, weighted
+    scatter-add."""
     k = experts.shape[1]
     flat = experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
@@ -71,7 +74,8 @@ def experts_grouped(x, weights, experts, w_gate, w_up, w_down):
 
 
 class MoeBlock(nnx.Module):
-    """Router `gate` [H, E] (HF mlp.gate.weight [E, H]) and stacked experts (HF mlp.experts.{e}.*)."""
+    """Router `gate` [H, E] (HF mlp.gate.weight [E, H]) and stacked experts (HF
+    mlp.experts.{e}.*)."""
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         pdt = dtype_of(cfg.param_dtype)

@@ -2,11 +2,12 @@
 
 Tokens are split over the batch mesh axes (which include `expert` in the fsdp+ep preset).
 
-`grouped` (`experts_grouped_sharded`): every device sorts and computes only its own tokens; the expert
-weights enter the shard_map replicated (`P()`), so under fsdp GSPMD all-gathers each layer's experts at
-the boundary (as it gathers any fsdp weight before its matmul) and reduce-scatters their gradients;
-under dp they are replicated already. Without the shard_map, GSPMD cannot split the global argsort and
-every device would sort and compute all the batch's token copies, then all-reduce.
+`grouped` (`experts_grouped_sharded`): every device sorts and computes only its own tokens; the
+expert weights enter the shard_map replicated (`P()`), so under fsdp GSPMD all-gathers each layer's
+experts at the boundary (as it gathers any fsdp weight before its matmul) and reduce-scatters their
+gradients; under dp they are replicated already. Without the shard_map, GSPMD cannot split the
+global argsort and every device would sort and compute all the batch's token copies, then
+all-reduce.
 
 `ep` (`experts_expert_parallel`): experts are split over `expert`; on every device
 
@@ -73,7 +74,8 @@ def experts_grouped_sharded(x, weights, experts, w_gate, w_up, w_down):
 
 
 def copy_ranks(experts: jax.Array, valid: jax.Array, num_experts: int) -> jax.Array:
-    """Rank of every token copy [n*k] among the copies of its expert: real tokens first (token order,
+    """Rank of every token copy [n*k] among the copies of its expert: real tokens first (token
+    order,
     then top-k order), padding after. experts [n, k] int, valid [n] bool."""
     k = experts.shape[1]
     flat = experts.reshape(-1)

@@ -42,7 +42,8 @@ class DecoderCrossEncoder(nnx.Module):
         token_type_ids: jax.Array | None = None,
         return_aux: bool = False,
     ):
-        """Returns scores [B, num_segments] (float32; absent segments score 0), and with `return_aux`
+        """Returns scores [B, num_segments] (float32; absent segments score 0), and with
+        `return_aux`
         also {"router_logits": (per sparse layer [B, T, E], ...), "moe_dropped": (per sparse layer,
         the share of real token copies dropped over expert capacity, ...)} for MoE training."""
         del token_type_ids  # decoders have none

@@ -45,7 +45,8 @@ RUNTIME_FIELDS = (
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A model family: its config class, its reranker and embedder modules, the template kinds it reads."""
+    """A model family: its config class, its reranker and embedder modules, the template kinds it
+    reads."""
 
     config: type
     reranker: type
@@ -84,20 +85,23 @@ class ModelSpec:
         embedder = self.head.kind == "embed"
         if isinstance(self.template, EmbedTemplate) != embedder:
             raise CheckpointError(
-                f"Template {self.template.name!r} is for {'embedders' if not embedder else 'pairs'}; a "
+                f"Template {self.template.name!r} is for "
+                f"{'embedders' if not embedder else 'pairs'}; a "
                 f"{self.head.kind} head needs {'an embedding' if embedder else 'a pair'} template."
             )
         kinds = family.text_kinds if embedder else family.pair_kinds
         if self.template.kind not in kinds:
             raise CheckpointError(
-                f"Template {self.template.name!r} ({self.template.kind}) does not fit the {self.family} "
+                f"Template {self.template.name!r} ({self.template.kind}) does not fit the "
+                f"{self.family} "
                 f"family; it needs a {' or '.join(kinds)} template."
             )
         for name in ("yes_token_id", "no_token_id"):
             tid = getattr(self.head, name)
             if tid is not None and not 0 <= tid < self.backbone.vocab_size:
                 raise CheckpointError(
-                    f"head.{name}={tid} is outside the vocabulary of {self.backbone.vocab_size} tokens."
+                    f"head.{name}={tid} is outside the vocabulary of {self.backbone.vocab_size} "
+                    "tokens."
                 )
 
     def longest_input(self) -> int | None:
@@ -108,12 +112,14 @@ class ModelSpec:
         return table - getattr(self.backbone, "position_offset", 0)
 
     def check_length(self, max_length: int, field: str = "max_length") -> None:
-        """Raises ValueError when `max_length` tokens run past the position table (NaN otherwise)."""
+        """Raises ValueError when `max_length` tokens run past the position table (NaN
+        otherwise)."""
         limit = self.longest_input()
         if limit is not None and max_length > limit:
             raise ValueError(
                 f"{field}={max_length} is longer than this {self.family} model's {limit} positions "
-                f"(max_position_embeddings={self.backbone.max_position_embeddings}); use at most {limit}."
+                f"(max_position_embeddings={self.backbone.max_position_embeddings}); use at most "
+                f"{limit}."
             )
 
     def build(self, seed: int = 0) -> nnx.Module:
@@ -122,7 +128,8 @@ class ModelSpec:
         return module(self.backbone, self.head, rngs=nnx.Rngs(seed))
 
     def replace(self, **fields) -> "ModelSpec":
-        """A copy with spec fields and/or backbone fields (dtype, param_dtype, remat, ...) replaced."""
+        """A copy with spec fields and/or backbone fields (dtype, param_dtype, remat, ...)
+        replaced."""
         backbone_fields = {f.name for f in dataclasses.fields(self.backbone)}
         backbone = {k: fields.pop(k) for k in list(fields) if k in backbone_fields}
         return dataclasses.replace(
@@ -179,18 +186,21 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_shapes(have: dict[str, tuple], want: dict[str, tuple], where: str) -> None:
-    """Compares flat {name: shape} maps. Raises CheckpointError naming missing/unexpected/mis-shaped keys."""
+    """Compares flat {name: shape} maps. Raises CheckpointError naming missing/unexpected/mis-shaped
+    keys."""
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or unexpected:
         more = lambda names: "..." if len(names) > 5 else ""  # noqa: E731
         raise CheckpointError(
-            f"{where}: parameter names do not match the model: missing {missing[:5]}{more(missing)}, "
+            f"{where}: parameter names do not match the model: missing "
+            f"{missing[:5]}{more(missing)}, "
             f"unexpected {unexpected[:5]}{more(unexpected)}."
         )
     for name, shape in want.items():
         if tuple(have[name]) != tuple(shape):
             raise CheckpointError(
-                f"{where}: parameter {name} has shape {tuple(have[name])}, the model expects {tuple(shape)}."
+                f"{where}: parameter {name} has shape {tuple(have[name])}, the model expects "
+                f"{tuple(shape)}."
             )
 
 
@@ -217,7 +227,8 @@ def init_params(spec: ModelSpec, mesh: Mesh, logical_rules, seed: int = 0):
 
 
 def place_params(params: dict, abstract: dict, where: str = "parameters") -> dict:
-    """Puts host or device arrays onto the dtypes and shardings of `abstract`, checking names and shapes."""
+    """Puts host or device arrays onto the dtypes and shardings of `abstract`, checking names and
+    shapes."""
     check_shapes(
         {k: np.shape(v) for k, v in flatten(params).items()},
         {k: a.shape for k, a in flatten(abstract).items()},

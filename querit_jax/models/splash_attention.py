@@ -1,11 +1,12 @@
 """Segment-masked attention on the Pallas TPU splash-attention kernel (jax.experimental.pallas).
 
-Splash attention (block-sparse flash attention) takes per-example [heads, length, head_dim] inputs, a
-static block mask (causal for decoders, full for encoders) and per-token segment ids; blocks the mask
-rules out are skipped, and the logits never exist in memory. As MaxText does, the kernel runs inside a
-`jax.shard_map` over the batch mesh axes (and the head axes when tensor parallelism splits heads),
-`vmap`ped over the local batch; GQA is native (key/value heads divide the query heads). The kernel
-does not scale logits, so queries are scaled first. Off TPU it runs in Pallas interpret mode (tests).
+Splash attention (block-sparse flash attention) takes per-example [heads, length, head_dim] inputs,
+a static block mask (causal for decoders, full for encoders) and per-token segment ids; blocks the
+mask rules out are skipped, and the logits never exist in memory. As MaxText does, the kernel runs
+inside a `jax.shard_map` over the batch mesh axes (and the head axes when tensor parallelism splits
+heads), `vmap`ped over the local batch; GQA is native (key/value heads divide the query heads). The
+kernel does not scale logits, so queries are scaled first. Off TPU it runs in Pallas interpret mode
+(tests).
 """
 
 import jax

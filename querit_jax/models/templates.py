@@ -16,7 +16,8 @@ Tokenisation and truncation live in `querit_jax.data.tokenize`.
 import dataclasses
 
 QWEN3_RERANKER_SYSTEM = (
-    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
+    "provided. "
     'Note that the answer can only be "yes" or "no".'
 )
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"

@@ -1,1 +1,2 @@
-"""Release: export to Hugging Face with a model card, parity verification, publishing checks and push."""
+"""Release: export to Hugging Face with a model card, parity verification, publishing checks and
+push."""

@@ -32,8 +32,8 @@ def export_hf(
     """Writes a Hugging Face directory for `model`, model card included. Returns out_dir.
 
     Args:
-      model: a `LoadedModel`, or a `checkpoint.StoredModel` (see `export_checkpoint`).
-      head_format: rerankers: "seq_cls" (default) or "causal_lm" (yes/no models); embedders: "embed".
+      model: a `LoadedModel`, or a `checkpoint.StoredModel` (see `export_checkpoint`). head_format:
+      rerankers: "seq_cls" (default) or "causal_lm" (yes/no models); embedders: "embed".
       eval_report: report.json for the card's evaluation table (default: the one beside the model).
       dtype: weights' dtype ("bfloat16" for release, "float32"); None: the parameters' own.
       max_shard_bytes: the largest safetensors file (5 GB); more weights go to numbered shards.

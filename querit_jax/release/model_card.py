@@ -3,11 +3,11 @@
 Hub metadata (YAML front matter written by huggingface_hub's ModelCardData), what the model is for,
 how to load it with sentence-transformers and with plain transformers (the snippets use the exported
 prompt template and are executed by the tests), the evaluation table of a report written by
-`querit_jax.eval.report` (`--eval_report`, or the trainer's `<workdir>/report.json` when the model is
-that workdir's `model/`; a report.json elsewhere in a parent directory describes other models and is
-never used), and the merge recipe when the checkpoint was produced by `querit_jax.merge` (its manifest,
-read defensively: the card quotes its one-sentence summary and lists the method, the inputs and `t`;
-whatever else the manifest holds stays in the manifest).
+`querit_jax.eval.report` (`--eval_report`, or the trainer's `<workdir>/report.json` when the model
+is that workdir's `model/`; a report.json elsewhere in a parent directory describes other models and
+is never used), and the merge recipe when the checkpoint was produced by `querit_jax.merge` (its
+manifest, read defensively: the card quotes its one-sentence summary and lists the method, the
+inputs and `t`; whatever else the manifest holds stays in the manifest).
 """
 
 import json
@@ -22,8 +22,10 @@ DEFAULT_LICENSE = "apache-2.0"
 MODEL_ID_PLACEHOLDER = "MODEL_ID"
 # ISO 639-1 codes recognised in dataset names (`xquad_r/es/test` -> es) for the `language` metadata.
 _LANGUAGES = set(
-    "af am ar az be bg bn bs ca cs cy da de el en es et eu fa fi fr ga gl gu he hi hr hu hy id is it "
-    "ja jv ka kk km kn ko lt lv mk ml mn mr ms my ne nl no pa pl ps pt ro ru si sk sl so sq sr sv sw "
+    "af am ar az be bg bn bs ca cs cy da de el en es et eu fa fi fr ga gl gu he hi hr hu hy id is "
+    "it "
+    "ja jv ka kk km kn ko lt lv mk ml mn mr ms my ne nl no pa pl ps pt ro ru si sk sl so sq sr sv "
+    "sw "
     "ta te th tl tr uk ur uz vi yo zh".split()
 )
 
@@ -96,8 +98,10 @@ def _describe(spec, n_params: int, head_format: str) -> str:
         "embed": "exported as a bare encoder with sentence-transformers pooling",
     }[head_format]
     return (
-        f"A {arch} with {head} ({n_params / 1e6:.1f}M parameters, {spec.backbone.num_layers} layers, "
-        f"hidden size {spec.backbone.hidden_size}), {exported}. Inputs up to {spec.max_length} tokens."
+        f"A {arch} with {head} ({n_params / 1e6:.1f}M parameters, {spec.backbone.num_layers} "
+        "layers, "
+        f"hidden size {spec.backbone.hidden_size}), {exported}. Inputs up to {spec.max_length} "
+        "tokens."
     )
 
 
@@ -108,8 +112,10 @@ def intended_use(kind: str) -> str:
             "similarity. Not a reranker."
         )
     return (
-        "Reranking the top candidates (typically 20-100) of a first-stage retriever such as BM25 or a "
-        "dense retriever, for multilingual search and retrieval-augmented generation. The model reads "
+        "Reranking the top candidates (typically 20-100) of a first-stage retriever such as BM25 "
+        "or a "
+        "dense retriever, for multilingual search and retrieval-augmented generation. The model "
+        "reads "
         "a (query, document) pair and returns one relevance score: higher is more relevant. Scores "
         "are raw logits, comparable between documents of the same query, not calibrated "
         "probabilities. Out of scope: generation, classification of single texts, and languages or "
@@ -118,7 +124,8 @@ def intended_use(kind: str) -> str:
 
 
 def transformers_snippet(spec, head_format: str) -> str:
-    """Runnable code scoring pairs with transformers alone (no querit_jax, no sentence-transformers)."""
+    """Runnable code scoring pairs with transformers alone (no querit_jax, no
+    sentence-transformers)."""
     lines = [
         "import torch",
         "from transformers import AutoTokenizer, "
@@ -139,14 +146,17 @@ def transformers_snippet(spec, head_format: str) -> str:
     else:
         lines.append("model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()")
     lines += [
-        'pairs = [("How many points did the defense allow?", "The defense gave up just 308 points."),',
-        '         ("¿Cuántos puntos permitió la defensa?", "La defensa permitió solo 308 puntos.")]',
+        'pairs = [("How many points did the defense allow?", "The defense gave up just 308 '
+        'points."),',
+        '         ("¿Cuántos puntos permitió la defensa?", '
+        '"La defensa permitió solo 308 puntos.")]',
     ]
     if spec.template.kind == "text":
         lines += [
             "# The exported chat template renders the prompt from a query and a document message.",
             "texts = [tokenizer.apply_chat_template(",
-            '    [{"role": "query", "content": q}, {"role": "document", "content": d}], tokenize=False)',
+            '    [{"role": "query", "content": q}, {"role": "document", "content": d}], '
+            "tokenize=False)",
             "    for q, d in pairs]",
             "batch = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True,",
             '                  return_tensors="pt")',
@@ -179,7 +189,8 @@ def usage(spec, head_format: str) -> str:
                 "",
                 f'model = SentenceTransformer("{MODEL_ID_PLACEHOLDER}")',
                 'q = model.encode(["How many points did the defense allow?"], prompt_name="query")',
-                'd = model.encode(["The defense gave up just 308 points."], prompt_name="document")',
+                'd = model.encode(["The defense gave up just 308 points."], '
+                'prompt_name="document")',
                 "print(model.similarity(q, d))",
                 "```",
             ]
@@ -189,7 +200,8 @@ def usage(spec, head_format: str) -> str:
         "Each pair is rendered as one sequence by the exported chat template:\n\n"
         f"```text\n{t.prefix}{{query}}{t.middle}{{document}}{t.suffix}\n```"
         if t.kind == "text"
-        else "Pairs are encoded with the tokenizer's own pair encoding ([CLS] query [SEP] document [SEP])."
+        else "Pairs are encoded with the tokenizer's own pair encoding ([CLS] query [SEP] document "
+        "[SEP])."
     )
     return "\n".join(
         [
@@ -203,7 +215,8 @@ def usage(spec, head_format: str) -> str:
             f'model = CrossEncoder("{MODEL_ID_PLACEHOLDER}")  # identity activation: raw scores',
             'scores = model.predict([("How many points did the defense allow?", '
             '"The defense gave up just 308 points.")])',
-            'ranking = model.rank("How many points did the defense allow?", ["doc one", "doc two"])',
+            'ranking = model.rank("How many points did the defense allow?", '
+            '["doc one", "doc two"])',
             "```",
             "",
             "### transformers",
@@ -220,12 +233,16 @@ def fusion_section(fusion: dict) -> str:
     method = fusion.get("method", "none")
     where = fusion.get("chosen_on") or "held-out synthetic queries"
     if method == "rrf":
-        rule = f"reciprocal-rank fusion, `1 / ({fusion.get('rrf_k', 60)} + rank)` summed over both rankings"
+        rule = (
+            f"reciprocal-rank fusion, `1 / ({fusion.get('rrf_k', 60)} + rank)` summed over both "
+            "rankings"
+        )
         code = "fused = rrf(first_stage_ranking, reranker_ranking)"
     else:
         alpha = float(fusion.get("alpha", 1.0))
         rule = (
-            f"`{alpha:.2f} * minmax(reranker) + {1 - alpha:.2f} * minmax(first stage)`, both scores "
+            f"`{alpha:.2f} * minmax(reranker) + {1 - alpha:.2f} * minmax(first stage)`, both "
+            "scores "
             "min-max normalised over each query's candidates"
         )
         code = "\n".join(

@@ -1,10 +1,11 @@
-"""Publishing an exported directory: checks that it is safe to upload, then the Hugging Face Hub push.
+"""Publishing an exported directory: checks that it is safe to upload, then the Hugging Face Hub
+push.
 
 `check_publishable` refuses pickled files (torch `.bin`/`.pt`, `.pkl`: loading them runs code) and
 anything holding a secret (a Hub or OpenAI token pattern, or the value of any environment variable
-whose name says TOKEN/SECRET/KEY/PASSWORD). `push_to_hub` uploads exactly the files that passed, using
-the token huggingface_hub finds itself (HF_TOKEN, or `hf auth login`): the token is never passed
-around, written or printed by this module.
+whose name says TOKEN/SECRET/KEY/PASSWORD). `push_to_hub` uploads exactly the files that passed,
+using the token huggingface_hub finds itself (HF_TOKEN, or `hf auth login`): the token is never
+passed around, written or printed by this module.
 """
 
 import os
@@ -34,7 +35,8 @@ def _env_secrets() -> list[bytes]:
 def _is_pickle(path: str) -> bool:
     with storage.open_read_raw(path) as f:
         head = f.read(2)
-    # Protocol 2+ pickles start with PROTO (0x80) and the protocol number; torch.save is a zip of pickles.
+    # Protocol 2+ pickles start with PROTO (0x80) and the protocol number; torch.save is a zip of
+    # pickles.
     if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return True
     if head == b"PK":

@@ -1,4 +1,5 @@
-"""Score parity between a querit_jax model and its Hugging Face export (transformers and, optionally,
+"""Score parity between a querit_jax model and its Hugging Face export (transformers and,
+optionally,
 sentence-transformers), on the same pairs. Needs torch, which only the test extras install.
 
 The JAX side runs in float32 whatever compute dtype the model was trained with, because transformers
@@ -36,7 +37,8 @@ def hf_scores(hf_dir: str, sequences, types=None) -> np.ndarray:
     """Scores token sequences with transformers in float32, the way the export is meant to be run.
 
     *ForSequenceClassification: right padding, logits of the pooled token. Qwen3ForCausalLM (yes/no
-    export): left padding, logit[yes] - logit[no] at the last position (sentence-transformers' LogitScore).
+    export): left padding, logit[yes] - logit[no] at the last position (sentence-transformers'
+    LogitScore).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -82,7 +84,8 @@ def verify(
     pairs=SAMPLE_PAIRS,
     check_sentence_transformers: bool = True,
 ) -> dict:
-    """Rerankers: {"max_abs_diff_transformers", ["max_abs_diff_sentence_transformers"]} over `pairs`;
+    """Rerankers: {"max_abs_diff_transformers", ["max_abs_diff_sentence_transformers"]} over
+    `pairs`;
     embedders: {"max_abs_diff_sentence_transformers"} over the pairs' queries and documents."""
     hf_dir = storage.local_copy(hf_dir)  # transformers and sentence-transformers read local files
     model = _rounded_like_export(model, hf_dir)

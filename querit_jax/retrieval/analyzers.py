@@ -2,8 +2,8 @@
 
 Whitespace tokenisation fails for languages written without spaces (zh, ja, th). Two analysers:
 `UnicodeAnalyzer` (built in: words, plus character uni/bigrams for unsegmented scripts) and
-`SubwordAnalyzer` (any Hugging Face fast tokenizer, e.g. an XLM-R SentencePiece). Text is lower-cased.
-`UNSEGMENTED` is also what the heuristic query generator splits characters on.
+`SubwordAnalyzer` (any Hugging Face fast tokenizer, e.g. an XLM-R SentencePiece). Text is
+lower-cased. `UNSEGMENTED` is also what the heuristic query generator splits characters on.
 """
 
 import re

@@ -27,14 +27,16 @@ def block_dot(queries: jax.Array, block: jax.Array) -> jax.Array:
 
 
 def all_scores(queries: jax.Array, corpus: jax.Array, block: int) -> jax.Array:
-    """Every score [Q, N_padded] with the same per-block kernel (used as the brute-force reference)."""
+    """Every score [Q, N_padded] with the same per-block kernel (used as the brute-force
+    reference)."""
     blocks = corpus.reshape(-1, block, corpus.shape[-1])
     out = jax.lax.map(lambda b: block_dot(queries, b), blocks)  # [nb, Q, B]
     return jnp.transpose(out, (1, 0, 2)).reshape(queries.shape[0], -1)
 
 
 def _scan_top_k(queries, shard, k, block, offset, n_total):
-    """Running top-k over the blocks of one shard; returns ([Q, k] scores, [Q, k] global indices)."""
+    """Running top-k over the blocks of one shard; returns ([Q, k] scores, [Q, k] global
+    indices)."""
     q = queries.shape[0]
     blocks = shard.reshape(-1, block, shard.shape[-1])
     init = (
@@ -189,7 +191,8 @@ class ShardedCorpus:
 def brute_force_top_k(
     queries: np.ndarray, corpus: np.ndarray, k: int, block: int, batch: int = 256
 ):
-    """Single-device reference: every score with the same kernel, then a full sort (score, index)."""
+    """Single-device reference: every score with the same kernel, then a full sort (score,
+    index)."""
     n = corpus.shape[0]
     padded = np.zeros((-(-n // block) * block, corpus.shape[1]), corpus.dtype)
     padded[:n] = corpus

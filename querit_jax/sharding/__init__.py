@@ -1,9 +1,10 @@
-"""Sharding: mesh construction, logical-axis rules, activation constraints and sharded initialisation.
+"""Sharding: mesh construction, logical-axis rules, activation constraints and sharded
+initialisation.
 
 Model code writes only logical axis names (`axes`); a rule preset (`rules.PRESETS`) maps them to the
 mesh axes `data`, `fsdp`, `tensor`, `expert`. The mapping is installed with `use_rules(mesh, rules)`
-around tracing, which is what flax NNX reads when it creates a `nnx.Param(..., out_sharding=...)` and
-what `shard()` reads for activations.
+around tracing, which is what flax NNX reads when it creates a `nnx.Param(..., out_sharding=...)`
+and what `shard()` reads for activations.
 """
 
 import contextlib
@@ -45,7 +46,8 @@ def logical_to_spec(
 
 
 def shard(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-    """Constrains an activation's sharding by logical names; a no-op outside a mesh/rules context."""
+    """Constrains an activation's sharding by logical names; a no-op outside a mesh/rules
+    context."""
     if jax.sharding.get_abstract_mesh().empty or not spmd.get_logical_axis_rules():
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical))
@@ -99,8 +101,10 @@ def param_specs(abstract_state: nnx.State, mesh: Mesh, logical_rules: Rules) -> 
             if size % n:
                 name = "/".join(str(p) for p in path)
                 raise ValueError(
-                    f"Parameter {name} has shape {tuple(shape)}; dimension {dim} ({logical[dim]}={size}) "
-                    f"is sharded over mesh axes {target} of total size {n}, which does not divide it. "
+                    f"Parameter {name} has shape {tuple(shape)}; dimension {dim} "
+                    f"({logical[dim]}={size}) "
+                    f"is sharded over mesh axes {target} of total size {n}, which does not divide "
+                    "it. "
                     "Change the mesh shape or the sharding preset."
                 )
         return spec
@@ -116,8 +120,8 @@ def init_sharded(
     """Shape-first sharded initialisation: no full parameter ever materialises on one device.
 
     `build` constructs the module (with its own `nnx.Rngs`). It is first traced abstractly to learn
-    shapes and logical axes, the shardings are checked and resolved, then it runs once under `jax.jit`
-    with those output shardings so that every device computes only its own shard.
+    shapes and logical axes, the shardings are checked and resolved, then it runs once under
+    `jax.jit` with those output shardings so that every device computes only its own shard.
 
     Returns:
       (graphdef, state): state is an `nnx.State` of sharded `jax.Array`s.

@@ -37,7 +37,8 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     if auto:
         if num_devices % fixed:
             raise ValueError(
-                f"Mesh shape {dict(zip(axes.MESH_AXES, shape))}: the fixed axes use {fixed} devices, "
+                f"Mesh shape {dict(zip(axes.MESH_AXES, shape))}: the fixed axes use {fixed} "
+                "devices, "
                 f"which does not divide the {num_devices} available devices."
             )
         shape[auto[0]] = num_devices // fixed

@@ -1,7 +1,8 @@
 """Rule presets: logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated).
 
 A preset is plain data so that a config can name one and override single entries. Every logical axis
-of `axes.ALL_AXES` has an entry in every preset, so an unknown name is a bug caught by `resolve_rules`.
+of `axes.ALL_AXES` has an entry in every preset, so an unknown name is a bug caught by
+`resolve_rules`.
 """
 
 from collections.abc import Mapping
@@ -15,12 +16,12 @@ _REPLICATED: dict[str, MeshAxes] = {name: None for name in axes.ALL_AXES}
 PRESETS: dict[str, dict[str, MeshAxes]] = {
     # Pure data parallelism: parameters replicated, batch split over `data`.
     "dp": {**_REPLICATED, axes.BATCH: "data"},
-    # Fully sharded data parallelism (ZeRO-3 style): weights split along their model width over `fsdp`,
-    # activations split over the batch on both data axes.
+    # Fully sharded data parallelism (ZeRO-3 style): weights split along their model width over
+    # `fsdp`, activations split over the batch on both data axes.
     "fsdp": {**_REPLICATED, axes.BATCH: ("data", "fsdp"), axes.EMBED: "fsdp"},
-    # fsdp + Megatron-style tensor parallelism over `tensor`: heads and the MLP width are split, so the
-    # attention and MLP blocks each need one reduction. The vocabulary stays whole (Qwen3 vocab sizes
-    # such as 151669 are odd).
+    # fsdp + Megatron-style tensor parallelism over `tensor`: heads and the MLP width are split, so
+    # the attention and MLP blocks each need one reduction. The vocabulary stays whole (Qwen3 vocab
+    # sizes such as 151669 are odd).
     "fsdp+tp": {
         **_REPLICATED,
         axes.BATCH: ("data", "fsdp"),
@@ -76,6 +77,7 @@ def resolve_rules(
     unknown = mesh_axes_used(rules) - set(axes.MESH_AXES)
     if unknown:
         raise ValueError(
-            f"Sharding rules name unknown mesh axes {sorted(unknown)}; mesh axes are {axes.MESH_AXES}."
+            f"Sharding rules name unknown mesh axes {sorted(unknown)}; mesh axes are "
+            f"{axes.MESH_AXES}."
         )
     return tuple(rules.items())

@@ -17,13 +17,13 @@ Object stores have no atomic rename and no append:
   * files that grow (metrics logs) are rewritten whole.
 
 Readers that need local files (transformers' tokenizers and configs, ArrayRecord) get a local copy
-of a remote directory (`local_copy`), cached by URL and content listing. `contained` keeps names read
-from manifests inside their directory, for paths and URLs alike.
+of a remote directory (`local_copy`), cached by URL and content listing. `contained` keeps names
+read from manifests inside their directory, for paths and URLs alike.
 
-Arrays (`save_array`, `load_array`, `memmap_bytes`) are .npy files and raw byte files; memory-mapping
-needs a local file (take a `local_copy` of a remote one first). `stat_key` identifies a file's
-version cheaply (size + modification time locally, size + generation/etag on object stores), so a
-content hash computed once can be reused while the key matches.
+Arrays (`save_array`, `load_array`, `memmap_bytes`) are .npy files and raw byte files;
+memory-mapping needs a local file (take a `local_copy` of a remote one first). `stat_key` identifies
+a file's version cheaply (size + modification time locally, size + generation/etag on object
+stores), so a content hash computed once can be reused while the key matches.
 
 Modules: `paths` (locations as strings, containment), `files` (reading, one-piece writing, copies,
 arrays), `local` (cached local copies of remote directories, scratch space, mirrored uploads) and

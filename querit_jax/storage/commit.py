@@ -55,7 +55,8 @@ class DirectoryWriter:
 
 
 def _recover_previous(final: str, old: str) -> None:
-    """Undoes a local replacement killed half-way: an `<final>.old` without `<final>` is the previous
+    """Undoes a local replacement killed half-way: an `<final>.old` without `<final>` is the
+    previous
     complete directory (moved back); one beside `<final>` was being deleted (deleted)."""
     if not os.path.lexists(old):
         return

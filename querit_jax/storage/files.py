@@ -90,7 +90,8 @@ def files(location) -> list[str]:
     return sorted(out)
 
 
-# ----- reading ---------------------------------------------------------------------------------------
+# ----- reading
+# ---------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -116,7 +117,8 @@ def read_bytes(location) -> bytes:
         return f.read()
 
 
-# ----- writing ---------------------------------------------------------------------------------------
+# ----- writing
+# ---------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -215,12 +217,14 @@ def move(src, dst) -> None:
 
 @contextlib.contextmanager
 def temp_dir() -> Iterator[str]:
-    """A local scratch directory, deleted afterwards (e.g. for a library that only writes locally)."""
+    """A local scratch directory, deleted afterwards (e.g. for a library that only writes
+    locally)."""
     with tempfile.TemporaryDirectory(prefix="querit_jax-") as d:
         yield d
 
 
-# ----- arrays ----------------------------------------------------------------------------------------
+# ----- arrays
+# ----------------------------------------------------------------------------------------
 
 
 def save_array(location, array: np.ndarray) -> None:

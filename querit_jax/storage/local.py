@@ -17,8 +17,8 @@ class GrowingFile:
 
     Object stores cannot append: the content is kept in memory and `sync()` rewrites the object in
     one upload (a reader sees the previous or the new complete version), so the caller chooses how
-    often the cost of a whole upload is paid. Locally lines are appended and flushed as they come and
-    `sync()` has nothing left to do. `keep(line)` filters what the file already holds when it is
+    often the cost of a whole upload is paid. Locally lines are appended and flushed as they come
+    and `sync()` has nothing left to do. `keep(line)` filters what the file already holds when it is
     opened (e.g. the rows of steps a resumed run is about to write again).
     """
 

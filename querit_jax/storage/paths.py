@@ -81,15 +81,16 @@ def _fresh(location) -> None:
             epath.backend.fsspec_backend.fs(location).invalidate_cache(_strip_scheme(location))
 
 
-# ----- names read from files --------------------------------------------------------------------------
+# ----- names read from files
+# --------------------------------------------------------------------------
 
 
 def contained(root, name: str, where: str) -> str:
     """`root/name`, or DataFormatError naming `where` if `name` is absolute or leaves `root`.
 
-    A manifest is data, possibly from someone else: an entry such as `../../.ssh/id_rsa`, `/etc/passwd`
-    or `gs://other-bucket/x` would otherwise make a reader open (or a cleaner delete) files outside the
-    run's directory. Works for local paths (symlinks resolved) and URLs alike.
+    A manifest is data, possibly from someone else: an entry such as `../../.ssh/id_rsa`,
+    `/etc/passwd` or `gs://other-bucket/x` would otherwise make a reader open (or a cleaner delete)
+    files outside the run's directory. Works for local paths (symlinks resolved) and URLs alike.
     """
     if not isinstance(name, str) or not name or os.path.isabs(name) or is_remote(name):
         raise DataFormatError(f"{where}: {name!r} must be a relative path inside {root}.")
@@ -109,7 +110,8 @@ def contained(root, name: str, where: str) -> str:
     return resolved
 
 
-# ----- internals ---------------------------------------------------------------------------------------
+# ----- internals
+# ---------------------------------------------------------------------------------------
 
 
 def _strip_scheme(url: str) -> str:

@@ -1,1 +1,2 @@
-"""Training: losses, optimiser, state, the pure train step, checkpointing, metric writers, the trainer."""
+"""Training: losses, optimiser, state, the pure train step, checkpointing, metric writers, the
+trainer."""

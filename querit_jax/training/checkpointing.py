@@ -1,22 +1,25 @@
 """Orbax CheckpointManager holding the train state, the grain iterator state and the config JSON.
 
-Saves are asynchronous (device-to-host copies happen before `save` returns, so the state can be donated
-to the next step right away). Orbax writes each step into a `<step>.orbax-checkpoint-tmp-*` directory
-and renames it when complete, so a kill at any moment leaves either a finished step or a temporary
-directory that `cleanup_tmp_directories` removes on the next start; old steps beyond `keep` are deleted
-only after the new one is finalised, so a complete checkpoint always exists. Restores take an abstract
-target with the new run's shardings, so a checkpoint restores onto any mesh or rule preset.
+Saves are asynchronous (device-to-host copies happen before `save` returns, so the state can be
+donated to the next step right away). Orbax writes each step into a `<step>.orbax-checkpoint-tmp-*`
+directory and renames it when complete, so a kill at any moment leaves either a finished step or a
+temporary directory that `cleanup_tmp_directories` removes on the next start; old steps beyond
+`keep` are deleted only after the new one is finalised, so a complete checkpoint always exists.
+Restores take an abstract target with the new run's shardings, so a checkpoint restores onto any
+mesh or rule preset.
 
-A finished step can still be unreadable (a truncated file, a lost object on a bucket): `restore_latest`
-then falls back to the previous step with a warning naming the bad one and, once that older step has
-restored, moves the bad step aside to `<directory>.rejected/` so that training can save that step number
-again. It never starts fresh while checkpoints exist (or were rejected), and a state of another structure
-(another optimiser or model setting) is a ConfigError, not a reason to fall back.
+A finished step can still be unreadable (a truncated file, a lost object on a bucket):
+`restore_latest` then falls back to the previous step with a warning naming the bad one and, once
+that older step has restored, moves the bad step aside to `<directory>.rejected/` so that training
+can save that step number again. It never starts fresh while checkpoints exist (or were rejected),
+and a state of another structure (another optimiser or model setting) is a ConfigError, not a reason
+to fall back.
 
-The directory may be local or a bucket (Orbax and grain write gs:// themselves; the rest goes through
-`storage`). A run may resume on another number of processes: the arrays are resharded by Orbax, and the
-input position comes from the grain state any process saved. That is valid because every element of
-the training pipeline is one global batch (data/pipeline.py): all processes hold the same position.
+The directory may be local or a bucket (Orbax and grain write gs:// themselves; the rest goes
+through `storage`). A run may resume on another number of processes: the arrays are resharded by
+Orbax, and the input position comes from the grain state any process saved. That is valid because
+every element of the training pipeline is one global batch (data/pipeline.py): all processes hold
+the same position.
 """
 
 import json
@@ -119,16 +122,18 @@ class Checkpointer:
     def restore_latest(self, abstract_state, data_iter, check_config, warn):
         """(step, state) of the newest step that restores, or (0, None) when there is no checkpoint.
 
-        `check_config(saved_config_dict)` raises ConfigError for a run that must not be resumed (that
-        error is never a reason to fall back), and so does a state whose structure or shapes differ
-        from this run's (another optimiser or model config: falling back would not help). Unreadable
-        steps are reported with `warn` and the next older one is tried; only once an older step has
-        restored are the bad ones moved aside (so a failure that is not the checkpoint's fault never
-        costs the run its checkpoints). If none restores, CheckpointError lists why and nothing moves.
+        `check_config(saved_config_dict)` raises ConfigError for a run that must not be resumed
+        (that error is never a reason to fall back), and so does a state whose structure or shapes
+        differ from this run's (another optimiser or model config: falling back would not help).
+        Unreadable steps are reported with `warn` and the next older one is tried; only once an
+        older step has restored are the bad ones moved aside (so a failure that is not the
+        checkpoint's fault never costs the run its checkpoints). If none restores, CheckpointError
+        lists why and nothing moves.
         """
         if not self.all_steps() and _nonempty(self.directory + ".rejected"):
             raise CheckpointError(
-                f"{self.directory} has no checkpoint left but {self.directory}.rejected holds steps "
+                f"{self.directory} has no checkpoint left but {self.directory}.rejected holds "
+                "steps "
                 "that could not be restored earlier. Not starting from scratch silently: inspect "
                 "them, or remove that directory (or use a new --workdir) to train from the start."
             )
@@ -159,13 +164,15 @@ class Checkpointer:
                 self._reject(bad)
             if failures:
                 warn(
-                    f"Fell back to checkpoint step {step}; the unreadable newer steps were moved to "
+                    f"Fell back to checkpoint step {step}; the unreadable newer steps were moved "
+                    "to "
                     f"{self.directory}.rejected."
                 )
             return step, state
         if failures:
             raise CheckpointError(
-                f"{self.directory}: no checkpoint restores ({'; '.join(failures)}). Not starting from "
+                f"{self.directory}: no checkpoint restores ({'; '.join(failures)}). Not starting "
+                "from "
                 "scratch silently: inspect them, or use a new --workdir to train from the start."
             )
         return 0, None
@@ -194,9 +201,11 @@ class Checkpointer:
                 else f"{shapes[0]} has shape {tuple(have[shapes[0]])} there, {want[shapes[0]]} here"
             )
             raise ConfigError(
-                f"checkpoint step {step} in {self.directory} holds a train state of another structure "
+                f"checkpoint step {step} in {self.directory} holds a train state of another "
+                "structure "
                 f"({detail}): it was written with another optimiser or model setting (e.g. "
-                "optim.clip_norm, optim.freeze) or by an older version. Use the original config, or a "
+                "optim.clip_norm, optim.freeze) or by an older version. Use the original config, "
+                "or a "
                 "new --workdir."
             )
 

@@ -3,8 +3,8 @@
 After a preemption the relaunched run (same program, same devices) would otherwise compile the train
 step and every evaluation program again, minutes for a large model on a pod. JAX keys each entry by
 the program, the devices and the compile options, so one cache per workdir is safe to share between
-the runs of that workdir; on a pod it lives in the bucket beside the checkpoints (JAX reads and writes
-it through etils.epath, and only process 0 writes entries).
+the runs of that workdir; on a pod it lives in the bucket beside the checkpoints (JAX reads and
+writes it through etils.epath, and only process 0 writes entries).
 
 Only programs that took at least `MIN_COMPILE_SECONDS` to compile are stored: a smaller one compiles
 about as fast as it downloads. JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS /

@@ -1,13 +1,14 @@
-"""Non-finite guard: a step whose loss or gradients are not finite changes nothing, and too many abort.
+"""Non-finite guard: a step whose loss or gradients are not finite changes nothing, and too many
+abort.
 
 The check runs inside the jitted step (no host round-trip): `skip_nonfinite` wraps the optimiser so
-that a bad step returns zero updates and leaves the inner optimiser state (moments, step count, hence
-the learning-rate schedule) exactly as it was. `TrainState.step` still advances: it counts batches
-consumed, so checkpoints and the data iterator stay aligned with the loop. The counters live in the
-optimiser state (and so in checkpoints); after `max_consecutive` bad steps in a row the guard trips and
-keeps refusing updates until the host sees it (`check`, at every log line and before every save) and
-stops the run with `NonFiniteError`. Unlike `optax.apply_if_finite` it never "gives up and accepts" a
-non-finite update.
+that a bad step returns zero updates and leaves the inner optimiser state (moments, step count,
+hence the learning-rate schedule) exactly as it was. `TrainState.step` still advances: it counts
+batches consumed, so checkpoints and the data iterator stay aligned with the loop. The counters live
+in the optimiser state (and so in checkpoints); after `max_consecutive` bad steps in a row the guard
+trips and keeps refusing updates until the host sees it (`check`, at every log line and before every
+save) and stops the run with `NonFiniteError`. Unlike `optax.apply_if_finite` it never "gives up and
+accepts" a non-finite update.
 """
 
 from typing import Any, NamedTuple
@@ -88,14 +89,17 @@ class Monitor:
             self.seen = total  # restored runs start from the checkpoint's count
         if total > self.seen:
             self.log(
-                f"Skipped {total - self.seen} update(s) with a non-finite loss or gradients by step "
+                f"Skipped {total - self.seen} update(s) with a non-finite loss or gradients by "
+                "step "
                 f"{step} ({total} in total, {consecutive} in a row now; parameters unchanged)."
             )
             self.seen = total
         if tripped:
             raise NonFiniteError(
-                f"train.max_nonfinite_steps: {self.max_consecutive} consecutive steps had a non-finite "
-                f"loss or gradients (by step {step}); stopping without saving. Resume from the last "
+                f"train.max_nonfinite_steps: {self.max_consecutive} consecutive steps had a "
+                "non-finite "
+                f"loss or gradients (by step {step}); stopping without saving. Resume from the "
+                "last "
                 "checkpoint with a lower optim.learning_rate or after checking the data, or raise "
                 "train.max_nonfinite_steps."
             )

@@ -88,7 +88,8 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
             )
         if report.skipped:
             log(
-                f"{spec}: skipped {report.skipped} malformed rows (data.strict=False); first: {report.reasons[:3]}"
+                f"{spec}: skipped {report.skipped} malformed rows (data.strict=False); first: "
+                f"{report.reasons[:3]}"
             )
         per_source[spec] = {
             "groups": len(found),

@@ -28,9 +28,9 @@ def positive_first_accuracy(scores: jax.Array) -> jax.Array:
 
 def load_balancing_loss(router_logits, mask: jax.Array, top_k: int) -> jax.Array:
     """Switch-Transformer load balancing, exactly transformers' `load_balancing_loss_func` with an
-    attention mask: E * sum_e f_e * P_e, where over all sparse layers and real tokens f_e is the share
-    of top-k assignments to expert e (counted per token, so it sums to k) and P_e the mean router
-    probability. Computed on raw router logits (transformers #45120: not on softmaxed ones).
+    attention mask: E * sum_e f_e * P_e, where over all sparse layers and real tokens f_e is the
+    share of top-k assignments to expert e (counted per token, so it sums to k) and P_e the mean
+    router probability. Computed on raw router logits (transformers #45120: not on softmaxed ones).
 
     Args:
       router_logits: per sparse layer [B, T, E] (or [N, E]).
@@ -60,7 +60,8 @@ def router_z_loss(router_logits, mask: jax.Array) -> jax.Array:
 
 
 def expert_load(router_logits, mask: jax.Array, top_k: int) -> jax.Array:
-    """[layers, E]: each expert's share of a layer's real-token assignments times E (1 = balanced)."""
+    """[layers, E]: each expert's share of a layer's real-token assignments times E (1 =
+    balanced)."""
     m = mask.reshape(-1).astype(jnp.float32)
     loads = []
     for logits in router_logits:
@@ -71,8 +72,9 @@ def expert_load(router_logits, mask: jax.Array, top_k: int) -> jax.Array:
     return jnp.stack(loads)
 
 
-# ----- distillation from teacher scores (label-free adaptation) ------------------------------------
-# scores, teacher: [Q, G]; mask: [Q, G] true on real list positions (padding is ignored everywhere).
+# ----- distillation from teacher scores (label-free adaptation)
+# ------------------------------------ scores, teacher: [Q, G]; mask: [Q, G] true on real list
+# positions (padding is ignored everywhere).
 
 
 def _masked(x: jax.Array, mask: jax.Array | None, fill: float) -> jax.Array:

@@ -1,22 +1,23 @@
 """Per-device memory plan of a training run: parameters, optimiser state, gradients, activations.
 
-Parameters, optimiser state and gradients are counted exactly from shapes and shardings (shape-first:
-`jax.eval_shape`, nothing is allocated): the bytes of each leaf's shard on the most loaded device.
-Activations come from one of two sources, and the plan says which:
+Parameters, optimiser state and gradients are counted exactly from shapes and shardings
+(shape-first: `jax.eval_shape`, nothing is allocated): the bytes of each leaf's shard on the most
+loaded device. Activations come from one of two sources, and the plan says which:
 
-  * "estimate" (any mesh, also an `AbstractMesh` of a pod planned from a laptop; no compilation): the
-    residuals JAX saves for the backward pass (`saved_residuals` of the loss, remat policies
+  * "estimate" (any mesh, also an `AbstractMesh` of a pod planned from a laptop; no compilation):
+    the residuals JAX saves for the backward pass (`saved_residuals` of the loss, remat policies
     honoured), split into the part that grows with the batch (sharded over the batch mesh axes) and
-    the part that does not (weights cast to the compute dtype, sharded like the parameters), plus one
-    layer's full residuals when remat recomputes them in the backward pass;
+    the part that does not (weights cast to the compute dtype, sharded like the parameters), plus
+    one layer's full residuals when remat recomputes them in the backward pass;
   * "compile": `memory_analysis()` of the compiled train step on the mesh's devices (temporary bytes
     minus the gradients: activations plus XLA's workspace). Deep models are compiled at two small
     depths and extrapolated linearly in the layer count. On TPU/GPU this is the figure the run will
     see; XLA:CPU does not apply rematerialisation and adds layout copies, so CPU compilations
     overstate what an accelerator needs (measured: remat changes nothing in a CPU memory_analysis).
 
-`plan(cfg, mesh)` is what the trainer calls before compiling; `MemoryPlan.check()` refuses a run that
-cannot fit, naming the config fields to change. `python -m querit_jax.plan` prints it for any mesh.
+`plan(cfg, mesh)` is what the trainer calls before compiling; `MemoryPlan.check()` refuses a run
+that cannot fit, naming the config fields to change. `python -m querit_jax.plan` prints it for any
+mesh.
 """
 
 import contextlib
@@ -100,7 +101,8 @@ class MemoryPlan:
             )
 
 
-# ----- the model, the optimiser and the batch the run will use, without reading any tensor ----------
+# ----- the model, the optimiser and the batch the run will use, without reading any tensor
+# ----------
 
 
 def planned_spec(cfg: config_lib.ExperimentConfig) -> tuple[ModelSpec, str]:
@@ -176,11 +178,13 @@ def _with_shardings(tree, shardings):
     )
 
 
-# ----- activations ----------------------------------------------------------------------------------
+# ----- activations
+# ----------------------------------------------------------------------------------
 
 
 def _loss_fn(graphdef, spec: ModelSpec):
-    """A training loss of the model's scores (and router logits): what the backward pass differentiates."""
+    """A training loss of the model's scores (and router logits): what the backward pass
+    differentiates."""
 
     def loss(params, batch):
         if spec.family != "qwen3_moe":
@@ -217,9 +221,9 @@ def _double_batch(batch: dict) -> dict:
 def residual_activations(spec, mesh, rules, batch, shard_factor: float) -> tuple[int, str]:
     """Activation bytes per device from the residuals JAX saves for the backward pass.
 
-    Traced with the batch and twice the batch, which splits the residuals into a part that grows with
-    the batch (activations: split over the batch mesh axes) and one that does not (weights cast to
-    the compute dtype: split like the parameters, `shard_factor`). Deep models are traced at two
+    Traced with the batch and twice the batch, which splits the residuals into a part that grows
+    with the batch (activations: split over the batch mesh axes) and one that does not (weights cast
+    to the compute dtype: split like the parameters, `shard_factor`). Deep models are traced at two
     small depths and extrapolated (residuals are linear in the number of identical layers). With
     remat, one layer's full residual set is added: the backward pass recomputes one layer at a time.
     """
@@ -316,11 +320,13 @@ def compiled_activations(cfg, spec, mesh, rules, batch, max_layers: int = 4) -> 
     return total, f"{where} at {depths[0]} and {depths[1]} layers, extrapolated to {layers}"
 
 
-# ----- the plan -------------------------------------------------------------------------------------
+# ----- the plan
+# -------------------------------------------------------------------------------------
 
 
 def device_capacity(mesh) -> int | None:
-    """Memory of one device of `mesh` (its allocator's limit), or None when the backend says nothing."""
+    """Memory of one device of `mesh` (its allocator's limit), or None when the backend says
+    nothing."""
     if isinstance(mesh, AbstractMesh):
         return None
     try:

@@ -36,7 +36,8 @@ def frozen_labels(params, patterns) -> dict:
 
 
 def make_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (+ clipping); parameters matching `cfg.freeze` substrings get no updates and no moments."""
+    """AdamW (+ clipping); parameters matching `cfg.freeze` substrings get no updates and no
+    moments."""
     schedule = learning_rate_schedule(cfg, num_steps)
     parts = []
     if cfg.clip_norm > 0:

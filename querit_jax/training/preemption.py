@@ -1,20 +1,22 @@
 """Preemption: stop at a step boundary, save, exit 0; the next launch resumes from that step.
 
 Triggers:
-  * SIGTERM (what TPU/GCE preemption and `kill` send) and SIGINT (Ctrl-C). A second SIGINT stops at once.
-    With several processes a Ctrl-C is passed on as SIGTERM to JAX's preemption sync manager.
-  * A TPU VM host-maintenance event: with QUERIT_WATCH_MAINTENANCE=1 (the launch scripts set it) a thread
-    long-polls the GCE metadata server's `instance/maintenance-event` and turns any value other than
-    NONE into a SIGTERM to this process, so both go through the same path.
+  * SIGTERM (what TPU/GCE preemption and `kill` send) and SIGINT (Ctrl-C). A second SIGINT stops
+    at once. With several processes a Ctrl-C is passed on as SIGTERM to JAX's preemption sync
+    manager.
+  * A TPU VM host-maintenance event: with QUERIT_WATCH_MAINTENANCE=1 (the launch scripts set it) a
+    thread long-polls the GCE metadata server's `instance/maintenance-event` and turns any value
+    other than NONE into a SIGTERM to this process, so both go through the same path.
 
-With several processes every host must save the same step. There, JAX's preemption sync manager (started
-by `jax.distributed.initialize`) catches SIGTERM on whichever host gets it and agrees on a step with the
-others; `multihost_utils.reached_preemption_sync_point(step)`, called by every host at every step, turns
-True on that step everywhere. We then install no SIGTERM handler of our own (it would hide the signal
-from JAX). One process has no such service, so our own handler sets a flag the loop reads.
+With several processes every host must save the same step. There, JAX's preemption sync manager
+(started by `jax.distributed.initialize`) catches SIGTERM on whichever host gets it and agrees on a
+step with the others; `multihost_utils.reached_preemption_sync_point(step)`, called by every host at
+every step, turns True on that step everywhere. We then install no SIGTERM handler of our own (it
+would hide the signal from JAX). One process has no such service, so our own handler sets a flag the
+loop reads.
 
-`inject_fault` is a testing hook (QUERIT_TEST_FAULT) that kills the process at a chosen point, to test
-that kill -9 at any time loses nothing; it does nothing unless that variable is set.
+`inject_fault` is a testing hook (QUERIT_TEST_FAULT) that kills the process at a chosen point, to
+test that kill -9 at any time loses nothing; it does nothing unless that variable is set.
 """
 
 import os
@@ -65,8 +67,8 @@ class StopRequest:
         self.during_step = self.last_step + 1
         if self.multihost:
             # A flag on this host alone would make it stop (and enter a collective save) while the
-            # others keep stepping: hand the notice to JAX's preemption sync manager as a SIGTERM, so
-            # every process stops at the same step.
+            # others keep stepping: hand the notice to JAX's preemption sync manager as a SIGTERM,
+            # so every process stops at the same step.
             os.kill(os.getpid(), signal.SIGTERM)
 
     def should_stop(self, step: int) -> bool:
@@ -117,7 +119,8 @@ def start_maintenance_watch(url: str, log) -> threading.Thread:
 
 
 def inject_fault(point: str, step: int) -> None:
-    """Testing hook. QUERIT_TEST_FAULT="kill@STEP" kills -9 after that step, "kill_in_save@STEP" right
+    """Testing hook. QUERIT_TEST_FAULT="kill@STEP" kills -9 after that step, "kill_in_save@STEP"
+    right
     after that step's async save starts; QUERIT_TEST_STEP_DELAY=S sleeps S seconds per step."""
     delay = os.environ.get("QUERIT_TEST_STEP_DELAY")
     if delay and point == "step":

@@ -1,12 +1,13 @@
 """Label-free choice of the training length and of the fusion weight, on synthetic dev queries.
 
 With `train.select_on` (synthetic dev sets, e.g. a mining run's `<output>/dev`), the model is scored
-on them before training, every `train.select_every` steps and at the end (`eval.selection.dev_score`:
-nDCG@10 fused with the first stage at the alpha chosen there). The best step so far is saved to
-`<workdir>/selected` (a collective save); at the end it becomes `<workdir>/model`, whose model.json
-records the fusion ({"fusion": {"method": "interpolate", "alpha", "chosen_on"}}: the model card,
-`rerank` and `evaluate --fusion=model` use it) and the selection ({"selection": {"step", "dev", ...}}).
-Every score is kept in results.json under "selection", so a resumed run continues the comparison.
+on them before training, every `train.select_every` steps and at the end
+(`eval.selection.dev_score`: nDCG@10 fused with the first stage at the alpha chosen there). The best
+step so far is saved to `<workdir>/selected` (a collective save); at the end it becomes
+`<workdir>/model`, whose model.json records the fusion ({"fusion": {"method": "interpolate",
+"alpha", "chosen_on"}}: the model card, `rerank` and `evaluate --fusion=model` use it) and the
+selection ({"selection": {"step", "dev", ...}}). Every score is kept in results.json under
+"selection", so a resumed run continues the comparison.
 """
 
 import dataclasses
@@ -73,22 +74,30 @@ def finish(s, model_dir: str, spec, extra: dict) -> dict:
     chosen = history["steps"][str(best)]
     record = {
         "fusion": fusion_of(chosen, where(cfg)).to_dict(),
-        "selection": {"step": best, "of_steps": cfg.train.num_steps, "on": list(cfg.train.select_on),
-                      "dev": chosen, "criterion": "nDCG@10 fused at the dev-chosen alpha"},
-    }  # fmt: skip
+        "selection": {
+            "step": best,
+            "of_steps": cfg.train.num_steps,
+            "on": list(cfg.train.select_on),
+            "dev": chosen,
+            "criterion": "nDCG@10 fused at the dev-chosen alpha",
+        },
+    }
     if best == cfg.train.num_steps:
         save_model(model_dir, spec, s.state.params, s.tokenizer, {**extra, **record})
     else:
         selected = storage.join(s.workdir, SELECTED)
         if jax.process_index() == 0:
-            storage.rmtree(model_dir)
-            storage.copy_tree(selected, model_dir + ".tmp")
-            meta = json.loads(storage.read_text(storage.join(model_dir + ".tmp", MARKER)))
+            # Committed by its marker, written last (an object store has no atomic rename).
+            writer = storage.DirectoryWriter(model_dir, MARKER)
+            for rel in storage.files(selected):
+                if rel != MARKER:
+                    storage.copy_file(
+                        storage.join(selected, rel), storage.join(writer.staging, rel)
+                    )
+            meta = json.loads(storage.read_text(storage.join(selected, MARKER)))
             meta.pop("selection_step", None)
             meta["training"] = {**meta.get("training", {}), "selected_step": best}
-            storage.write_text(storage.join(model_dir + ".tmp", MARKER),
-                               json.dumps({**meta, **record}, indent=2, ensure_ascii=False))  # fmt: skip
-            storage.move(model_dir + ".tmp", model_dir)
+            writer.commit(json.dumps({**meta, **record}, indent=2, ensure_ascii=False))
         multihost_utils.sync_global_devices(f"querit_jax selected model {model_dir}")
     s.log(
         f"Selected step {best} of {cfg.train.num_steps} on synthetic dev (fused nDCG@10 "

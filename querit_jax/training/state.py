@@ -21,11 +21,12 @@ def _keys(path) -> tuple:
 
 
 def state_shardings(abstract_params, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Shardings for the whole state: optimiser moments follow their parameters, the rest is replicated.
+    """Shardings for the whole state: optimiser moments follow their parameters, the rest is
+    replicated.
 
-    An optimiser-state leaf belongs to the parameter whose key path ends its own key path (Adam's `mu`
-    and `nu` copy the parameter tree, possibly inside masked or multi-transform wrappers) and has the
-    same shape; anything else (counts, scalars) is replicated.
+    An optimiser-state leaf belongs to the parameter whose key path ends its own key path (Adam's
+    `mu` and `nu` copy the parameter tree, possibly inside masked or multi-transform wrappers) and
+    has the same shape; anything else (counts, scalars) is replicated.
     """
     param_shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
     by_path = {

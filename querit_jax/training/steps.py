@@ -1,4 +1,5 @@
-"""Pure training and evaluation steps. No I/O, no Python side effects; the trainer jits them once."""
+"""Pure training and evaluation steps. No I/O, no Python side effects; the trainer jits them
+once."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,8 @@ from querit_jax.training.state import TrainState
 def group_scores(graphdef, params, batch, return_aux: bool = False):
     """Scores every (query, document) of a batch of groups: [Q, G, T] inputs -> [Q, G].
 
-    With `return_aux`, also the model's auxiliary outputs (MoE router logits, [Q*G, T, E] per layer).
+    With `return_aux`, also the model's auxiliary outputs (MoE router logits, [Q*G, T, E] per
+    layer).
     """
     if "pair_row" in batch:  # packed rows (data.pack)
         return packed_group_scores(graphdef, params, batch, return_aux)

@@ -5,10 +5,11 @@
 training, every `eval_every` steps and at the end, and exports the final model to `<workdir>/model`
 (a self-describing checkpoint that `rerank`, `evaluate` and `export_hf.py` take as is).
 
-The workdir is a local path or a gs:// URL; everything in it is written through `storage` (or by Orbax,
-which takes URLs). With several processes every one runs this same code: each feeds its rows of every
-batch, all take part in every collective in the same order (steps, evaluations, saves), and process 0
-alone writes the files that are not collective (results, metrics, TensorBoard, data, reports).
+The workdir is a local path or a gs:// URL; everything in it is written through `storage` (or by
+Orbax, which takes URLs). With several processes every one runs this same code: each feeds its rows
+of every batch, all take part in every collective in the same order (steps, evaluations, saves), and
+process 0 alone writes the files that are not collective (results, metrics, TensorBoard, data,
+reports).
 """
 
 import dataclasses
@@ -49,9 +50,9 @@ from querit_jax.training.writers import MetricWriter, Progress, get_logger, metr
 def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
     """(spec, graphdef, params, tokenizer): from `model.init_from` or freshly initialised.
 
-    With `init_from`, the architecture comes from the checkpoint; the config's head (a yes/no head is
-    converted exactly to a linear one if `head="score"`), tokenizer, template, token budgets, dtypes
-    and remat are applied to it, and so are the `model.overrides` that say how it runs
+    With `init_from`, the architecture comes from the checkpoint; the config's head (a yes/no head
+    is converted exactly to a linear one if `head="score"`), tokenizer, template, token budgets,
+    dtypes and remat are applied to it, and so are the `model.overrides` that say how it runs
     (`models.spec.RUNTIME_FIELDS`, e.g. `moe_impl: ep`); any other override is a ConfigError.
     """
     from transformers import AutoTokenizer
@@ -94,7 +95,8 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
     )
     if len(tokenizer) > backbone.vocab_size:
         raise config_lib.ConfigError(
-            f"model.overrides.vocab_size: the tokenizer has {len(tokenizer)} tokens but the model only "
+            f"model.overrides.vocab_size: the tokenizer has {len(tokenizer)} tokens but the model "
+            "only "
             f"{backbone.vocab_size} embedding rows."
         )
     spec = ModelSpec(backbone.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
@@ -166,7 +168,8 @@ class Session:
 
 
 def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Session:
-    """Builds the mesh, model, data, optimiser state (restored if a checkpoint exists) and eval suite."""
+    """Builds the mesh, model, data, optimiser state (restored if a checkpoint exists) and eval
+    suite."""
     log = _process0_log()
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
@@ -202,12 +205,13 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
         drift = config_lib.config_drift(saved, cfg.to_dict())
         if drift:
             raise config_lib.ConfigError(
-                f"{workdir} holds a run with a different config ({'; '.join(drift)}); use a new --workdir "
+                f"{workdir} holds a run with a different config ({'; '.join(drift)}); use a new "
+                "--workdir "
                 "or the original config."
             )
 
-    # The newest checkpoint that restores (older ones if it is unreadable, with a warning), onto this
-    # run's shardings; never a silent fresh start while checkpoints exist.
+    # The newest checkpoint that restores (older ones if it is unreadable, with a warning), onto
+    # this run's shardings; never a silent fresh start while checkpoints exist.
     start, restored = ckpt.restore_latest(
         abstract_like(state, shardings), data_iter, check_config, get_logger().warning
     )
@@ -277,7 +281,8 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
 def _train(s: Session, end: int) -> int:
     """Steps `s.start + 1 .. end`: logging, checkpoints and periodic evaluation.
 
-    Returns the last step run: `end`, or an earlier step after a preemption notice (saved, then exit).
+    Returns the last step run: `end`, or an earlier step after a preemption notice (saved, then
+    exit).
     """
     cfg = s.cfg
     writer = MetricWriter(s.workdir, s.start)
@@ -342,8 +347,9 @@ def _train(s: Session, end: int) -> int:
             s.checkpointer.save(end, s.state, s.data_iter, config_json)
         s.checkpointer.close()  # waits for the save to finish
     except BaseException:
-        # A non-finite abort, a data error or a second Ctrl-C: let a save in flight (a good checkpoint
-        # from before) finish rather than abandoning it, then re-raise the original error.
+        # A non-finite abort, a data error or a second Ctrl-C: let a save in flight (a good
+        # checkpoint from before) finish rather than abandoning it, then re-raise the original
+        # error.
         try:
             s.checkpointer.wait()
         except Exception as err:  # the original error is the one to report
@@ -361,7 +367,8 @@ def run(
     """Trains and evaluates; returns the results dict also written to `<workdir>/results.json`.
 
     Args:
-      stop_at_step: end this run after that step (saving a checkpoint) as if preempted; a later `run`
+      stop_at_step: end this run after that step (saving a checkpoint) as if preempted; a later
+      `run`
         with the same workdir continues from there.
       devices: the devices of the mesh (default: all).
     """

@@ -1,7 +1,8 @@
-"""Metric output without TensorFlow: TensorBoard event files (tensorboardX), a JSONL log, a progress line.
+"""Metric output without TensorFlow: TensorBoard event files (tensorboardX), a JSONL log, a progress
+line.
 
-clu's `metric_writers` import TensorFlow (../shared/notes/libraries.md §2), so the writer is ours; the
-per-interval averaging uses `clu.metrics`, which does not.
+clu's `metric_writers` import TensorFlow (../shared/notes/libraries.md §2), so the writer is ours;
+the per-interval averaging uses `clu.metrics`, which does not.
 
 TensorBoard events for a gs:// workdir are written into a local directory and uploaded whole at each
 sync. tensorboardX has a gs:// writer of its own, but it goes through a second client
@@ -22,7 +23,8 @@ from querit_jax import logs, storage
 
 
 def metrics_collection(names) -> type[clu_metrics.Collection]:
-    """A clu Collection averaging every train-step metric over a logging interval (the learning rate:
+    """A clu Collection averaging every train-step metric over a logging interval (the learning
+    rate:
     its last value). Built from the names the step returns, so MoE runs get their extra metrics."""
     fields = {
         name: (
@@ -110,7 +112,8 @@ class Progress:
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         return (
             f"step {step}/{self.total} | loss {m['loss']:.4f} | acc {m['accuracy']:.3f} | "
-            f"lr {m['learning_rate']:.2e} | {pairs / elapsed:.0f} pairs/s | {tokens / elapsed:.0f} tok/s | "
+            f"lr {m['learning_rate']:.2e} | {pairs / elapsed:.0f} pairs/s | {tokens / elapsed:.0f} "
+            "tok/s | "
             f"ETA {_fmt(eta)}"
         )
 

@@ -1,26 +1,27 @@
 """querit_jax model (checkpoint, training workdir or HF dir) -> Hugging Face directory.
 
-  python tools/convert_hf/export_hf.py --checkpoint=CKPT --out=DIR [--head_format=seq_cls|causal_lm] [--verify]
+  python tools/convert_hf/export_hf.py --checkpoint=CKPT --out=DIR [--head_format=seq_cls|causal_lm]
+  [--verify]
       [--dtype=bfloat16|float32] [--max_shard_size=5GB]
       [--eval_report=report.json] [--license=apache-2.0] [--language=en,de] [--base_model=ORG/NAME]
       [--push_to_hub --repo_id=ORG/NAME [--private]]
 
-Writes config.json (pad_token_id set to a token that never occurs in inputs, so transformers pools the
-same last token), the weights in `--dtype` (bf16 by default) as safetensors shards of at most
-`--max_shard_size` (model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json),
-the tokenizer with a chat template rendering the pair template, and the sentence-transformers
-CrossEncoder files (identity activation: raw scores). A model checkpoint (or a training workdir) is
-streamed tensor by tensor from disk, so host memory holds one shard, never the model; a Hugging Face
-directory or Hub id is loaded first. `--verify` reloads the directory in transformers and
-sentence-transformers and compares scores with the JAX model (whose parameters get the same bf16
-rounding as the export; needs torch).
+Writes config.json (pad_token_id set to a token that never occurs in inputs, so transformers pools
+the same last token), the weights in `--dtype` (bf16 by default) as safetensors shards of at most
+`--max_shard_size` (model.safetensors, or model-0000i-of-0000N.safetensors +
+model.safetensors.index.json), the tokenizer with a chat template rendering the pair template, and
+the sentence-transformers CrossEncoder files (identity activation: raw scores). A model checkpoint
+(or a training workdir) is streamed tensor by tensor from disk, so host memory holds one shard,
+never the model; a Hugging Face directory or Hub id is loaded first. `--verify` reloads the
+directory in transformers and sentence-transformers and compares scores with the JAX model (whose
+parameters get the same bf16 rounding as the export; needs torch).
 
 The directory also gets a model card (README.md: Hub metadata, intended use, loading snippets, the
-evaluation table of the training workdir's report.json or `--eval_report`, the merge recipe of a merged
-checkpoint) and is checked to hold no pickle files and no tokens. `--push_to_hub` uploads it with the
-token huggingface_hub finds (HF_TOKEN or `hf auth login`). Without a token, or with HF_HUB_OFFLINE set,
-it prints one "not pushed: ..." line and exits 0 (the export itself succeeded); a push that fails with
-a token configured is an error (exit 2).
+evaluation table of the training workdir's report.json or `--eval_report`, the merge recipe of a
+merged checkpoint) and is checked to hold no pickle files and no tokens. `--push_to_hub` uploads it
+with the token huggingface_hub finds (HF_TOKEN or `hf auth login`). Without a token, or with
+HF_HUB_OFFLINE set, it prints one "not pushed: ..." line and exits 0 (the export itself succeeded);
+a push that fails with a token configured is an error (exit 2).
 """
 
 import json
@@ -45,7 +46,8 @@ _FORMAT = flags.DEFINE_enum(
     "head_format",
     "seq_cls",
     ["seq_cls", "causal_lm"],
-    "seq_cls: Qwen3ForSequenceClassification; causal_lm: Qwen3ForCausalLM + LogitScore (yes/no models).",
+    "seq_cls: Qwen3ForSequenceClassification; causal_lm: Qwen3ForCausalLM + LogitScore (yes/no "
+    "models).",
 )
 _MAX_LENGTH = flags.DEFINE_integer(
     "max_length", None, "tokenizer model_max_length (default: the model's)."

@@ -1,6 +1,7 @@
 """Hugging Face directory -> querit_jax model checkpoint.
 
-  python tools/convert_hf/import_hf.py --hf_dir=DIR --out=CKPT [--head=auto|score|yes_no] [--template=NAME]
+  python tools/convert_hf/import_hf.py --hf_dir=DIR --out=CKPT [--head=auto|score|yes_no]
+  [--template=NAME]
 
 Reads safetensors only (pickle is refused), Qwen3ForSequenceClassification / Qwen3ForCausalLM /
 Qwen3Model (with or without the `model.` prefix). The checkpoint stores the model config, the pair

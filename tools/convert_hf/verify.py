@@ -1,10 +1,11 @@
 """Check score parity between a querit_jax model and a Hugging Face directory.
 
-  python tools/convert_hf/verify.py --checkpoint=CKPT --hf_dir=DIR [--pairs=pairs.jsonl] [--tolerance=1e-4]
+  python tools/convert_hf/verify.py --checkpoint=CKPT --hf_dir=DIR [--pairs=pairs.jsonl]
+  [--tolerance=1e-4]
 
 Scores the same pairs (built-in multilingual samples, or {"query", "document"} JSONL) with JAX, with
-transformers' AutoModelForSequenceClassification and with sentence-transformers' CrossEncoder, prints
-the largest differences and exits non-zero above the tolerance.
+transformers' AutoModelForSequenceClassification and with sentence-transformers' CrossEncoder,
+prints the largest differences and exits non-zero above the tolerance.
 """
 
 import json
