@@ -42,7 +42,7 @@ from querit_jax import storage
 from querit_jax.errors import CheckpointError
 from querit_jax.loading import resolve_model_path
 from querit_jax.merging import assemble
-from querit_jax.models.checkpoint import MARKER, is_model_checkpoint, read_spec
+from querit_jax.models.checkpoint import MARKER, is_model_checkpoint, read_spec, restore_tensor
 from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec
 
 # Backbone fields that do not change what a parameter means: runtime choices (models.spec), token
@@ -79,27 +79,14 @@ class ModelInput:
 
     def read(self, name: str, sharding) -> jax.Array:
         """Restores the single tensor `name` from disk onto `sharding`, in its stored dtype."""
-        keys = self.stored_keys[name]
-        leaf = jax.ShapeDtypeStruct(self.shapes[name], self.dtypes[name], sharding=sharding)
-        item = leaf
-        for key in reversed(keys):
-            item = {key: item}
-        args = ocp.args.PyTreeRestore(
-            item=item,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True,
+        return restore_tensor(
+            self.params_dir,
+            name,
+            self.stored_keys[name],
+            self.shapes[name],
+            self.dtypes[name],
+            sharding,
         )
-        try:
-            restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-                self.params_dir, args=args
-            )
-        except Exception as e:  # Orbax raises many types for unreadable data
-            raise CheckpointError(
-                f"{self.params_dir}: reading {name} failed ({type(e).__name__}: {e})."
-            ) from None
-        for key in keys:
-            restored = restored[key]
-        return restored
 
 
 def open_input(path: str) -> ModelInput:

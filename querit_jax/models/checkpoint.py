@@ -145,25 +145,31 @@ class StoredParams:
         sharding = sharding or jax.sharding.SingleDeviceSharding(
             jax.local_devices(backend="cpu")[0]
         )
-        item = jax.ShapeDtypeStruct(self.shapes[name], self.dtypes[name], sharding=sharding)
-        for key in reversed(self.keys[name]):
-            item = {key: item}
-        args = ocp.args.PyTreeRestore(
-            item=item,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True,
+        return restore_tensor(
+            self.params_dir, name, self.keys[name], self.shapes[name], self.dtypes[name], sharding
         )
-        try:
-            restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-                self.params_dir, args=args
-            )
-        except Exception as e:  # Orbax raises many types for unreadable data
-            raise CheckpointError(
-                f"{self.params_dir}: reading {name} failed ({type(e).__name__}: {e})."
-            ) from None
-        for key in self.keys[name]:
-            restored = restored[key]
-        return restored
+
+
+def restore_tensor(params_dir: str, name: str, keys, shape, dtype, sharding) -> jax.Array:
+    """Restores the one tensor at key path `keys` of an Orbax PyTree checkpoint onto `sharding`
+    (Orbax's partial restore: nothing else is read). CheckpointError names the tensor."""
+    item = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    for key in reversed(keys):
+        item = {key: item}
+    args = ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+    )
+    try:
+        restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(params_dir, args=args)
+    except Exception as e:  # Orbax raises many types for unreadable data
+        raise CheckpointError(
+            f"{params_dir}: reading {name} failed ({type(e).__name__}: {e})."
+        ) from None
+    for key in keys:
+        restored = restored[key]
+    return restored
 
 
 @dataclasses.dataclass

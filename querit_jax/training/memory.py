@@ -279,20 +279,7 @@ def _compiled_temp(cfg, spec, mesh, rules, batch) -> tuple[int, int]:
     shardings = state_shardings(abstract, tx, mesh)
     state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), abstract)
     batch_sharding = NamedSharding(mesh, sharding.logical_to_spec((axes.BATCH,), rules))
-    step = jax.jit(
-        steps.make_train_step(
-            graphdef,
-            tx,
-            schedule,
-            cfg.train.temperature,
-            moe=spec.backbone if spec.family == "qwen3_moe" else None,
-            loss_weights=config_lib.parse_losses(cfg.train.loss),
-            teacher_temperature=cfg.train.teacher_temperature,
-        ),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step = steps.jit_train_step(cfg, spec, graphdef, tx, schedule, shardings, batch_sharding)
     with sharding.use_rules(mesh, rules):
         compiled = step.lower(_with_shardings(state, shardings), batch).compile()
     stats = compiled.memory_analysis()

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from querit_jax import config_lib
 from querit_jax.training import guards, losses
 from querit_jax.training.state import TrainState
 
@@ -116,3 +117,22 @@ def make_train_step(
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def jit_train_step(cfg, spec, graphdef, tx, schedule, shardings, batch_sharding):
+    """The jitted train step of an experiment config (state donated), as the trainer runs it and
+    the memory plan compiles it."""
+    return jax.jit(
+        make_train_step(
+            graphdef,
+            tx,
+            schedule,
+            cfg.train.temperature,
+            moe=spec.backbone if spec.family == "qwen3_moe" else None,
+            loss_weights=config_lib.parse_losses(cfg.train.loss),
+            teacher_temperature=cfg.train.teacher_temperature,
+        ),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )

@@ -223,20 +223,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     )  # dim 0 of all
     if cfg.data.pack and jax.process_count() > 1:
         packing.check_process_rows(batch_sharding, jax.device_count())
-    train_step = jax.jit(
-        steps.make_train_step(
-            graphdef,
-            tx,
-            schedule,
-            cfg.train.temperature,
-            moe=spec.backbone if spec.family == "qwen3_moe" else None,
-            loss_weights=config_lib.parse_losses(cfg.train.loss),
-            teacher_temperature=cfg.train.teacher_temperature,
-        ),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    train_step = steps.jit_train_step(cfg, spec, graphdef, tx, schedule, shardings, batch_sharding)
     suite = EvalSuite(cfg.eval, bm25_tokenizer, storage.join(workdir, "eval"), cfg.data.strict, log)
     dev = selection.dev_suite(cfg, storage.join(workdir, "eval"), log)
     scorer = (
