@@ -51,6 +51,8 @@ setuptools.setup(
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
         "test": [
             "pytest>=8",
+            # the suite runs on 2 workers (pyproject addopts; `-n N` on the command line for more)
+            "pytest-xdist>=3.5,<4",
             "torch==2.13.0",
             "sentence-transformers>=6.2,<7",
             "ruff>=0.17,<0.18",

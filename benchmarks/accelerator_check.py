@@ -40,7 +40,12 @@ from flax import nnx  # noqa: E402
 
 from querit_jax import sharding  # noqa: E402
 from querit_jax.config_lib import OptimConfig  # noqa: E402
-from querit_jax.data.packing import PackGroups, pack_sequences, rows_needed  # noqa: E402
+from querit_jax.data.packing import (  # noqa: E402
+    PackGroups,
+    StepShapes,
+    pack_sequences,
+    rows_needed,
+)
 from querit_jax.models.attention import resolve_impl, segment_attention  # noqa: E402
 from querit_jax.models.decoder_config import DecoderConfig  # noqa: E402
 from querit_jax.models.heads import HeadConfig  # noqa: E402
@@ -133,7 +138,7 @@ def group_batch(lengths, q: int, g: int, row_length: int, vocab: int, max_pairs:
         "has_teacher": np.ones((q,), bool),
     }
     rows = rows_needed(take, row_length, max_pairs)
-    return PackGroups(rows, row_length, max_pairs, 0)(padded), take
+    return PackGroups(StepShapes(row_length, (rows,), rows), max_pairs, 0)(padded), take
 
 
 def decoder_spec(dry: bool, moe: bool, **overrides) -> ModelSpec:

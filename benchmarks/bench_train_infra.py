@@ -82,8 +82,8 @@ def main(argv):
 
     ds, rows = dataset()
     print(
-        f"{_GROUPS.value}x{_GROUP_SIZE.value} pairs per step packed into {rows} rows of "
-        f"{_MAX_LENGTH.value}"
+        f"{_GROUPS.value}x{_GROUP_SIZE.value} pairs per step (max_length {_MAX_LENGTH.value}) "
+        f"packed into {rows}"
     )
 
     # ----- B7 (a): the pipeline alone -----

@@ -1,11 +1,15 @@
 """Mining at corpus scale: docs/s and peak memory per process, index build, size of the mined data.
 
     python benchmarks/mining_scale.py --docs=100000 [--processes=1,2] [--max_docs=2000] [--pin]
+        [--text_scale=1]
 
 1. A synthetic corpus of `--docs` documents with XQuAD-R's length mix (70% sentence-length, 30%
    paragraph-length documents, lengths drawn from the 8 languages' sentences and paragraphs; words
    drawn from each language's XQuAD-R unigram distribution, plus 3% Zipf-distributed rare words so
    the vocabulary keeps growing as in a real corpus) is written once under `--workdir`.
+   `--text_scale=F` makes every document F times as long (same ids, same number of documents): the
+   mined data's size must not change with it (groups name their documents by id; the texts live
+   once, in the docstore).
 2. The corpus index (docstore, bm25s index, word statistics) is built once, in its own process
    (`mining.corpus_index.build_missing`): wall time, peak RSS, size on disk.
 3. Mining with the heuristic generator, BM25 candidates (10, round trip 10) and a tiny random
@@ -71,7 +75,9 @@ def language_stats():
     return vocab, np.array(sentences), np.array(list(paragraphs.values()))
 
 
-def write_corpus(path: str, n: int, seed: int = 0, chunk: int = 20_000) -> None:
+def write_corpus(
+    path: str, n: int, seed: int = 0, chunk: int = 20_000, text_scale: float = 1.0
+) -> None:
     if os.path.exists(path + ".done"):
         return
     vocab, sentences, paragraphs = language_stats()
@@ -86,6 +92,7 @@ def write_corpus(path: str, n: int, seed: int = 0, chunk: int = 20_000) -> None:
                 1,
                 np.where(rng.random(m) < 0.7, rng.choice(sentences, m), rng.choice(paragraphs, m)),
             )
+            lengths = np.maximum(1, np.round(lengths * text_scale)).astype(np.int64)
             lang_of = rng.integers(0, len(langs), m)
             docs = [None] * m
             for li, lang in enumerate(langs):
@@ -155,6 +162,11 @@ def get_config(arg=None):
 """
 
 
+def _scale(args) -> str:
+    """The corpus's (and its index's) name suffix for `--text_scale`."""
+    return "" if args.text_scale == 1 else f"-x{args.text_scale:g}"
+
+
 def config_file(args) -> str:
     path = os.path.join(args.workdir, "mine_scale_config.py")
     with open(path, "w") as f:
@@ -166,7 +178,7 @@ def overrides(args, corpus_dir, teacher, output) -> list[str]:
     fields = dict(
         target=corpus_dir,
         output=output,
-        index_dir=os.path.join(args.workdir, f"index-{args.docs}"),
+        index_dir=os.path.join(args.workdir, f"index-{args.docs}{_scale(args)}"),
         teacher=teacher,
         max_docs=args.max_docs,
         shard_size=args.shard_size,
@@ -205,7 +217,7 @@ def build_index(args, corpus_dir, teacher) -> dict:
     )  # fmt: skip
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
-    index = os.path.join(args.workdir, f"index-{args.docs}")
+    index = os.path.join(args.workdir, f"index-{args.docs}{_scale(args)}")
     return {
         "seconds": round(float(re.search(r"BUILD_SECONDS ([\d.]+)", proc.stdout).group(1)), 1),
         "peak_rss_mib": round(int(re.search(r"PEAK_RSS_KB (\d+)", proc.stderr).group(1)) / 1024),
@@ -242,7 +254,8 @@ def run_pinned(command: list[str], processes: int, env: dict) -> tuple[int, str]
 
 def mine(args, corpus_dir, teacher, processes: int) -> dict:
     pinned = "-pinned" if args.pin else ""
-    output = os.path.join(args.workdir, f"mined-{args.docs}-{args.max_docs}-p{processes}{pinned}")
+    name = f"mined-{args.docs}{_scale(args)}-{args.max_docs}-p{processes}{pinned}"
+    output = os.path.join(args.workdir, name)
     subprocess.run(["rm", "-rf", output], check=True)
     command = ["-m", "querit_jax.mine", f"--config={config_file(args)}"]
     command += overrides(args, corpus_dir, teacher, output)
@@ -317,16 +330,20 @@ def main() -> None:
     parser.add_argument(
         "--pin", action="store_true", help="one core and one XLA thread per process (taskset)"
     )
+    parser.add_argument(
+        "--text_scale", type=float, default=1.0, help="documents this many times as long"
+    )
     args = parser.parse_args()
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: never time fake devices.")
-    corpus_dir = os.path.join(args.workdir, f"corpus-{args.docs}")
+    corpus_dir = os.path.join(args.workdir, f"corpus-{args.docs}{_scale(args)}")
     start = time.time()
-    write_corpus(os.path.join(corpus_dir, "corpus.jsonl"), args.docs)
+    write_corpus(os.path.join(corpus_dir, "corpus.jsonl"), args.docs, text_scale=args.text_scale)
     corpus_seconds = time.time() - start
     teacher = make_teacher(os.path.join(args.workdir, "teacher"))
     result = {
         "docs": args.docs,
+        "text_scale": args.text_scale,
         "max_docs": args.max_docs,
         "corpus_mb": round(os.path.getsize(os.path.join(corpus_dir, "corpus.jsonl")) / 1e6, 1),
         "corpus_seconds": round(corpus_seconds, 1),

@@ -110,11 +110,16 @@ def get_config(arg=None):
     # grain reader threads.
     c.data.num_threads = 8
     c.data.seed = 0
-    # Packing: several pairs per row of max_length tokens (segment ids keep them apart; scores are
-    # identical to unpacked ones); rows per step (0 = estimated from the first batches, + 15%) and
-    # pairs per row at most. Also packs the evaluation's scoring.
+    # Packing: several pairs per row (segment ids keep them apart; scores are identical to unpacked
+    # ones). Each step takes the smallest of a few row counts (estimated from the first batches)
+    # that holds its pairs, and a step needing more takes the most any step can need: no batch
+    # stops a run; pack_rows > 0: one row count for every step. pack_length: tokens per row
+    # (0 = the shortest of 1-4 x max_length packing the first batches to >= 0.94 real tokens;
+    # longer rows cost attention in proportion). pack_max_pairs: pairs per row at most. Also packs
+    # the evaluation's scoring.
     c.data.pack = False
     c.data.pack_rows = 0
+    c.data.pack_length = 0
     c.data.pack_max_pairs = 8
 
     c.optim = ml_collections.ConfigDict()

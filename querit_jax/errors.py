@@ -19,7 +19,8 @@ class DataFormatError(QueritError, ValueError):
 
 
 class PackingError(DataFormatError):
-    """Packed rows cannot hold a step's pairs; the message names the setting to raise."""
+    """A pair longer than a packed row, or a fixed row count that cannot hold a batch (the message
+    says what to change); training's own steps never raise it (data/packing.py)."""
 
 
 class CheckpointError(QueritError, ValueError):

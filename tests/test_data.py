@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from querit_jax.data import beir, groups, pipeline, tfds_groups, xquad_r
+from querit_jax.data.io import ReadReport
 from querit_jax.data.tokenize import PairEncoder, pad_batch
 from querit_jax.errors import DataFormatError
 from querit_jax.models.templates import qwen3_pair, qwen3_reranker
@@ -340,3 +341,78 @@ def test_miracl_layout_reader(tmp_path):
     assert len(store) == 2 and store.text(store.row("1#0")).startswith("東京")
     meta = docstore.read_meta(str(tmp_path / "store"))
     assert meta["skipped"] == 1 and "duplicate document id '1#0'" in meta["skipped_reasons"][0]
+
+
+def _mined_output(tmp_path, lines):
+    """A complete mining output: a docstore of 6 documents and one shard of `lines` groups."""
+    from querit_jax.data import docstore
+
+    out = tmp_path / "mined"
+    write_jsonl(
+        tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i}"} for i in range(6)]
+    )
+    docstore.build([str(tmp_path / "corpus.jsonl")], str(out / "index" / "docstore"))
+    write_jsonl(out / "shard-00000.jsonl", lines)
+    shards = {"0": {"file": "shard-00000.jsonl"}}
+    (out / "manifest.json").write_text(json.dumps({"complete": True, "shards": shards}))
+    return str(out)
+
+
+def _id_group(i, neg=("d3", "d4", "d5")):
+    return {"qid": f"q{i}", "query": f"query {i}", "pos_ids": [f"d{i}"], "neg_ids": list(neg),
+            "pos_scores": [1.0], "neg_scores": [0.1 * (j + 1) for j in range(len(neg))],
+            "source_doc": f"d{i}"}  # fmt: skip
+
+
+def test_mined_groups_by_id_join_the_docstore_and_fail_clearly(tmp_path):
+    from querit_jax.data import docstore, mined
+
+    out = _mined_output(tmp_path, [_id_group(0), _id_group(1, ("d2", "nope", "d5"))])
+    store = mined.open_docstore(out)
+    with pytest.raises(DataFormatError, match=r"shard-00000.jsonl:2: document id 'nope' is not in"):
+        mined.read_mined(out, store)
+    report = ReadReport()
+    (g,) = mined.read_mined(out, store, strict=False, report=report)
+    assert g["pos_rows"] == [0] and g["neg_rows"] == [3, 4, 5] and report.skipped == 1
+    assert mined.with_texts(g, store)["neg"] == ["document 3", "document 4", "document 5"]
+    # A user's groups file without texts, a missing or changed docstore: errors that say what to do.
+    with pytest.raises(DataFormatError, match="read from their mining output"):
+        groups.read_groups(os.path.join(out, "shard-00000.jsonl"))
+    with pytest.raises(DataFormatError, match="now holds another corpus"):
+        docstore.open_checked(store.location, "0" * 64, "data/manifest.json")
+    os.rename(store.location, store.location + ".x")
+    with pytest.raises(DataFormatError, match="which is missing"):
+        mined.open_docstore(out)
+    with pytest.raises(DataFormatError, match=r"data/manifest.json: .* which is missing"):
+        docstore.open_checked(store.location, store.sha256, "data/manifest.json")
+
+
+def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, tokenizer):
+    """Mined groups stored by docstore row train on exactly the batches of the same groups with
+    their texts (one process, and two processes each joining only its own rows)."""
+    from querit_jax.data import mined
+
+    out = _mined_output(
+        tmp_path, [_id_group(i, ("d3", "d4", "d5", "d0")[i % 2 :]) for i in range(6)]
+    )
+    store = mined.open_docstore(out)
+    rows = mined.read_mined(out, store)
+    write_jsonl(tmp_path / "ids.jsonl", [{**g, "store": 0} for g in rows])
+    write_jsonl(tmp_path / "texts.jsonl", [mined.with_texts(g, store) for g in rows])
+    ids, texts = (
+        tfds_groups.prepare_groups({"train": str(tmp_path / f"{n}.jsonl")}, str(tmp_path / "tfds"))
+        for n in ("ids", "texts")
+    )
+    assert list(ids.as_data_source("train")[0]["pos"]) == []  # rows only, no text
+    encoder = PairEncoder(tokenizer, qwen3_pair(), max_length=32, max_query_tokens=8)
+    for p, count in ((0, 1), (0, 2), (1, 2)):
+        got, want = (
+            pipeline.make_iterator(pipeline.train_dataset(
+                b.as_data_source("train"), encoder, tokenizer.pad_token_id, 2 // count, 3, 0, p,
+                count, docstores=stores))
+            for b, stores in ((ids, (store.location,)), (texts, ()))
+        )  # fmt: skip
+        for _ in range(4):
+            a, b = next(got), next(want)
+            for key in b:
+                np.testing.assert_array_equal(a[key], b[key])

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from querit_jax import config_lib
-from querit_jax.data import groups
+from querit_jax.data import groups, mined
 from querit_jax.data.mined import shard_files
-from querit_jax.errors import CheckpointError
+from querit_jax.errors import CheckpointError, DataFormatError
 from querit_jax.mining import miner
 from querit_jax.mining.filters import QueryFilter, longest_common_run, normalize
 from querit_jax.mining.negatives import choose_by_bins
@@ -47,11 +47,16 @@ def test_mined_groups_follow_the_schema_and_the_manifest_counts(tmp_path, teache
     manifest = miner.mine(_cfg(tmp_path, teacher, score_bins=4), log=lambda *a: None)
     files = shard_files(str(tmp_path / "mined"))
     assert len(files) == 5 and manifest["complete"]
-    rows = [g for f in files for g in groups.read_groups(f)]  # validates the FlagEmbedding schema
+    rows = [g for f in files for g in groups.read_groups(f, ids=True)]  # validates the schema
     assert len(rows) == manifest["totals"]["groups"] > 50
     for g in rows[:20]:
-        assert len(g["neg"]) == 3 == len(g["neg_scores"]) and len(g["pos_scores"]) == 1
-        assert g["source_doc"] not in g["neg_ids"]
+        assert len(g["neg_ids"]) == 3 == len(g["neg_scores"]) and len(g["pos_scores"]) == 1
+        assert g["source_doc"] not in g["neg_ids"] and g["pos_ids"] == [g["source_doc"]]
+        assert "pos" not in g and "neg" not in g  # ids only: the texts live in the docstore
+    store = mined.open_docstore(str(tmp_path / "mined"))
+    assert manifest["docstore"] == "index/docstore" and store.location.endswith("index/docstore")
+    joined = mined.with_texts(rows[0], store)
+    assert joined["pos"] == [store.text(store.row(rows[0]["source_doc"]))] and joined["neg"][0]
     totals = manifest["totals"]
     assert totals["generated_queries"] == totals["groups"] + sum(
         v for k, v in totals.items() if k.startswith("dropped")
@@ -127,7 +132,7 @@ def _groups(output):
     last bits)."""
     out = set()
     for path in shard_files(output):
-        for g in groups.read_groups(path):
+        for g in groups.read_groups(path, ids=True):
             g = {**g, "pos_scores": [round(x, 4) for x in g["pos_scores"]]}
             g["neg_scores"] = [round(x, 4) for x in g["neg_scores"]]
             out.add(json.dumps(g, sort_keys=True, ensure_ascii=False))
@@ -260,19 +265,21 @@ def test_cross_shard_dedupe_keeps_the_first_in_shard_order(tmp_path):
         records.finalize(out, 3, "r", True, {})
 
 
-def test_distillation_trains_on_the_mined_teacher_scores(tmp_path, teacher, monkeypatch):
+def test_distillation_trains_on_the_mined_teacher_scores_and_texts_joined_by_id(
+    tmp_path, teacher, monkeypatch
+):
     import jax
     import numpy as np
 
     from querit_jax.training import trainer
 
     monkeypatch.chdir(ROOT)
-    mined = _cfg(tmp_path, teacher, max_docs=16)
-    miner.mine(mined, log=lambda *a: None)
-    rows = [g for f in shard_files(mined.output) for g in groups.read_groups(f)]
+    mining = _cfg(tmp_path, teacher, max_docs=16)
+    miner.mine(mining, log=lambda *a: None)
+    rows = [g for f in shard_files(mining.output) for g in groups.read_groups(f, ids=True)]
     mined_scores = np.array([s for g in rows for s in g["pos_scores"] + g["neg_scores"]])
     base = load_config("configs/general_relevance.py", "tiny")
-    base.data.train, base.data.group_size, base.train.loss = mined.output, 4, "kl"
+    base.data.train, base.data.group_size, base.train.loss = mining.output, 4, "kl"
     base.train.num_steps, base.train.log_every, base.eval.datasets = 2, 1, ""
     cfg = config_lib.from_config_dict(base)
     session = trainer.setup(cfg, str(tmp_path / "run"), devices=jax.devices()[:1])
@@ -285,9 +292,31 @@ def test_distillation_trains_on_the_mined_teacher_scores(tmp_path, teacher, monk
     logged = [json.loads(x) for x in open(tmp_path / "run2" / "metrics.jsonl")]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in logged if "loss" in r)
+    # The training data keeps ids and docstore rows (no texts); the pipeline joins the texts, so a
+    # run on the same groups carrying their texts trains on the same batches: the same losses.
+    data = [json.loads(x) for x in open(tmp_path / "run2" / "data" / "train.jsonl")]
+    assert all("pos" not in g and "neg" not in g and g["store"] == 0 for g in data)
+    store = mined.open_docstore(mining.output)
+    manifest = json.loads((tmp_path / "run2" / "data" / "manifest.json").read_text())
+    assert manifest["docstores"] == [{"location": store.location, "sha256": store.sha256}]
+    texts = [mined.with_texts(g, store) for g in rows]
+    keep = ("qid", "query", "pos", "neg", "pos_scores", "neg_scores")
+    write_jsonl(tmp_path / "texts.jsonl", [{k: g[k] for k in keep} for g in texts])
+    base.data.train = str(tmp_path / "texts.jsonl")
+    trainer.run(
+        config_lib.from_config_dict(base), str(tmp_path / "run4"), devices=jax.devices()[:1]
+    )
+    with_texts = [json.loads(x) for x in open(tmp_path / "run4" / "metrics.jsonl")]
+    for key in ("loss", "grad_norm"):
+        got = [r[key] for r in logged if "loss" in r]
+        assert got == [r[key] for r in with_texts if "loss" in r], key
+    os.rename(store.location, store.location + ".moved")  # the docstore gone: a clear error
+    with pytest.raises(DataFormatError, match=r"docstore .*index/docstore, which is missing"):
+        trainer.setup(cfg, str(tmp_path / "run2"), devices=jax.devices()[:1])
+    os.rename(store.location + ".moved", store.location)
 
     write_jsonl(
-        tmp_path / "plain.jsonl", [{k: g[k] for k in ("query", "pos", "neg")} for g in rows]
+        tmp_path / "plain.jsonl", [{k: g[k] for k in ("query", "pos", "neg")} for g in texts]
     )
     base.data.train = str(tmp_path / "plain.jsonl")
     with pytest.raises(config_lib.ConfigError, match="learns from teacher scores"):

@@ -232,3 +232,60 @@ def test_two_processes_train_evaluate_and_resume_like_one_process(tmp_path, buck
         f"{items}/process_1-of-2.json",
     ]
     assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_two_processes_adapt_with_mining_like_one_process(tmp_path, bucket):
+    """adapt_beir.py:tiny mines its training data inside the training command (every process mines
+    its own shards of the target corpus, the teacher scoring on its devices), then trains on it with
+    evaluation on: 2 processes x 2 devices with workdir and mined data in a bucket give what one
+    process with 4 devices gives locally."""
+    config = "--config=configs/adapt_beir.py:tiny"
+    multi, single = f"{bucket}/adapt-{tmp_path.name}", str(tmp_path / "single")
+    one = _one_process(config, single, f"--config.mining.output={single}/mined")
+    out = _finish(_two_processes(config, multi, f"--config.mining.output={multi}/mined"))
+    single_out = _finish(one)
+    assert "over 4 cpu devices" in out and "over 4 cpu devices" in single_out
+
+    # 24 documents in shards of 8: shard i mined by process i % 2, each recorded once; the same
+    # groups as one process mined, in the same training data (built once, by process 0).
+    manifest = json.loads(storage.read_text(f"{multi}/mined/manifest.json"))
+    with open(os.path.join(single, "mined", "manifest.json")) as f:
+        want = json.load(f)
+    shards = sorted(manifest["shards"].items(), key=lambda x: int(x[0]))
+    assert [e["process"] for _, e in shards] == [0, 1, 0]
+    assert manifest["totals"] == want["totals"] and manifest["totals"]["groups"] > 20
+    assert re.search(r"^\[1\] .*process 1: mined 1 shards", out, re.M), out[-3000:]
+    with open(os.path.join(single, "data", "train.jsonl")) as f:
+        want = [json.loads(line) for line in f]
+    text = storage.read_text(f"{multi}/data/train.jsonl")
+    got = [json.loads(line) for line in text.splitlines()]
+    assert "neg_rows" in got[0] and "neg" not in got[0]  # ids and docstore rows: texts joined later
+    scores = ("pos_scores", "neg_scores")  # teacher batches of another size: float32 rounding
+    assert [{k: v for k, v in g.items() if k not in scores} for g in got] == [
+        {k: v for k, v in g.items() if k not in scores} for g in want
+    ]
+    for key in scores:
+        flat = [[x for g in groups for x in g[key]] for groups in (got, want)]
+        np.testing.assert_allclose(*flat, atol=1e-6)
+
+    got, want = _rows(multi), _rows(single)
+    assert sorted(got) == list(range(1, STEPS + 1)) == sorted(want)
+    for key in ("loss", "grad_norm", "accuracy", "learning_rate"):
+        np.testing.assert_allclose(
+            [got[s][key] for s in sorted(got)], [want[s][key] for s in sorted(want)], rtol=1e-5
+        )
+    assert want[STEPS]["loss"] != want[1]["loss"]  # it trained
+    got = _metric_values(json.loads(storage.read_text(f"{multi}/results.json")))
+    with open(os.path.join(single, "results.json")) as f:
+        want = _metric_values(json.load(f))
+    assert sorted({k.split("/")[0] for k in want}) == [
+        "final", "reference: all-MiniLM-L6-v2", "step_2", "step_4", "untrained"
+    ]  # fmt: skip
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6, err_msg=k)
+    # The training data's build key covers its sources' locations (a bucket here, a folder there).
+    build = re.compile(r"^data/tfds/[0-9a-f]+/")
+    assert {build.sub("data/tfds/KEY/", f) for f in _own_files(multi)} == {
+        build.sub("data/tfds/KEY/", f) for f in _own_files(single)
+    }

@@ -1,9 +1,8 @@
 """Sequence packing: the packer's invariants, packed scores == unpacked scores (dense Qwen3,
-Qwen3-MoE
-incl. expert parallelism on 8 devices, BERT, XLM-R), and a packed train step == the unpacked one
-(metrics and gradients, for the same families)."""
+Qwen3-MoE incl. expert parallelism on 8 devices, BERT, XLM-R), a packed train step == the unpacked
+one (metrics and gradients, for the same families, also for a step beyond the largest row count),
+and the step shapes: a few deterministic sizes, the same on every process, never an overflow."""
 
-import dataclasses
 import types
 
 import jax
@@ -83,8 +82,21 @@ def test_packer_loses_nothing_and_restores_order(row_length, max_pairs):
 def test_packer_errors_are_clear():
     with pytest.raises(packing.PackingError, match="Pair 1 has 70 tokens"):
         packing.best_fit_decreasing([5, 70], 64, 4)
-    with pytest.raises(packing.PackingError, match="data.pack_rows"):
+    with pytest.raises(packing.PackingError, match="do not fit into 2 rows"):
         packing.best_fit_decreasing([40, 40, 40], 64, 4, num_rows=2)
+
+
+@pytest.mark.parametrize("multiple", [1, 2, 3, 4])
+def test_most_rows_bounds_every_packing(multiple):
+    """A step never needs more rows than `most_rows` (the shape the memory plan fits)."""
+    rng = np.random.default_rng(multiple)
+    for _ in range(50):
+        n, max_pairs = int(rng.integers(1, 80)), int(rng.integers(1, 9))
+        lengths = rng.integers(1, 65, size=n)
+        if rng.random() < 0.3:
+            lengths[:] = 64  # every pair at the budget: the worst case
+        need = packing.rows_needed(lengths, multiple * 64, max_pairs)
+        assert need <= packing.most_rows(n, multiple * 64, 64, max_pairs)
 
 
 # ----- packed scoring == unpacked scoring ---------------------------------------------------------
@@ -172,11 +184,16 @@ def _train_step(spec, batch, mesh, rules):
     return {k: float(v) for k, v in metrics.items()}, jax.tree.map(np.asarray, state.params)
 
 
+def _pack(batch, sizes, most, row_length=96, max_pairs=6, process_index=0, process_count=1):
+    shapes = packing.StepShapes(row_length, tuple(sizes), most)
+    return packing.PackGroups(shapes, max_pairs, PAD, process_index, process_count)(batch)
+
+
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "qwen3_moe_ep", "bert", "xlm_roberta"])
 def test_packed_train_step_equals_unpacked(family):
     """One SGD step (new params = old - gradients): packed rows give the unpacked step's gradients,
-    for expert parallelism on 8 devices (packed, against the unpacked dense MoE on one) and for
-    BERT with token types."""
+    for expert parallelism on 8 devices (packed, against the unpacked dense MoE on one), for BERT
+    with token types, and for a step beyond the largest row count (qwen3)."""
     mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
     spec = SPECS[family.removesuffix("_ep")]
     ref_spec, ref_mesh, ref_rules = spec, mesh, rules
@@ -188,11 +205,18 @@ def test_packed_train_step_equals_unpacked(family):
         spec, mesh = spec.replace(moe_impl="ep"), sharding.make_mesh((2, 1, 1, 4))
     q, g = (8, 2) if family == "qwen3_moe_ep" else (4, 4)  # groups split over the 8 devices too
     batch = _group_batch(q, g, typed=family == "bert")
-    rows = packing.estimate_rows([batch], 96, 6)
-    assert (batch["segment_ids"] > 0).sum() / (rows * 96) > 0.7  # denser than the padded batch
+    lengths = (batch["segment_ids"] > 0).sum(-1).reshape(-1)
+    rows = packing.rows_needed(lengths, 96, 6)
+    assert lengths.sum() / (rows * 96) > 0.7  # denser than the padded batch
     if family == "qwen3_moe_ep":
         rows = -(-rows // 8) * 8  # rows split over the 8 devices' batch axes
-    packed = packing.PackGroups(rows, 96, 6, PAD)(batch)
+    packed = _pack(batch, (rows,), rows)
+    if family == "qwen3":
+        # The overflow that used to stop a run (a PackingError naming data.pack_rows): a step that
+        # needs more rows than every size takes the most rows a step can need, and trains the same.
+        rows = packing.most_rows(q * g, 96, 48, 6)  # pairs of <= 48 tokens: two per row at least
+        packed = _pack(batch, (2,), rows)
+        assert rows == 8 and packing.rows_needed(lengths, 96, 6) > 2
     assert packed["input_ids"].shape == (rows, 96) and packed["pair_row"].shape == (q, g)
     if family == "bert":
         assert packed["token_type_ids"].any() and (packed["token_type_ids"] <= 1).all()
@@ -204,43 +228,43 @@ def test_packed_train_step_equals_unpacked(family):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
-def test_pack_groups_has_fixed_shapes_and_process_offsets():
-    batches = [_group_batch(seed=s) for s in range(3)]
-    rows = packing.estimate_rows(batches, 96, 6)
-    pack = dataclasses.replace(packing.PackGroups(rows, 96, 6, PAD), process_index=1)
-    outs = [pack(b) for b in batches]
-    assert len({tuple(o["input_ids"].shape) for o in outs}) == 1
-    for o in outs:
-        assert o["pair_row"].min() >= rows and o["pair_row"].max() < 2 * rows
-        assert o["slot_valid"].sum() == 16
+def test_each_step_takes_the_smallest_size_and_processes_keep_their_block():
+    """Steps take the smallest size that holds them (deterministically); process i of 2 keeps rows
+    and groups of block i of the one-process packing, with global row numbers."""
+    batches = [_group_batch(seed=s) for s in range(6)]
+    lengths = [(b["segment_ids"] > 0).sum(-1).reshape(-1) for b in batches]
+    needed = [packing.rows_needed(x, 96, 6) for x in lengths]
+    sizes = packing.row_sizes(needed, 2, 16)
+    assert sizes == tuple(sorted(sizes)) and len(sizes) <= packing.NUM_SIZES
+    assert all(s % 2 == 0 for s in sizes) and sizes[-1] >= max(needed)
+    for b, need in zip(batches, needed):
+        whole = _pack(b, sizes, 16)
+        rows = whole["input_ids"].shape[0]
+        assert rows == min(s for s in sizes if s >= need)
+        for key, value in _pack(b, sizes, 16).items():  # the same batch packs the same way
+            np.testing.assert_array_equal(value, whole[key])
+        parts = [_pack(b, sizes, 16, process_index=i, process_count=2) for i in range(2)]
+        for key in ("input_ids", "segment_ids", "token_type_ids", "slot_valid"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+        for key in ("pair_row", "pair_slot", "teacher", "has_teacher"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+        assert whole["slot_valid"].sum() == 16 and whole["pair_row"].max() < rows
 
 
-def test_packed_grain_pipeline_has_fixed_shapes_and_resumes_exactly(tokenizer):
+def test_packed_grain_pipeline_takes_a_few_shapes_resumes_exactly_and_never_overflows(tokenizer):
     from querit_jax.data import pipeline
     from querit_jax.data.tokenize import PairEncoder
 
-    rng = np.random.default_rng(0)
-    words = "the a packed row holds several pairs of very unequal length".split()
-    text = lambda n: " ".join(rng.choice(words, size=n))  # noqa: E731
-    records = [
-        {
-            "query": text(4),
-            "pos": [text(int(rng.integers(2, 40)))],
-            "neg": [text(int(rng.integers(2, 40))) for _ in range(5)],
-            "pos_scores": [1.0],
-            "neg_scores": [0.0] * 5,
-            "has_scores": True,
-        }
-        for _ in range(12)
-    ]
     encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16)
-    ds = pipeline.train_dataset(records, encoder, PAD, 2, 4, seed=0)
-    cfg = types.SimpleNamespace(pack_rows=0, max_length=64, pack_max_pairs=8)
-    packed, rows = packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)
-    assert rows % 2 == 0
+    ds = pipeline.train_dataset(_records(), encoder, PAD, 2, 4, seed=0)
+    cfg = types.SimpleNamespace(pack_rows=0, pack_length=0, max_length=64, pack_max_pairs=8)
+    packed, shapes = packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)
+    assert packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)[1] == shapes  # deterministic
+    assert all(s % 2 == 0 for s in shapes.sizes) and len(shapes.sizes) <= packing.NUM_SIZES
+    allowed = {(r, shapes.row_length) for r in (*shapes.sizes, shapes.fallback)}
     it = pipeline.make_iterator(packed, num_threads=1)
-    first = [next(it) for _ in range(3)]
-    assert {b["input_ids"].shape for b in first} == {(rows, 64)}
+    first = [next(it) for _ in range(6)]
+    assert {b["input_ids"].shape for b in first} <= allowed
     state = it.get_state()
     want = next(it)
     it2 = pipeline.make_iterator(packed, num_threads=1)
@@ -250,8 +274,19 @@ def test_packed_grain_pipeline_has_fixed_shapes_and_resumes_exactly(tokenizer):
         np.testing.assert_array_equal(got[key], want[key])
     for i, b in enumerate(first):  # every pair of every group is in the rows, once
         assert b["slot_valid"].sum() == 8
-        unpacked = ds[i]["segment_ids"]
-        assert (b["segment_ids"] > 0).sum() == unpacked.sum()
+        assert (b["segment_ids"] > 0).sum() == ds[i]["segment_ids"].sum()
+    # The memory plan's batch is at least the largest shape a step can take.
+    rows, length = packing.largest_step(cfg, 8, 2)
+    assert length >= shapes.row_length and rows * length >= shapes.fallback * shapes.row_length
+
+    # One size (data.pack_rows) far too small for any step: every step runs in the most rows a step
+    # can need, none stops.
+    small = types.SimpleNamespace(pack_rows=1, pack_length=64, max_length=64, pack_max_pairs=8)
+    overflowing, shapes = packing.pack_train_dataset(ds, small, PAD, row_multiple=2)
+    assert shapes.sizes == (2,) and shapes.fallback == 8  # one pair per row at most: 8 rows
+    for i in range(4):
+        batch = overflowing[i]
+        assert batch["input_ids"].shape == (8, 64) and batch["slot_valid"].sum() == 8
 
 
 def test_packing_refuses_a_mesh_where_a_process_rows_are_not_one_block(monkeypatch):
@@ -289,25 +324,20 @@ def _records(n=12, seed=0):
     ]
 
 
-def _packed_pairs(batch, process_index, first_query):
-    """{(query, document): token ids} of one process's packed batch (pair_row/pair_slot read
-    back)."""
-    rows = batch["input_ids"].shape[0]
-    out = {}
-    for (q, g), row in np.ndenumerate(batch["pair_row"]):
-        r, slot = row - process_index * rows, batch["pair_slot"][q, g]
-        out[(first_query + q, g)] = tuple(
-            batch["input_ids"][r][batch["segment_ids"][r] == slot + 1]
-        )
-    return out
+def _packed_pairs(parts):
+    """{(query, document): token ids} of a step's packed batch, given as every process's part
+    (their rows and groups in process order; pair_row/pair_slot read back)."""
+    ids, seg = (np.concatenate([p[k] for p in parts]) for k in ("input_ids", "segment_ids"))
+    row, slot = (np.concatenate([p[k] for p in parts]) for k in ("pair_row", "pair_slot"))
+    return {(q, g): tuple(ids[r][seg[r] == slot[q, g] + 1]) for (q, g), r in np.ndenumerate(row)}
 
 
 def test_a_packed_step_is_the_same_pairs_on_any_process_count_and_resumes_across_counts(
     tokenizer, tmp_path
 ):
-    """Elements are global batches: process i of N packs its rows of the same batch one process
-    packs
-    whole, so a run saved by 2 processes resumes on 1 (and back) from the same position."""
+    """Elements are global batches: process i of N keeps its block of the rows one process packs
+    (the same bits), so a run saved by 2 processes resumes on 1 (and back) from the same
+    position."""
     import jax.numpy as jnp
 
     from querit_jax.data import pipeline
@@ -318,20 +348,19 @@ def test_a_packed_step_is_the_same_pairs_on_any_process_count_and_resumes_across
     encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16)
     records = _records()
 
-    def packed(index, count):
-        ds = pipeline.train_dataset(records, encoder, PAD, 4 // count, 4, 0, index, count)
-        cfg = types.SimpleNamespace(pack_rows=16, max_length=64, pack_max_pairs=8)
+    def packed(index, count):  # as training/inputs.py builds it: global batches, then packing
+        ds = pipeline.train_dataset(records, encoder, PAD, 4, 4, 0)
+        cfg = types.SimpleNamespace(pack_rows=0, pack_length=0, max_length=64, pack_max_pairs=8)
         return packing.pack_train_dataset(ds, cfg, PAD, 2, index, count)[0]
 
     one, two = packed(0, 1), [packed(0, 2), packed(1, 2)]
     for step in (0, 5):
-        want = _packed_pairs(one[step], 0, 0)
-        got = {**_packed_pairs(two[0][step], 0, 0), **_packed_pairs(two[1][step], 1, 2)}
-        assert got == want and len(want) == 16
-        np.testing.assert_array_equal(
-            np.concatenate([two[0][step]["teacher"], two[1][step]["teacher"]]),
-            one[step]["teacher"],
-        )
+        parts = [two[0][step], two[1][step]]
+        assert parts[0]["input_ids"].shape == parts[1]["input_ids"].shape  # one global shape
+        for key, value in one[step].items():
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value)
+        want = _packed_pairs([one[step]])
+        assert _packed_pairs(parts) == want and len(want) == 16
 
     # A checkpoint whose iterator states were saved by 2 processes restores on this 1 process.
     directory = str(tmp_path / "checkpoints")

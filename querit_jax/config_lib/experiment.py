@@ -102,9 +102,14 @@ def validate_for_devices(
 
 
 # Fields a resume may change: they do not change which examples are read, in what order, or the
-# model. (The packed row count can be raised after a packing overflow: packed and unpacked scores
-# are equal.)
-RESUMABLE_CHANGES = ("data.num_threads", "data.strict", "data.pack_rows", "data.pack_max_pairs")
+# model (packed and unpacked scores are equal, whatever the rows' count and length).
+RESUMABLE_CHANGES = (
+    "data.num_threads",
+    "data.strict",
+    "data.pack_rows",
+    "data.pack_length",
+    "data.pack_max_pairs",
+)
 
 
 def config_drift(saved: dict, current: dict) -> list[str]:

@@ -38,10 +38,14 @@ class DataConfig:
     strict: bool = True  # False: skip malformed rows, count them in the data manifest
     num_threads: int = 2
     seed: int = 0
-    # Packing (data/packing.py): several pairs per row of max_length tokens, told apart by segment
-    # ids.
+    # Packing (data/packing.py): several pairs per row, told apart by segment ids. Each step takes
+    # the smallest of a few row counts that holds its pairs (estimated from the first batches); a
+    # step that needs more takes the most rows any step can need, so no batch stops a run.
     pack: bool = False
-    pack_rows: int = 0  # rows per step over all processes; 0 = estimated from the first batches
+    pack_rows: int = 0  # one row count for every step (over all processes); 0 = a few, estimated
+    # Tokens per packed row (>= max_length); 0 = the shortest of 1-4 x max_length that packs the
+    # first batches to >= 0.94 real tokens (longer rows cost attention in proportion to length).
+    pack_length: int = 0
     pack_max_pairs: int = 8  # pairs per row at most
 
     def validate(self) -> None:
@@ -65,6 +69,11 @@ class DataConfig:
             self.pack_rows >= 0 and self.pack_max_pairs >= 1,
             "data.pack_rows/pack_max_pairs",
             "pack_rows must be >= 0 (0 = estimate) and pack_max_pairs >= 1.",
+        )
+        require(
+            self.pack_length == 0 or self.pack_length >= self.max_length,
+            "data.pack_length",
+            "0 (chosen from the data) or at least data.max_length (a row holds a whole pair).",
         )
         require(
             0 < self.max_query_tokens < self.max_length,

@@ -15,7 +15,8 @@ its marker:
 A reader memory-maps the files (a gs:// docstore through one local copy per host, cached by URL and
 corpus hash), so a process's memory holds only what it reads. Row numbers are the order of first
 appearance in the corpus files; retrieval indexes (`retrieval.bm25`, `retrieval.dense`) and mined
-groups refer to documents by these rows and ids.
+groups refer to documents by these rows and ids. `JoinTexts` is the training pipeline's step that
+turns the rows of sampled mined groups into texts (`data.pipeline`).
 """
 
 import array
@@ -23,6 +24,7 @@ import gzip
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -226,3 +228,58 @@ class DocStore:
         stop = len(self) if stop is None else stop
         for a in range(start, stop, chunk):
             yield self.texts(range(a, min(a + chunk, stop)))
+
+
+def open_checked(location: str, sha256: str, where: str) -> DocStore:
+    """The docstore at `location`, which must still hold the corpus `sha256` (its rows are what
+    `where` refers to).
+
+    Raises:
+      DataFormatError: missing, or rebuilt from another corpus since (says what to do).
+    """
+    if read_meta(location) is None:
+        raise DataFormatError(
+            f"{where}: the training groups name documents of the docstore {location}, which is "
+            f"missing ({MARKER} not found). Keep the mining output (and its index/) where it was "
+            "mined, or delete the training data (<workdir>/data) to rebuild it."
+        )
+    store = DocStore(location)
+    if store.sha256 != sha256:
+        raise DataFormatError(
+            f"{where}: the docstore {location} now holds another corpus (sha256 {store.sha256[:12]}"
+            f", the training data was built from {sha256[:12]}); delete the training data "
+            "(<workdir>/data) to rebuild it."
+        )
+    return store
+
+
+class JoinTexts:
+    """Grain map over a list of sampled groups: a group whose "docs" are docstore rows (`"store"`:
+    k >= 0, the k-th of `locations`) gets their texts; text groups (`"store"` -1) pass unchanged.
+
+    Each worker opens a docstore when it first needs it (memory-mapped, so only the rows read are
+    paged in) and keeps it; pickling (to a worker process) carries only the locations.
+    """
+
+    def __init__(self, locations: Sequence[str]):
+        self.locations = tuple(locations)
+        self._stores: dict[int, DocStore] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"locations": self.locations}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["locations"])
+
+    def _store(self, k: int) -> DocStore:
+        with self._lock:
+            if k not in self._stores:
+                self._stores[k] = DocStore(self.locations[k])
+            return self._stores[k]
+
+    def __call__(self, groups: list[dict]) -> list[dict]:
+        return [
+            {**g, "docs": self._store(g["store"]).texts(g["docs"])} if g["store"] >= 0 else g
+            for g in groups
+        ]

@@ -2,9 +2,11 @@
 
 A group is `{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float],
 "neg_scores"?: [float], "prompt"?: str, "lang"?: str, "qid"?: str}` (the format of FlagEmbedding's
-reranker fine-tuning; mined soft-label data adds a teacher score for every document). Negatives for
-a BEIR dataset come from BM25 (hard negatives: the top-ranked non-relevant documents) or uniformly
-at random.
+reranker fine-tuning; mined soft-label data adds a teacher score for every document). Mined
+groups (`data.mined`) name their documents instead, `"pos_ids"` and `"neg_ids"` in place of
+`"pos"` and `"neg"`: their texts are joined from the mining run's docstore. Negatives for a BEIR
+dataset come from BM25 (hard negatives: the top-ranked non-relevant documents) or uniformly at
+random.
 """
 
 import random
@@ -19,17 +21,29 @@ def _is_text_list(x) -> bool:
     return isinstance(x, list) and all(isinstance(t, str) and t.strip() for t in x)
 
 
-def validate_group(row: dict) -> str | None:
-    """Returns why `row` is not a valid group, or None."""
+def validate_group(row: dict, ids: bool = False) -> str | None:
+    """Returns why `row` is not a valid group, or None.
+
+    Args:
+      ids: whether the group may name its documents (`pos_ids`/`neg_ids`, a mined group read with
+        its docstore) instead of carrying their texts.
+    """
     if not isinstance(row.get("query"), str) or not row["query"].strip():
         return "'query' must be a non-empty string."
-    if not _is_text_list(row.get("pos")) or not row["pos"]:
-        return "'pos' must be a non-empty list of non-empty strings."
-    if not _is_text_list(row.get("neg", [])):
-        return "'neg' must be a list of non-empty strings."
-    if not row.get("neg"):
-        return "'neg' is empty; a listwise group needs at least one negative."
-    for key, docs in (("pos_scores", "pos"), ("neg_scores", "neg")):
+    pos, neg = ("pos_ids", "neg_ids") if "pos" not in row and "pos_ids" in row else ("pos", "neg")
+    if pos == "pos_ids" and not ids:
+        return (
+            "the group names its documents ('pos_ids'/'neg_ids') but has no texts ('pos'/'neg'): "
+            "such groups are read from their mining output (data.train=<mining.output>), whose "
+            "docstore holds the texts."
+        )
+    if not _is_text_list(row.get(pos)) or not row[pos]:
+        return f"'{pos}' must be a non-empty list of non-empty strings."
+    if not _is_text_list(row.get(neg, [])):
+        return f"'{neg}' must be a list of non-empty strings."
+    if not row.get(neg):
+        return f"'{neg}' is empty; a listwise group needs at least one negative."
+    for key, docs in (("pos_scores", pos), ("neg_scores", neg)):
         if key in row:
             scores = row[key]
             if not isinstance(scores, list) or len(scores) != len(row[docs]):
@@ -42,12 +56,15 @@ def validate_group(row: dict) -> str | None:
     return None
 
 
-def read_groups(path: str, strict: bool = True, report: ReadReport | None = None) -> list[dict]:
-    """Reads and validates a groups JSONL file (errors name file and line)."""
+def read_groups(
+    path: str, strict: bool = True, report: ReadReport | None = None, ids: bool = False
+) -> list[dict]:
+    """Reads and validates a groups JSONL file (errors name file and line; `ids`: as in
+    `validate_group`)."""
     report = report if report is not None else ReadReport()
     groups = []
     for lineno, row in iter_jsonl(path, report, strict):
-        reason = validate_group(row)
+        reason = validate_group(row, ids)
         if reason:
             report.skip(f"{path}:{lineno}", reason, strict)
             continue

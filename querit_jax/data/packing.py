@@ -1,5 +1,4 @@
-"""Sequence packing: several (query, document) pairs per row of a fixed length, told apart by
-segment ids.
+"""Sequence packing: several (query, document) pairs per row, told apart by segment ids.
 
 Reranker pairs are short and of very unequal length; padding each one to the batch maximum wastes
 most of the compute (notes/performance-and-reliability.md, M4: 0.26-0.33 real tokens padded, 0.96
@@ -14,11 +13,21 @@ most 11/9 of the optimal number of rows, asymptotically, without the pairs-per-r
 packers (`grain.experimental.FirstFitPackIterDataset`, `BestFitPackIterDataset`) stream rows across
 batch boundaries: they would split a listwise group over two steps and need an `IterDataset`, which
 loses the random-access (one index) iterator state of our `MapDataset` pipeline. Here every batch of
-groups is packed on its own into a fixed number of rows, so the train step keeps one shape and
-traces once.
+groups is packed on its own.
+
+Training steps (`PackGroups`) take one of a few row counts (`StepShapes`), each step the smallest
+that holds its pairs, so the train step compiles a handful of programs instead of one per step. The
+sizes come from the first batches (`choose_shapes`); a step that needs more rows than the largest
+takes the most rows any step can need (compiled when first needed), so no batch stops a run. Rows
+are `data.pack_length` tokens, by default the shortest multiple of the pair budget at which the
+first batches are >= `TARGET_SHARE` real tokens: pairs longer than a third of a row leave gaps that
+no packer can fill, and a longer row costs attention in proportion to its length, so it is taken
+only when it removes that padding. Every process packs the whole global batch the same way and
+keeps its block of rows, so all of them choose the same shape without communicating.
 """
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -45,9 +54,9 @@ def best_fit_decreasing(
     row.
 
     Args:
-      lengths: [N] pair lengths, each 1..row_length. num_rows: a fixed number of rows to pack into
-      (PackingError when they do not suffice), or None to
-        open as many as needed.
+      lengths: [N] pair lengths, each 1..row_length.
+      num_rows: a fixed number of rows to pack into (PackingError when they do not suffice), or
+        None to open as many as needed.
     Returns:
       a Placement; rows are numbered in the order they were opened, slots in the order pairs
       arrived.
@@ -78,8 +87,7 @@ def best_fit_decreasing(
             if num_rows is not None and len(used) == num_rows:
                 raise PackingError(
                     f"{n} pairs ({int(lengths.sum())} tokens) do not fit into {num_rows} rows of "
-                    f"{row_length} tokens with at most {max_pairs} pairs each; raise the number of "
-                    "packed rows (data.pack_rows)."
+                    f"{row_length} tokens with at most {max_pairs} pairs each."
                 )
             r = len(used)
             used.append(0)
@@ -117,6 +125,11 @@ def pack_sequences(
 ) -> PackedRows:
     """Packs token sequences (one per pair) into rows; see `best_fit_decreasing`."""
     place = best_fit_decreasing([len(s) for s in sequences], row_length, max_pairs, num_rows)
+    return _fill(sequences, types, place, row_length, pad_id)
+
+
+def _fill(sequences, types, place: Placement, row_length: int, pad_id: int) -> PackedRows:
+    """The [place.num_rows, row_length] arrays of a placement (rows past the last used: padding)."""
     shape = (place.num_rows, row_length)
     ids = np.full(shape, pad_id, np.int32)
     seg = np.zeros(shape, np.int32)
@@ -150,64 +163,173 @@ def rows_needed(lengths: Sequence[int], row_length: int, max_pairs: int) -> int:
     return best_fit_decreasing(lengths, row_length, max_pairs).num_rows
 
 
-@dataclasses.dataclass(frozen=True)
-class PackGroups:
-    """Grain map: a padded batch of groups ([Q, G, T], `pipeline.TokenizeGroups`) -> packed rows.
+# ----- training steps: a few row counts, the smallest that holds each step ----------------------
 
-    Output: input_ids, segment_ids, token_type_ids [num_rows, row_length]; slot_valid [num_rows,
-    max_pairs] bool; pair_row, pair_slot [Q, G] int32, where each pair's score is read from the
-    model's [rows, max_pairs] output (rows of process i are numbered from i * num_rows: the global
-    row index once the batch is assembled); teacher and has_teacher unchanged. Every batch has the
-    same shapes, so the train step traces once.
+ROW_MULTIPLES = (1, 2, 3, 4)  # packed row lengths tried, in units of the pair budget max_length
+# Real tokens per packed token a row length must give the sampled batches to be chosen: 0.01 above
+# the 0.93 goal, as the sizes are fitted to that sample (held-out steps get ~0.005 less).
+TARGET_SHARE = 0.94
+NUM_SIZES = 4  # row counts per run (each a train-step program)
+SIZE_MARGIN = 0.05  # the largest size: the most rows a sampled batch needed, + 5%
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple
+
+
+def most_rows(num_pairs: int, row_length: int, max_length: int, max_pairs: int) -> int:
+    """The most rows `best_fit_decreasing` can open for `num_pairs` pairs of <= max_length tokens.
+
+    A row with fewer than k = min(row_length // max_length, max_pairs) pairs has room for any pair,
+    so a new row is opened only once every open row holds k pairs: at most ceil(N / k) rows.
+    """
+    return -(-num_pairs // max(1, min(row_length // max_length, max_pairs)))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShapes:
+    """The packed shapes of training steps: rows of `row_length` tokens, over all processes.
+
+    A step takes the smallest of `sizes` that holds its pairs, else `fallback`, the most rows any
+    step can need (`most_rows`, rounded up to the row multiple; compiled only if a step needs it).
     """
 
-    num_rows: int
     row_length: int
+    sizes: tuple[int, ...]  # ascending multiples of the row multiple
+    fallback: int
+
+    def rows_for(self, needed: int) -> int:
+        """Rows of a step that needs `needed` (never more than `most_rows`, which bounds every
+        packing: tests/test_packing.py)."""
+        return next((s for s in self.sizes if s >= needed), self.fallback)
+
+    def __str__(self) -> str:
+        more = "" if self.fallback <= self.sizes[-1] else f" (needing more: {self.fallback})"
+        return f"{'/'.join(map(str, self.sizes))} rows of {self.row_length} tokens{more}"
+
+
+def row_sizes(needed: Sequence[int], multiple: int, most: int) -> tuple[int, ...]:
+    """`NUM_SIZES` row counts for steps like a sample of batches that need `needed` rows each.
+
+    The largest is the sample's maximum + `SIZE_MARGIN` (at most `most`); the others are the
+    sample's own row counts that leave it the fewest rows in all (an exhaustive search: a sample
+    has a few dozen distinct counts). All are rounded up to `multiple`.
+    """
+    needed = np.array([_round_up(n, multiple) for n in needed])
+    top = min(_round_up(np.ceil(needed.max() * (1 + SIZE_MARGIN)), multiple), most)
+    values = np.unique(needed[needed < top])
+
+    def total(cut: tuple) -> int:
+        sizes = np.array([*cut, top])
+        return int(sizes[np.searchsorted(sizes, needed)].sum())
+
+    cuts = itertools.combinations(values.tolist(), min(NUM_SIZES - 1, len(values)))
+    return (*min(cuts, key=lambda cut: (total(cut), cut)), top)
+
+
+def choose_shapes(
+    sample: Sequence[Sequence[int]],
+    max_length: int,
+    max_pairs: int,
+    multiple: int,
+    pack_length: int = 0,
+    pack_rows: int = 0,
+) -> tuple[StepShapes, float]:
+    """The step shapes for batches like `sample` ([B][N] pair lengths of sampled global batches).
+
+    Rows are `pack_length` tokens, or (0) the shortest of `ROW_MULTIPLES` x max_length whose sizes
+    give the sample >= `TARGET_SHARE` real tokens (else the row length with the highest share).
+    Sizes: `pack_rows` alone, or `row_sizes` of the rows the sample needs. Returns (shapes, the
+    sample's real-token share with them).
+    """
+    num_pairs = len(sample[0])
+    tokens = np.array([np.sum(x) for x in sample], np.float64)
+    best = None
+    for row_length in (pack_length,) if pack_length else [m * max_length for m in ROW_MULTIPLES]:
+        most = _round_up(most_rows(num_pairs, row_length, max_length, max_pairs), multiple)
+        needed = [rows_needed(x, row_length, max_pairs) for x in sample]
+        if pack_rows:
+            shapes = StepShapes(row_length, (_round_up(pack_rows, multiple),), most)
+        else:
+            shapes = StepShapes(row_length, row_sizes(needed, multiple, most), most)
+        rows = np.array([shapes.rows_for(n) for n in needed])
+        share = float(np.mean(tokens / (rows * row_length)))
+        if share >= TARGET_SHARE:
+            return shapes, share
+        if best is None or share > best[1]:
+            best = (shapes, share)
+    return best
+
+
+def row_length_for(lengths: Sequence[int], unit: int, max_pairs: int) -> int:
+    """The shortest of `ROW_MULTIPLES` x unit at which these lengths (all <= unit), packed at once,
+    are >= `TARGET_SHARE` real tokens; else the one with the highest share."""
+    total, best = float(np.sum(lengths)), None
+    for row_length in [m * unit for m in ROW_MULTIPLES]:
+        share = total / (rows_needed(lengths, row_length, max_pairs) * row_length)
+        if share >= TARGET_SHARE:
+            return row_length
+        if best is None or share > best[1]:
+            best = (row_length, share)
+    return best[0]
+
+
+def largest_step(data_cfg, num_pairs: int, multiple: int) -> tuple[int, int]:
+    """(rows, row length) of the largest packed step a run of `data_cfg` can take, before any data
+    is read (what the memory plan must fit): the most rows at the longest row length it may choose,
+    or `pack_rows` when that is more."""
+    length = data_cfg.pack_length or ROW_MULTIPLES[-1] * data_cfg.max_length
+    most = most_rows(num_pairs, length, data_cfg.max_length, data_cfg.pack_max_pairs)
+    return _round_up(max(most, data_cfg.pack_rows), multiple), length
+
+
+@dataclasses.dataclass(frozen=True)
+class PackGroups:
+    """Grain map: a padded global batch of groups ([Q, G, T], `pipeline.TokenizeGroups`, every
+    process's groups) -> this process's block of its packed rows.
+
+    Every process packs the whole batch the same way into `shapes.rows_for(rows needed)` rows and
+    keeps rows [i R / P, (i + 1) R / P) and groups [i Q / P, (i + 1) Q / P) (process i of P): the
+    same global shape everywhere, with no communication. Output: input_ids, segment_ids,
+    token_type_ids [R / P, row_length]; slot_valid [R / P, max_pairs] bool; pair_row, pair_slot
+    [Q / P, G] int32 (a pair's global row, which may belong to another process, and its slot in the
+    model's [R, max_pairs] output); the other entries (teacher, has_teacher) cut to the process's
+    groups.
+    """
+
+    shapes: StepShapes
     max_pairs: int
     pad_id: int
     process_index: int = 0
+    process_count: int = 1
 
     def __call__(self, batch: dict) -> dict:
         seg = batch["segment_ids"]
-        q, g, _ = seg.shape
-        flat_seg = seg.reshape(q * g, -1) > 0
-        ids = batch["input_ids"].reshape(q * g, -1)
-        tt = batch["token_type_ids"].reshape(q * g, -1)
-        seqs = [ids[i][flat_seg[i]] for i in range(q * g)]
-        types = [tt[i][flat_seg[i]] for i in range(q * g)]
-        packed = pack_sequences(
-            seqs, self.row_length, self.max_pairs, self.pad_id, types, self.num_rows
-        )
-        place = packed.placement
+        q, g, t = seg.shape
+        real = seg.reshape(q * g, t) > 0
+        ids, tt = (batch[k].reshape(q * g, t) for k in ("input_ids", "token_type_ids"))
+        seqs = [ids[i][real[i]] for i in range(q * g)]
+        types = [tt[i][real[i]] for i in range(q * g)]
+        place = best_fit_decreasing([len(s) for s in seqs], self.shapes.row_length, self.max_pairs)
+        rows = self.shapes.rows_for(place.num_rows)
+        place = dataclasses.replace(place, num_rows=rows)
+        packed = _fill(seqs, types, place, self.shapes.row_length, self.pad_id)
+        i, n, m = self.process_index, rows // self.process_count, q // self.process_count
+        mine, groups = slice(i * n, (i + 1) * n), slice(i * m, (i + 1) * m)
         out = {
-            k: v
+            k: v[groups]
             for k, v in batch.items()
             if k not in ("input_ids", "segment_ids", "token_type_ids")
         }
         out.update(
-            input_ids=packed.input_ids,
-            segment_ids=packed.segment_ids,
-            token_type_ids=packed.token_type_ids,
-            pair_row=(place.row + self.process_index * self.num_rows).reshape(q, g),
-            pair_slot=place.slot.reshape(q, g),
-            slot_valid=slot_valid(place, self.max_pairs),
+            input_ids=packed.input_ids[mine],
+            segment_ids=packed.segment_ids[mine],
+            token_type_ids=packed.token_type_ids[mine],
+            slot_valid=slot_valid(place, self.max_pairs)[mine],
+            pair_row=place.row.reshape(q, g)[groups],
+            pair_slot=place.slot.reshape(q, g)[groups],
         )
         return out
-
-
-def estimate_rows(batches, row_length: int, max_pairs: int, margin: float = 0.15) -> int:
-    """Rows per batch for `PackGroups`: the most any of the sample batches needs, plus `margin`.
-
-    A batch of many pairs needs close to (its tokens / row_length) rows, and that total varies
-    little from batch to batch, so a margin over a sample of batches leaves overflow (a PackingError
-    naming data.pack_rows) rare; set the rows explicitly for a guarantee.
-    """
-    most = 0
-    for batch in batches:
-        seg = batch["segment_ids"]
-        lengths = (seg.reshape(-1, seg.shape[-1]) > 0).sum(-1)
-        most = max(most, rows_needed(lengths, row_length, max_pairs))
-    return max(1, int(np.ceil(most * (1.0 + margin))))
 
 
 def check_process_rows(batch_sharding, global_rows: int) -> None:
@@ -245,31 +367,31 @@ def pack_train_dataset(
     row_multiple: int,
     process_index: int = 0,
     process_count: int = 1,
-    sample_batches: int = 8,
+    sample_batches: int = 32,
 ):
-    """Appends `PackGroups` to the training `grain.MapDataset` of padded group batches
-    (`data.pack`).
+    """Appends `PackGroups` to a training `grain.MapDataset` of padded global batches (`data.pack`;
+    `pipeline.train_dataset` of every process's groups).
 
-    Rows per step (over all processes) are `data.pack_rows`, or estimated from the first
-    `sample_batches` batches (the largest estimate of any process); either is rounded up to a
-    multiple of `row_multiple` (the device count, so rows split evenly over the batch mesh axes and
-    processes). Returns (dataset, global rows).
+    The step shapes (`choose_shapes`) come from the first `sample_batches` batches, which every
+    process reads alike; row counts are multiples of `row_multiple` (the device count, so rows
+    split evenly over the batch mesh axes and processes). Returns (dataset, StepShapes).
     """
-    rows = data_cfg.pack_rows
-    if not rows:
-        sample = [dataset[i] for i in range(sample_batches)]
-        local = estimate_rows(sample, data_cfg.max_length, data_cfg.pack_max_pairs)
-        if process_count > 1:  # every process must pack into the same number of rows
-            from jax.experimental import multihost_utils
-
-            local = int(np.max(multihost_utils.process_allgather(np.int32(local))))
-        rows = local * process_count
-    rows = -(-rows // row_multiple) * row_multiple
-    pack = PackGroups(
-        rows // process_count,
+    if row_multiple % process_count or len(dataset[0]["teacher"]) % process_count:
+        raise ValueError(
+            f"{process_count} processes: the row multiple ({row_multiple}) and the query groups "
+            "of a batch must split evenly over them."
+        )
+    lengths = []
+    for i in range(min(sample_batches, len(dataset))):
+        seg = dataset[i]["segment_ids"]
+        lengths.append((seg.reshape(-1, seg.shape[-1]) > 0).sum(-1))
+    shapes, _ = choose_shapes(
+        lengths,
         data_cfg.max_length,
         data_cfg.pack_max_pairs,
-        pad_id,
-        process_index,
+        row_multiple,
+        getattr(data_cfg, "pack_length", 0),  # benchmarks pass a namespace without it
+        data_cfg.pack_rows,
     )
-    return dataset.map(pack), rows
+    pack = PackGroups(shapes, data_cfg.pack_max_pairs, pad_id, process_index, process_count)
+    return dataset.map(pack), shapes

@@ -3,7 +3,9 @@
     source (ArrayRecord via TFDS data source)
       -> shuffle (seeded, reshuffled every epoch, the same on every process) -> repeat
       -> sample 1 positive + (group_size - 1) negatives (seeded per element)
-      -> global batch of `batch_size * process_count` groups -> this process's `batch_size` rows
+      -> batches of `batch_size` groups; global batch k is batches kP..kP+P-1 and process p takes
+         batch kP+p (so it reads only its own records)
+      -> the texts of mined groups joined from their docstore by row (`docstore.JoinTexts`)
       -> tokenise with the template, pad to a fixed length
 
 Every stage is a `grain.MapDataset` (random access), so the iterator state is one index and a
@@ -15,6 +17,7 @@ import dataclasses
 import grain
 import numpy as np
 
+from querit_jax.data.docstore import JoinTexts
 from querit_jax.data.tokenize import PairEncoder, pad_batch
 
 
@@ -29,15 +32,24 @@ class SampleGroup:
     group_size: int
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
-        pos, neg = list(record["pos"]), list(record["neg"])
+        # A mined record names docstore rows (joined later, for this process's groups only);
+        # sampling draws the same numbers either way, so the batches equal a text-carrying run's.
+        store = int(record.get("store", -1))
+        pos, neg = (
+            (record["pos_rows"], record["neg_rows"])
+            if store >= 0
+            else (record["pos"], record["neg"])
+        )
         pos_scores = np.asarray(record["pos_scores"], np.float32)
         neg_scores = np.asarray(record["neg_scores"], np.float32)
         p = int(rng.integers(len(pos)))
         k = self.group_size - 1
         n = rng.choice(len(neg), size=k, replace=len(neg) < k)
+        docs = [pos[p]] + [neg[i] for i in n]
         return {
             "query": _text(record["query"]),
-            "docs": [_text(pos[p])] + [_text(neg[i]) for i in n],
+            "docs": [int(d) for d in docs] if store >= 0 else [_text(d) for d in docs],
+            "store": store,
             "teacher": np.concatenate([pos_scores[p : p + 1], neg_scores[n]]).astype(np.float32),
             "has_teacher": bool(record["has_scores"]),
         }
@@ -78,8 +90,12 @@ def train_dataset(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    docstores: tuple[str, ...] = (),
 ) -> grain.MapDataset:
     """The per-process training dataset of batches (`batch_size` groups per process per step).
+
+    `docstores`: the locations of the docstores whose rows mined records name (`"store"` k is the
+    k-th); each process opens them lazily, memory-mapped.
 
     Raises:
       ValueError: when this process's slice holds fewer groups than one batch.
@@ -91,23 +107,14 @@ def train_dataset(
         )
     ds = ds.shuffle(seed=seed).repeat(None)
     ds = ds.random_map(SampleGroup(group_size), seed=seed + 1)
-    # Every process draws the same global batch and keeps its own rows (only those are tokenised),
-    # so N processes train on exactly the batches one process would.
-    ds = ds.batch(batch_size * process_count, drop_remainder=True, batch_fn=list)
+    # Process p's batch k is rows [p B, (p + 1) B) of global batch k: N processes train on exactly
+    # the batches one process would, each reading (and joining, tokenising) only its own records.
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
     if process_count > 1:
-        ds = ds.map(ProcessRows(process_index * batch_size, batch_size))
+        ds = ds[process_index::process_count]  # rows [p B, (p + 1) B) of every global batch
+    if docstores:
+        ds = ds.map(JoinTexts(docstores))
     return ds.map(TokenizeGroups(encoder, pad_id))
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessRows:
-    """One process's rows of a global batch."""
-
-    start: int
-    size: int
-
-    def __call__(self, groups: list) -> list:
-        return groups[self.start : self.start + self.size]
 
 
 def make_iterator(dataset: grain.MapDataset, num_threads: int = 2, prefetch: int = 4):

@@ -7,6 +7,11 @@ Python (`download_and_prepare`), the `tfds build` CLI and `tfds.load` need Tenso
 the input files, so a changed input is rebuilt and an unchanged one is reused. The directory may be
 a bucket: the dataset is then built locally, uploaded once and read through local copies, so several
 hosts share one build.
+
+A mined group (`data.mined`) is stored by its documents' docstore rows, not their texts: `"store"`
+is the index of its docstore in the training data's manifest (-1: the texts are in `"pos"` and
+`"neg"`), `"pos_rows"`/`"neg_rows"` its documents' rows there. The input pipeline joins the texts
+(`data.pipeline`), so the dataset's size does not depend on the documents' lengths.
 """
 
 import os
@@ -27,13 +32,16 @@ _FEATURES = {
     "has_scores": np.bool_,
     "lang": tfds.features.Text(),
     "qid": tfds.features.Text(),
+    "store": np.int32,  # docstore of a mined group (rows below), -1: texts in pos / neg
+    "pos_rows": tfds.features.Sequence(np.int64),
+    "neg_rows": tfds.features.Sequence(np.int64),
 }
 
 
 class QueritGroups(tfds.core.GeneratorBasedBuilder):
     """Listwise training groups (query, positives, negatives, optional teacher scores)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1: mined groups by docstore row
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Place <split>.jsonl group files (FlagEmbedding format) in manual_dir."
     )
@@ -49,23 +57,24 @@ class QueritGroups(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(root / f"{split}.jsonl") for split in splits}
 
     def _generate_examples(self, path):
-        for i, g in enumerate(read_groups(os.fspath(path), strict=True)):
+        for i, g in enumerate(read_groups(os.fspath(path), strict=True, ids=True)):
             has = "pos_scores" in g and "neg_scores" in g
+            by_row = "store" in g  # a mined group: documents by docstore row
+            pos, neg = (g["pos_rows"], g["neg_rows"]) if by_row else (g["pos"], g["neg"])
             yield (
                 i,
                 {
                     "query": g["query"],
-                    "pos": g["pos"],
-                    "neg": g["neg"],
-                    "pos_scores": np.asarray(
-                        g.get("pos_scores", [0.0] * len(g["pos"])), np.float32
-                    ),
-                    "neg_scores": np.asarray(
-                        g.get("neg_scores", [0.0] * len(g["neg"])), np.float32
-                    ),
+                    "pos": [] if by_row else pos,
+                    "neg": [] if by_row else neg,
+                    "pos_scores": np.asarray(g.get("pos_scores", [0.0] * len(pos)), np.float32),
+                    "neg_scores": np.asarray(g.get("neg_scores", [0.0] * len(neg)), np.float32),
                     "has_scores": has,
                     "lang": g.get("lang", ""),
                     "qid": g.get("qid", str(i)),
+                    "store": g["store"] if by_row else -1,
+                    "pos_rows": np.asarray(pos if by_row else [], np.int64),
+                    "neg_rows": np.asarray(neg if by_row else [], np.int64),
                 },
             )
 

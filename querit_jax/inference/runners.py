@@ -55,8 +55,8 @@ class BatchedRunner:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         split = sharding.axis_size(mesh, dict(logical_rules)[axes.BATCH])
         self.batch_size = -(-batch_size // split) * split
-        # Packed mode: rows per call, a quarter of the pairs per call (each row holds several
-        # pairs).
+        # Packed mode: rows of max_length tokens per call, a quarter of the pairs per call (each row
+        # holds several pairs); longer rows come fewer per call (`packed_layout`).
         self.pack_rows = -(-max(1, batch_size // 4) // split) * split
         self._split = split
         self.buckets = length_buckets(self.max_length)
@@ -107,29 +107,46 @@ class BatchedRunner:
                     progress.update(len(idx))
         return out if out is not None else np.zeros((0,), np.float32)
 
-    def _run_packed(self, params, sequences, types, progress) -> np.ndarray:
-        """`run` with several sequences per row (`data.packing`); rows as long as the smallest
-        bucket
-        that holds the longest sequence, `pack_rows` rows per call (fewer, a power of two, for the
-        last call), so the forward compiles once per (bucket, row count)."""
-        length = next(b for b in self.buckets if b >= max(len(s) for s in sequences))
+    def packed_layout(self, sequences, types=None):
+        """How `run` packs these sequences: (packing.PackedRows, [(first row, rows, padded rows)]
+        for each forward call).
+
+        Rows are the smallest length bucket that holds the longest sequence, times the multiple
+        that packs them to a high real-token share (`packing.row_length_for`). A call takes as many
+        rows as `pack_rows` rows of max_length tokens hold (a multiple of the device split); the
+        last call is padded to the smallest quarter of a full call that holds its rows, so the
+        forward compiles for at most four row counts per row length.
+        """
+        lengths = [len(s) for s in sequences]
+        bucket = next(b for b in self.buckets if b >= max(lengths))
+        length = packing.row_length_for(lengths, bucket, self.max_pairs)
         packed = packing.pack_sequences(sequences, length, self.max_pairs, self.pad_id, types)
+        split = self._split
+        per_call = max(split, self.pack_rows * self.max_length // length // split * split)
+        sizes = sorted({-(-per_call * j // 4 // split) * split for j in range(1, 5)})
+        calls = []
+        for start in range(0, packed.placement.num_rows, per_call):
+            k = min(per_call, packed.placement.num_rows - start)
+            calls.append((start, k, next(size for size in sizes if size >= k)))
+        return packed, calls
+
+    def _run_packed(self, params, sequences, types, progress) -> np.ndarray:
+        """`run` with several sequences per row (`data.packing`), laid out by `packed_layout`."""
+        packed, calls = self.packed_layout(sequences, types)
+        length = packed.input_ids.shape[1]
         outputs = []
         with sharding.use_rules(self.mesh, self.rules):
-            for start in range(0, packed.placement.num_rows, self.pack_rows):
-                rows = slice(start, start + self.pack_rows)
-                k = len(packed.input_ids[rows])
-                size = min(
-                    self.pack_rows, -(-(1 << (k - 1).bit_length()) // self._split) * self._split
-                )
+            for start, k, size in calls:
+                rows = slice(start, start + k)
                 arrays = []
-                for a, fill in ((packed.input_ids, self.pad_id), (packed.segment_ids, 0)):
+                for a, fill in (
+                    (packed.input_ids, self.pad_id),
+                    (packed.segment_ids, 0),
+                    (packed.token_type_ids, 0),
+                ):
                     filled = np.full((size, length), fill, np.int32)  # extra rows: all padding
                     filled[:k] = a[rows]
                     arrays.append(jax.device_put(filled, self._sharding))
-                types_ = np.zeros((size, length), np.int32)
-                types_[:k] = packed.token_type_ids[rows]
-                arrays.append(jax.device_put(types_, self._sharding))
                 values = self._forward_packed(params, *arrays, self.max_pairs)
                 outputs.append(sharding.to_host(values).astype(np.float32)[:k])
                 if progress is not None:

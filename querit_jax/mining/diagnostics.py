@@ -14,7 +14,7 @@ import numpy as np
 
 from querit_jax import storage
 from querit_jax.data.io import iter_jsonl, write_json
-from querit_jax.data.mined import shard_files
+from querit_jax.data.mined import open_docstore, shard_files
 from querit_jax.mining.devset import DEV_SHARD
 from querit_jax.retrieval.analyzers import UnicodeAnalyzer
 
@@ -41,9 +41,9 @@ def _read_queries(location: str, sample: int, seed: int = 0) -> list[str]:
 
 def _mined(output: str, shards: int) -> list[tuple[str, str]]:
     """(query, source text) of every mined training group and dev query."""
-    pairs = []
+    pairs, store = [], open_docstore(output)  # groups name their source; its text is there
     for path in shard_files(output):
-        pairs += [(g["query"], g["pos"][0]) for _, g in iter_jsonl(path)]
+        pairs += [(g["query"], store.text(store.row(g["source_doc"]))) for _, g in iter_jsonl(path)]
     return pairs, [
         g["query"]
         for i in range(shards)

@@ -13,10 +13,11 @@ miner:
      finalised: `records`);
   4. retrieves candidates with the first stage over the *whole* target corpus and lets the teacher
      score the source document and every candidate;
-  5. writes one training group per query (schema: `data.mined`); with `dev_share`, the queries of a
-     hashed share of the source documents are held out instead (no teacher scores), and become the
-     synthetic dev set `<output>/dev/` when the run is finalised (`devset`), next to the
-     synthetic-query diagnostics (`diagnostics`).
+  5. writes one training group per query (schema: `data.mined`: document ids and teacher scores,
+     the texts stay in the docstore); with `dev_share`, the queries of a hashed share of the source
+     documents are held out instead (no teacher scores), and become the synthetic dev set
+     `<output>/dev/` when the run is finalised (`devset`), next to the synthetic-query diagnostics
+     (`diagnostics`).
 
 The teacher may be a weighted mix of models and the first stage's own scores, each min-max
 normalised per query (`inference.teacher.TeacherMix`): the first-stage score of every candidate is
@@ -45,7 +46,14 @@ import numpy as np
 from querit_jax import storage
 from querit_jax.data.docstore import corpus_stat
 from querit_jax.data.io import write_json, write_jsonl
-from querit_jax.data.mined import MANIFEST, RUN, SHARD, is_complete, shard_files  # noqa: F401
+from querit_jax.data.mined import (  # noqa: F401
+    DOCSTORE,
+    MANIFEST,
+    RUN,
+    SHARD,
+    is_complete,
+    shard_files,
+)
 from querit_jax.data.prompts import make_prompt, parse_queries
 from querit_jax.errors import MiningError
 from querit_jax.loading import load_teacher
@@ -57,7 +65,7 @@ from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
 from querit_jax.mining.negatives import choose_by_bins
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: groups name their documents by id (no texts)
 # Settings that change where or how fast a run goes, not what it produces.
 VOLATILE = (
     "output", "index_dir", "concurrency", "timeout_s", "max_retries", "teacher_batch_size",
@@ -237,7 +245,7 @@ class Miner:
         counts["teacher_pairs"] += len(pairs_q)
         offset = 0
         for g in groups:
-            source, negatives = g.pop("_rows")
+            _, negatives = g.pop("_rows")
             s = scores[offset : offset + 1 + len(negatives)]
             offset += 1 + len(negatives)
             neg_scores = s[1:]
@@ -248,8 +256,6 @@ class Miner:
                 pick = list(range(min(cfg.num_negatives, len(negatives))))
             chosen = [negatives[i] for i in pick]
             g.update(
-                pos=[self.store.text(source)],
-                neg=self.store.texts(chosen),
                 pos_scores=[float(s[0])],
                 neg_scores=[float(neg_scores[i]) for i in pick],
                 pos_ids=[g["source_doc"]],
@@ -272,7 +278,10 @@ class Miner:
             ):
                 storage.remove(stale)  # half-written files of a killed local run
             if run is None:
-                write_json(storage.join(output, RUN), {"signature": self.signature})
+                write_json(
+                    storage.join(output, RUN),
+                    {"signature": self.signature, "docstore": self._docstore()},
+                )
         self.meeting.wait_for_all("run claimed")
         run = records.read_run(output, RUN)
         if run is None or run.get("signature") != self.signature:
@@ -342,6 +351,12 @@ class Miner:
         self.log(f"mined shard {i + 1}/{count}: {counts['groups']} groups ({dict(counts)})")
         return len(rows)
 
+    def _docstore(self) -> str:
+        """Where the groups' texts are (`data.mined`): relative to the output when inside it."""
+        if not self.cfg.index_dir:
+            return DOCSTORE
+        return storage.absolute(storage.join(self.cfg.index_dir, "docstore"))
+
     def _header(self) -> dict:
         cfg, meta = self.cfg, self.store.meta
         return {
@@ -349,6 +364,7 @@ class Miner:
             "inputs": self._inputs(),
             "corpus": {**meta["corpus"], "documents": len(self.store)},
             "index_dir": index_dir(cfg),
+            "docstore": self._docstore(),
             "processes": self.processes,
             "source_documents": len(self.sources),
             "skipped_documents": meta["skipped"],

@@ -4,11 +4,15 @@ A source is `DIR[:split]` (a BEIR-layout dataset; groups are mined with BM25 or 
 `FILE.jsonl` of training groups (FlagEmbedding format), a MIRACL language or a mining output. The
 groups file, `<workdir>/data/train.jsonl`, is rebuilt only when the inputs or the mining settings
 change (its manifest records both); the grain iterator over it is checkpointed with the train state.
+Mined groups keep their documents' ids and docstore rows there, not their texts (`data.mined`): the
+manifest lists the docstores ("docstores"), and each process's pipeline joins the texts of its own
+groups from them (memory-mapped), so the training data's size does not depend on the texts.
 
 The data is built once, by process 0, into the workdir (local or a bucket): the groups file, its
 manifest and the ArrayRecord dataset (`<workdir>/data/tfds/<hash>`, built locally and uploaded for a
 bucket). The other processes wait for it and read the same files, each through a local copy of the
-dataset; each then reads only its own rows of every global batch (data/pipeline.py).
+dataset; each then reads only its own rows of every global batch (data/pipeline.py), or, packed,
+tokenises the whole global batch and keeps its block of the packed rows (data/packing.py).
 """
 
 import time
@@ -16,7 +20,7 @@ import time
 import jax
 
 from querit_jax import config_lib, storage
-from querit_jax.data import groups, mined, packing, pipeline, tfds_groups
+from querit_jax.data import docstore, groups, mined, packing, pipeline, tfds_groups
 from querit_jax.data.io import ReadReport, fingerprint, read_json, write_json, write_jsonl
 from querit_jax.data.sources import dataset_name, load_dataset, parse_source
 from querit_jax.data.tokenize import PairEncoder
@@ -50,24 +54,27 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         if isinstance(tokenizer, str)
         else f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}"
     )
-    signature = {"version": 2, "inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
+    signature = {"version": 3, "inputs": inputs, "settings": settings, "bm25_tokenizer": bm25}
     if storage.exists(path) and storage.exists(manifest_path):
         manifest = read_json(manifest_path)
         if manifest.get("signature") == signature:
             log(f"Reusing training groups {path} ({manifest['groups']} groups).")
             return path, manifest
     start = time.time()
-    all_groups, per_source = [], {}
+    all_groups, per_source, docstores = [], {}, []  # docstores: [{"location", "sha256"}]
     for spec in data_cfg.train:
         kind, src, split = parse_source(spec)
         report = ReadReport()
         if kind == "groups":
             found = groups.read_groups(src, strict=data_cfg.strict, report=report)
-        elif kind == "mined":
+        elif kind == "mined":  # ids and docstore rows, no texts
+            store = mined.open_docstore(src)
+            entry = {"location": store.location, "sha256": store.sha256}
+            docstores += [] if entry in docstores else [entry]
+            k = docstores.index(entry)
             found = [
-                g
-                for path in mined.shard_files(src)
-                for g in groups.read_groups(path, data_cfg.strict, report)
+                {**g, "store": k} if "pos_rows" in g else g
+                for g in mined.read_mined(src, store, data_cfg.strict, report)
             ]
         else:
             ds = load_dataset(kind, src, split, data_cfg.strict)
@@ -107,6 +114,7 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
             "pos_scores" in g and "neg_scores" in g for g in all_groups
         ),
         "sources": per_source,
+        "docstores": docstores,
         "seconds": round(time.time() - start, 2),
     }
     write_json(manifest_path, manifest)
@@ -220,26 +228,36 @@ def input_pipeline(cfg, spec, tokenizer, workdir, log):
         )
     except ValueError as e:
         raise config_lib.ConfigError(f"data.max_length / data.max_query_tokens: {e}") from None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    where = storage.join(data_dir, "manifest.json")
+    docstores = tuple(  # checked on every process before the pipeline's workers open them
+        docstore.open_checked(d["location"], d["sha256"], where).location
+        for d in manifest.get("docstores", [])
+    )
+    # Packed: every process tokenises and packs the whole global batch and keeps its block of rows
+    # (data/packing.py), so all processes choose the same step shape without communicating.
+    index, count = (0, 1) if cfg.data.pack else (jax.process_index(), jax.process_count())
     dataset = pipeline.train_dataset(
         builder.as_data_source("train"),
         encoder,
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        cfg.data.batch_size // jax.process_count(),
+        pad_id,
+        cfg.data.batch_size // count,
         cfg.data.group_size,
         cfg.data.seed,
-        jax.process_index(),
-        jax.process_count(),
+        index,
+        count,
+        docstores=docstores,
     )
     if cfg.data.pack:
-        dataset, rows = packing.pack_train_dataset(
+        dataset, shapes = packing.pack_train_dataset(
             dataset,
             cfg.data,
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            pad_id,
             jax.device_count(),
             jax.process_index(),
             jax.process_count(),
         )
-        log(f"Packing each step's pairs into {rows} rows of {cfg.data.max_length} tokens.")
+        log(f"Packed steps: {shapes}; each step takes the smallest size that holds its pairs.")
     return (
         pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads),
         manifest,

@@ -33,6 +33,7 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from querit_jax import config_lib, sharding, storage
 from querit_jax.convert import hf_import
 from querit_jax.convert import qwen3 as qwen3_table
+from querit_jax.data import packing
 from querit_jax.errors import ConfigError
 from querit_jax.models.checkpoint import is_model_checkpoint, read_spec
 from querit_jax.models.decoder_config import dtype_of
@@ -137,8 +138,9 @@ def planned_spec(cfg: config_lib.ExperimentConfig) -> tuple[ModelSpec, str]:
 def abstract_batch(cfg: config_lib.ExperimentConfig, rows_multiple: int = 1) -> dict:
     """ShapeDtypeStructs of one global training batch (what the input pipeline yields).
 
-    Packed batches use `data.pack_rows`, or one row per pair when it is 0 (the pipeline estimates
-    fewer from the data; one per pair is the upper bound), rounded up to `rows_multiple`.
+    Packed batches: the largest step a run can take (`packing.largest_step`: the most rows any
+    batch can need at the longest row length the pipeline may choose, or `data.pack_rows` if more),
+    in multiples of `rows_multiple`. Most steps take fewer rows; this is the one that must fit.
     """
     d = cfg.data
     q, g, t = d.batch_size, d.group_size, d.max_length
@@ -150,8 +152,8 @@ def abstract_batch(cfg: config_lib.ExperimentConfig, rows_multiple: int = 1) -> 
     if not d.pack:
         tokens = jax.ShapeDtypeStruct((q, g, t), i32)
         return {**out, "input_ids": tokens, "segment_ids": tokens, "token_type_ids": tokens}
-    rows = -(-(d.pack_rows or q * g) // rows_multiple) * rows_multiple
-    tokens = jax.ShapeDtypeStruct((rows, t), i32)
+    rows, length = packing.largest_step(d, q * g, rows_multiple)
+    tokens = jax.ShapeDtypeStruct((rows, length), i32)
     return {
         **out,
         "input_ids": tokens,

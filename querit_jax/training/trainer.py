@@ -278,11 +278,19 @@ def _train(s: Session, end: int) -> int:
     pending, pairs, tokens, collection = None, 0, 0, None
     stopper = preemption.StopRequest(s.log)  # SIGTERM/SIGINT/maintenance -> save and stop
     monitor = guards.Monitor(cfg.train.max_nonfinite_steps, s.log)
+    shapes = set()  # packed step shapes seen: each is a train-step program (data/packing.py)
     try:
         saved = None
         with sharding.use_rules(s.mesh, s.rules):
             for step in range(s.start + 1, end + 1):
                 local = next(s.data_iter)
+                if cfg.data.pack and local["input_ids"].shape not in shapes:
+                    shapes.add(local["input_ids"].shape)
+                    rows, length = local["input_ids"].shape
+                    s.log(
+                        f"Step {step}: {rows * jax.process_count()} packed rows of {length} tokens,"
+                        " a new step shape (a train-step program of its own)."
+                    )
                 pairs += local["teacher"].size * jax.process_count()  # [Q, G], packed or not
                 tokens += int((local["segment_ids"] > 0).sum()) * jax.process_count()
                 batch = {
@@ -375,7 +383,8 @@ def run(
         end = _train(s, end)
         if end == cfg.train.num_steps:
             _finish(s)
-    # The step compiles once per run (fixed shapes, one jit site); more would mean silent retracing.
+    # The step compiles once per run (one jit site), or once per packed step shape; more would
+    # mean silent retracing.
     diagnostics = {
         "train_step_compilations": s.train_step._cache_size(),
         "steps_run": end - s.start,
