@@ -4,12 +4,24 @@ Never time anything under this flag: the 8 "devices" share the 2 cores.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent compilation cache for the whole run, shared by both xdist workers and every process
+# a test starts (the trainer takes $JAX_COMPILATION_CACHE_DIR over its workdir's): the same tiny
+# programs compile once per run. Tests of the workdir's own cache set it to "" for their runs.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"querit_jax_tests_jit_{os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.getpid()}",
+    ),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import json
 

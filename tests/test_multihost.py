@@ -164,7 +164,8 @@ def test_two_processes_train_evaluate_and_resume_like_one_process(tmp_path, buck
 
     # 1. Two processes, a preemption notice to process 1 only (slowed steps, so it lands mid-run):
     #    both agree on a step through JAX's preemption sync point, save it together and exit 0.
-    launcher = _two_processes(config, multi, QUERIT_TEST_STEP_DELAY="1.0")
+    own_cache = {"JAX_COMPILATION_CACHE_DIR": ""}  # the workdir's (not the suite's shared one)
+    launcher = _two_processes(config, multi, QUERIT_TEST_STEP_DELAY="1.0", **own_cache)
     seen = []
     for line in launcher.stdout:
         seen.append(line)
@@ -188,7 +189,7 @@ def test_two_processes_train_evaluate_and_resume_like_one_process(tmp_path, buck
 
     # 3. ... and two processes resume that 1-process checkpoint and finish. The programs the first
     #    2-process launch compiled come from the workdir's compilation cache.
-    out = _finish(_two_processes(config, multi))
+    out = _finish(_two_processes(config, multi, **own_cache))
     single_out = _finish(one)
     assert f"Resumed from step {middle} " in out
     assert "over 4 cpu devices" in single_out

@@ -164,7 +164,11 @@ def test_a_bucket_workdir_survives_kill_9_and_trains_like_a_local_one(tmp_path, 
 
     workdir = f"{bucket}/resilience-{uuid.uuid4().hex[:8]}/run"
     cache = tmp_path / "cache"
-    env = dict(QUERIT_JAX_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(
+        QUERIT_JAX_CACHE=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_COMPILATION_CACHE_DIR="",  # the workdir's own cache (not the suite's shared one)
+    )
     evaluate = ["--config.eval.datasets=data/xquad_r/zh/test", "--config.train.eval_every=6"]
     # Killed after step 8, while or after step 6 is saved asynchronously (slower to a bucket).
     launch = functools.partial(_launch, workdir, *evaluate, **env)
@@ -192,7 +196,7 @@ def test_a_bucket_workdir_survives_kill_9_and_trains_like_a_local_one(tmp_path, 
     assert any(n.startswith("eval/") and n.endswith(".trec") for n in names)
     assert any(n.startswith("compilation_cache/") for n in names)
     assert any(
-        re.fullmatch(r"data/tfds/\w+/querit_groups/1\.0\.0/.*array_record.*", n) for n in names
+        re.fullmatch(r"data/tfds/\w+/querit_groups/[\d.]+/.*array_record.*", n) for n in names
     )
     # Nothing local: no `gs:` folder where the runs started, only the cache of local copies.
     assert not os.path.exists(os.path.join(ROOT, "gs:"))

@@ -8,7 +8,9 @@ writes it through etils.epath, and only process 0 writes entries).
 
 Only programs that took at least `MIN_COMPILE_SECONDS` to compile are stored: a smaller one compiles
 about as fast as it downloads. JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS /
-JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES in the environment take precedence. XLA's own GPU caches
+JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES in the environment take precedence, and so does
+JAX_COMPILATION_CACHE_DIR: one cache (local or gs://) shared by every run that names it (the test
+suite shares one among all its runs, subprocesses included). XLA's own GPU caches
 (autotuning results, kernels), which JAX puts under the same directory, write local files only, so
 they are turned off for a cache in a bucket.
 """
@@ -48,7 +50,8 @@ class CacheStats:
 
 @contextlib.contextmanager
 def persistent_cache(workdir: str, enabled: bool, log) -> Iterator[CacheStats]:
-    """Uses `<workdir>/compilation_cache` for the programs compiled inside; yields their CacheStats.
+    """Uses `<workdir>/compilation_cache` (or $JAX_COMPILATION_CACHE_DIR) for the programs compiled
+    inside; yields their CacheStats.
 
     The previous JAX settings are restored on exit (several runs in one process use their own
     workdir's cache).
@@ -57,7 +60,9 @@ def persistent_cache(workdir: str, enabled: bool, log) -> Iterator[CacheStats]:
     if not enabled:
         yield stats
         return
-    stats.directory = storage.join(workdir, "compilation_cache")
+    stats.directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or storage.join(
+        workdir, "compilation_cache"
+    )
     settings = {"jax_compilation_cache_dir": stats.directory}
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         settings["jax_persistent_cache_min_compile_time_secs"] = MIN_COMPILE_SECONDS
