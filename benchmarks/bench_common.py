@@ -180,6 +180,23 @@ def torch_matmul_flops(shapes, repeats: int = 5) -> float:
     return best
 
 
+def torch_compiled(model, warmup, **kwargs):
+    """(`torch.compile(model, **kwargs)` (inductor), `warmup(compiled)`'s result, its seconds), or
+    None with the reason printed when this machine cannot compile (no C++ compiler, an unsupported
+    op): PyTorch at its best where it can be, eager numbers otherwise. torch.compile is lazy, so
+    `warmup` (the first calls, which compile) is where a failure shows."""
+    import torch
+
+    try:
+        compiled = torch.compile(model, **kwargs)
+        start = time.perf_counter()
+        out = warmup(compiled)
+        return compiled, out, time.perf_counter() - start
+    except Exception as e:  # report it and time eager PyTorch only
+        print(f"torch.compile unavailable ({type(e).__name__}: {str(e)[:200]}); eager only")
+        return None
+
+
 def header(title: str) -> None:
     import jax
     import torch

@@ -34,7 +34,10 @@ import bench_common as bc
 from absl import app, flags
 
 _PAIRS = flags.DEFINE_integer("pairs", 2048, "Pairs for the B5 token shares.")
-_TIMED = flags.DEFINE_integer("timed_pairs", 64, "Pairs scored per timed pass (B3).")
+_TIMED = flags.DEFINE_integer("timed_pairs", 1024, "Pairs scored per timed pass (B3).")
+_COMPILE = flags.DEFINE_bool(
+    "torch_compile", True, "B3: also time torch.compile(model) (inductor, dynamic shapes)."
+)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved timed rounds.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Pairs per call (PyTorch batches, our runner's budget).")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 256, "Token budget per pair (template included).")
@@ -286,7 +289,7 @@ def main(argv):
     pad = ours.tokenizer.pad_token_id
     batch = _BATCH.value
 
-    def torch_pass(order):
+    def torch_pass(order, model=hf):
         out = np.zeros(len(timed), np.float32)
         with torch.inference_mode():
             for start in range(0, len(order), batch):
@@ -298,7 +301,7 @@ def main(argv):
                     ids[row, : len(timed[i])] = torch.tensor(timed[i])
                     mask[row, : len(timed[i])] = 1
                 out[idx] = (
-                    hf(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].numpy()
+                    model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].numpy()
                 )
         return out
 
@@ -324,22 +327,27 @@ def main(argv):
         f"\nparity: max |packed jax - torch| = {np.abs(got - ref).max():.2e} over {len(timed)} "
         "pairs"
     )
-    times = bc.interleave(
-        {
-            "torch, dynamic padding": lambda: torch_pass(in_order),
-            "torch, dynamic padding sorted": lambda: torch_pass(by_length),
-            "jax, packed": lambda: runners[True].score_tokens(ours.params, timed),
-            "jax, sorted buckets (unpacked)": lambda: runners[False].score_tokens(
-                ours.params, timed
-            ),
-        },
-        _ROUNDS.value,
-    )
+    fns = {
+        "torch, dynamic padding": lambda: torch_pass(in_order),
+        "torch, dynamic padding sorted": lambda: torch_pass(by_length),
+        "jax, packed": lambda: runners[True].score_tokens(ours.params, timed),
+        "jax, sorted buckets (unpacked)": lambda: runners[False].score_tokens(ours.params, timed),
+    }
+    if _COMPILE.value:
+        done = bc.torch_compiled(hf, lambda m: torch_pass(by_length, m), dynamic=True)
+        if done is not None:
+            compiled, got_c, seconds = done
+            print(
+                f"torch.compile: first pass (compiling) {seconds:.0f} s, max |compiled - eager| = "
+                f"{np.abs(got_c - ref).max():.2e}"
+            )
+            fns["torch.compile, dynamic padding sorted"] = lambda: torch_pass(by_length, compiled)
+    times = bc.interleave(fns, _ROUNDS.value)
     print(f"\nB3 useful pairs/s ({len(timed)} pairs per pass, {_ROUNDS.value} interleaved rounds)")
     for name, ts in times.items():
         print(f"  {name:<34}{len(timed) / statistics.median(ts):>8.1f} pairs/s")
     best_torch = min(
-        ("torch, dynamic padding", "torch, dynamic padding sorted"),
+        (k for k in times if k.startswith("torch")),
         key=lambda k: statistics.median(times[k]),
     )
     med, lo, hi = bc.median_ratio(times[best_torch], times["jax, packed"])

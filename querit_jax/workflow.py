@@ -39,7 +39,7 @@ from querit_jax.logs import get_logger
 from querit_jax.mining import miner
 from querit_jax.mining.devset import dev_dir
 from querit_jax.models.checkpoint import MARKER, is_model_checkpoint
-from querit_jax.training import trainer
+from querit_jax.training import compile_cache, trainer
 
 METRIC = "ndcg@10"
 
@@ -115,6 +115,7 @@ class Loop:
         ]
         self.stage1 = storage.join(self.w, "stage1", "model")
         self.merged = storage.join(self.w, "merged")
+        self._scorer = None  # (model path, its score function, the Scorer)
 
     # ----- bookkeeping ----------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -132,6 +133,12 @@ class Loop:
 
     # ----- stages ---------------------------------------------------------------------------------
     def run(self) -> dict:
+        # One compilation cache for every stage: the second adaptation loads the train step the
+        # first compiled (same model, same shapes).
+        with compile_cache.shared(storage.join(self.w, "compilation_cache")):
+            return self._run()
+
+    def _run(self) -> dict:
         start = time.time()
         self._timed("stage1", self.train_stage1)
         for t in self.targets:
@@ -204,15 +211,26 @@ class Loop:
         cached = self.state.setdefault("dev", {}).get(key)
         if cached and cached.get("model") == model_path:
             return cached
-        model = load_model(model_path)
-        scorer = scorer_for(model, batch_size=int(self.lp.batch_size))
-        res = dev_score(self.dev_suite(), functools.partial(scorer.score, model.params))
+        res = dev_score(self.dev_suite(), self._score_fn(model_path))
         self.state["dev"][key] = {**res, "model": model_path}
         self._save_state()
         self.log(f"dev (synthetic, all targets) {key}: fused {res['score']:.4f} at alpha "
                  f"{res['alpha']:.2f}, reranker {res['reranked']:.4f}, BM25 "
                  f"{res['first_stage']:.4f}")  # fmt: skip
         return self.state["dev"][key]
+
+    def _score_fn(self, model_path: str):
+        """The score function of the model at `model_path`. The compiled scorer is reused across
+        models of one architecture and tokenizer (stage 1, adapted, merged): only the parameters
+        change, so nothing compiles again."""
+        if self._scorer is not None and self._scorer[0] == model_path:
+            return self._scorer[1]
+        model = load_model(model_path)
+        scorer = self._scorer[2] if self._scorer is not None else None
+        if scorer is None or not _same_program(scorer, model):
+            scorer = scorer_for(model, batch_size=int(self.lp.batch_size))
+        self._scorer = (model_path, functools.partial(scorer.score, model.params), scorer)
+        return self._scorer[1]
 
     def _where(self) -> str:
         return "synthetic dev queries of " + ", ".join(t.name for t in self.targets)
@@ -281,17 +299,12 @@ class Loop:
         cache = storage.join(self.w, "eval", f"{label}__{_safe(dataset_name(path, 'test'))}.trec")
         if storage.exists(cache):
             return read_run(cache)
-        if self._scorer is None or self._scorer[0] != model_path:
-            model = load_model(model_path)
-            scorer = scorer_for(model, batch_size=int(self.lp.batch_size))
-            self._scorer = (model_path, functools.partial(scorer.score, model.params))
-        run = rerank(self._scorer[1], ds, first, int(self.lp.top_k))
+        run = rerank(self._score_fn(model_path), ds, first, int(self.lp.top_k))
         if jax.process_index() == 0:
             write_trec(run, cache, tag=label)
         return run
 
     def evaluate(self) -> dict:
-        self._scorer = None
         alphas = {
             "stage1": self.dev_result("stage1", self.stage1)["alpha"],
             "merged": _read_model_json(self.merged).get("fusion", {}).get("alpha", 1.0),
@@ -299,22 +312,28 @@ class Loop:
         for t in self.targets:
             alphas[f"adapted {t.name}"] = _read_model_json(self.adapted(t))["fusion"]["alpha"]
         sets = list(dict.fromkeys(_list(self.lp.evaluate) + [t.evaluation for t in self.targets]))
+        firsts = {path: self._first_stage(path) for path in sets}
+        # Model by model (each loaded once): stage 1 and the merged model on every set, each
+        # adapted model on its target's set.
+        jobs = [(label, model_path, path)
+                for label, model_path in (("stage1", self.stage1), ("merged", self.merged))
+                for path in sets]  # fmt: skip
+        jobs += [(f"adapted {t.name}", self.adapted(t), t.evaluation) for t in self.targets]
+        runs = {(label, path): self._reranked(_safe(label), model_path, path, *firsts[path])
+                for label, model_path, path in jobs}  # fmt: skip
         rows = {}
         for path in sets:
-            ds, first = self._first_stage(path)
+            ds, first = firsts[path]
             qids = judged_queries(ds)
             qrels = {q: ds.qrels[q] for q in qids}
             name = dataset_name(path, "test")
             top = {q: dict(sorted(first[q].items(), key=lambda x: -x[1])[: int(self.lp.top_k)])
                    for q in qids if q in first}  # fmt: skip
             row = {"BM25": _ndcg(qrels, top)}
-
-            models = [("stage1", self.stage1), ("merged", self.merged)]
-            for t in self.targets:
-                if path == t.evaluation:
-                    models.append((f"adapted {t.name}", self.adapted(t)))
-            for label, model_path in models:
-                run = self._reranked(_safe(label), model_path, path, ds, first)
+            for label, _, job_path in jobs:
+                if job_path != path:
+                    continue
+                run = runs[(label, path)]
                 row[label] = _ndcg(qrels, run)
                 row[f"{label} fused"] = _ndcg(qrels, interpolate(first, run, alphas[label]))
                 if label == "stage1" and any(path == t.evaluation for t in self.targets):
@@ -372,6 +391,18 @@ class Loop:
 
 
 # ----- helpers ------------------------------------------------------------------------------------
+def _same_program(scorer, model) -> bool:
+    """Whether `scorer` (compiled for another model) scores `model` exactly: same architecture and
+    token budgets, same graph and mesh, same tokenizer vocabulary."""
+    return (
+        scorer.spec == model.spec
+        and scorer.graphdef == model.graphdef
+        and scorer.mesh == model.mesh
+        and type(scorer.tokenizer) is type(model.tokenizer)
+        and scorer.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    )
+
+
 def _ndcg(qrels, run) -> float:
     means, _ = metrics_lib.evaluate(qrels, run, [METRIC])
     return round(float(means[METRIC]), 4)

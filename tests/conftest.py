@@ -49,20 +49,22 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory):
-    """A workdir trained with general_relevance.py:tiny (4 steps), shared by CLI tests."""
+    """A workdir trained with general_relevance.py:tiny (4 steps), shared by CLI tests (trained
+    once per test run, for every xdist worker)."""
     from querit_jax import config_lib
     from querit_jax.training import trainer
-    from tests.helpers import load_config
+    from tests.helpers import SharedOutput, load_config, shared_root
 
-    cfg = config_lib.from_config_dict(load_config("configs/general_relevance.py", "tiny"))
-    workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        trainer.run(cfg, workdir, devices=_first_devices(1))
-    finally:
-        os.chdir(cwd)
-    return workdir
+    def train(workdir):
+        cfg = config_lib.from_config_dict(load_config("configs/general_relevance.py", "tiny"))
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            trainer.run(cfg, workdir, devices=_first_devices(1))
+        finally:
+            os.chdir(cwd)
+
+    return SharedOutput(shared_root(tmp_path_factory), "tiny_workdir", train).wait()
 
 
 def _first_devices(n):

@@ -110,15 +110,34 @@ def test_weights_resolve_locally_or_fail_clearly(tmp_path):
         )
 
 
-def test_loop_tiny_end_to_end_records_every_choice_and_resumes(tmp_path):
+def test_loop_tiny_end_to_end_records_every_choice_and_resumes(tmp_path, monkeypatch):
+    from querit_jax import workflow
     from querit_jax.workflow import Loop
 
     config = load_config("configs/loop.py", "tiny")
     config.loop.workdir = str(tmp_path / "loop")
     config.loop.evaluate = ""
     one = jax.devices()[:1]  # the tiny batches do not split over the 8 test devices
+    # The loop's own compilation cache (not the suite's), the trainings' results and the scorers
+    # the loop builds, recorded.
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    trainings, scorers = [], []
+    train, make_scorer = workflow.trainer.run, workflow.scorer_for
+    monkeypatch.setattr(
+        workflow.trainer, "run", lambda *a, **k: trainings.append(train(*a, **k)) or trainings[-1]
+    )
+    monkeypatch.setattr(
+        workflow, "scorer_for", lambda *a, **k: scorers.append(make_scorer(*a, **k)) or scorers[-1]
+    )
     report = Loop(config, log=lambda *a: None, devices=one).run()
     w = tmp_path / "loop"
+    # Stage 1 and two adaptations: the second adaptation loads the train step the first compiled
+    # (one cache for the loop); every model of the dev choices and the evaluation is scored by one
+    # compiled scorer (same architecture: only the parameters change).
+    assert len(trainings) == 3 and trainings[1]["compilation_cache_writes"] >= 1
+    assert trainings[2]["compilation_cache_hits"] >= 1
+    assert any((w / "compilation_cache").iterdir())
+    assert len(scorers) == 1
     assert set(report["rows"]) == {"es/test", "zh/test"}
     es = report["rows"]["es/test"]
     for column in ("BM25", "stage1", "stage1 fused", "teacher", "adapted es_test", "merged fused"):

@@ -270,27 +270,29 @@ def test_expert_parallel_equals_dense_with_idle_experts_and_an_idle_device(monke
     assert not idle.any() and grads["model"]["layers"][0]["mlp"]["down_proj"][:6].any()
 
 
-@pytest.mark.parametrize(
-    "ep,fsdp", [(2, 1), (4, 1), (8, 1), (2, 4), (4, 2)]
-)  # data = 8 / (ep * fsdp)
-def test_expert_parallel_equals_dense_forward_and_gradients(ep, fsdp):
+@pytest.fixture(scope="module")
+def dense_reference():
+    """Loss, scores and gradients of the dense MoE on one device for each batch of the ep test
+    (computed once for all its meshes)."""
     rules = sharding.rules.resolve_rules("fsdp+ep")
     host = jax.tree.map(
         np.asarray, init_params(SPEC, sharding.single_device_mesh(), rules, seed=3)[1]
     )
-    for batch in (_batch(), _batch(q=8, g=2, t=6)):  # padding everywhere; few tokens: idle experts
-        dense = dataclasses.replace(
-            SPEC, backbone=dataclasses.replace(SPEC.backbone, moe_impl="dense")
-        )
-        ref_loss, ref_scores, ref_grads = _loss_and_grads(
-            dense, sharding.single_device_mesh(), rules, host, batch
-        )
-        ep_spec = dataclasses.replace(
-            SPEC, backbone=dataclasses.replace(SPEC.backbone, moe_impl="ep")
-        )
-        mesh = sharding.make_mesh(
-            (8 // (fsdp * ep), fsdp, 1, ep)
-        )  # all 8 devices; the rest on `data`
+    dense = dataclasses.replace(SPEC, backbone=dataclasses.replace(SPEC.backbone, moe_impl="dense"))
+    batches = (_batch(), _batch(q=8, g=2, t=6))  # padding everywhere; few tokens: idle experts
+    refs = [_loss_and_grads(dense, sharding.single_device_mesh(), rules, host, b) for b in batches]
+    return host, batches, refs
+
+
+@pytest.mark.parametrize(
+    "ep,fsdp", [(2, 1), (4, 1), (8, 1), (2, 4), (4, 2)]
+)  # data = 8 / (ep * fsdp)
+def test_expert_parallel_equals_dense_forward_and_gradients(ep, fsdp, dense_reference):
+    rules = sharding.rules.resolve_rules("fsdp+ep")
+    host, batches, refs = dense_reference
+    ep_spec = dataclasses.replace(SPEC, backbone=dataclasses.replace(SPEC.backbone, moe_impl="ep"))
+    mesh = sharding.make_mesh((8 // (fsdp * ep), fsdp, 1, ep))  # all 8 devices; the rest on `data`
+    for batch, (ref_loss, ref_scores, ref_grads) in zip(batches, refs):
         loss, scores, grads = _loss_and_grads(ep_spec, mesh, rules, host, batch)
         np.testing.assert_allclose(loss, ref_loss, atol=1e-5, rtol=0)
         np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)

@@ -1,9 +1,9 @@
-"""Faults a long preemptible run meets: NaN steps, SIGTERM, kill -9 (also mid-save), bad
-checkpoints.
+"""Faults a long preemptible run meets: restarts, NaN steps, SIGTERM, kill -9 (also mid-save), bad
+checkpoints, a changed config.
 
 The subprocess tests share one uninterrupted reference run (tiny config, 12 steps, a checkpoint
-every 3) and compare a run interrupted in every way against it: losses and final parameters bitwise
-equal.
+every 3; built once per test run for all xdist workers) and compare a run interrupted in every way
+against it: losses and final parameters bitwise equal.
 """
 
 import functools
@@ -31,7 +31,7 @@ from querit_jax.models.spec import ModelSpec, abstract_params, init_params
 from querit_jax.models.templates import qwen3_pair
 from querit_jax.training import guards, optim, steps
 from querit_jax.training.state import init_state, state_shardings
-from tests.helpers import ROOT, load_config
+from tests.helpers import ROOT, SharedOutput, load_config, shared_root
 
 STEPS = 12
 ARGS = [
@@ -76,17 +76,70 @@ def _assert_same_model(a, b):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run (started in the background; the fixture's user waits for it)."""
-    workdir = str(tmp_path_factory.mktemp("reference") / "run")
-    return workdir, _launch(workdir)
+    """An uninterrupted run (started in the background; the fixture's user waits for it), one for
+    every xdist worker."""
+    shared = SharedOutput(shared_root(tmp_path_factory), "resilience_reference", _launch)
+    yield shared
+    shared.close()
 
 
 def _wait_reference(reference):
-    workdir, proc = reference
-    if proc.returncode is None:
-        rc, out = _finish(proc)
-        assert rc == 0, out[-3000:]
-    return workdir
+    return reference.wait()
+
+
+def _tensorboard_scalars(workdir):
+    """Reads the TFRecord event files tensorboardX wrote (no TensorFlow): {tag: [(step, value)]}."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        with open(path, "rb") as f:
+            while header := f.read(12):
+                (length,) = struct.unpack("<Q", header[:8])
+                event = event_pb2.Event.FromString(f.read(length))
+                f.read(4)
+                for v in event.summary.value:
+                    out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_stop_and_resume_in_a_new_process_equals_the_uninterrupted_run(tmp_path, reference):
+    """Stop after step 6 (`--stop_at_step`), then continue in a new process, as after a preemption:
+    state, optimiser and the data iterator's position all come back from disk."""
+    resumed = str(tmp_path / "resumed")
+    rc, first = _finish(_launch(resumed, "--stop_at_step=6"))
+    assert rc == 0 and "Stopped after step 6" in first, first[-3000:]
+    assert not os.path.exists(os.path.join(resumed, "model"))
+    rc, second = _finish(_launch(resumed))
+    assert rc == 0 and "Resumed from step 6" in second, second[-3000:]
+
+    straight = _wait_reference(reference)
+    assert f"Train step compiled 1 time(s) for {STEPS} steps" in reference.log, "traces once"
+    scalars = _tensorboard_scalars(straight)
+    assert [s for s, _ in scalars["loss"]] == list(range(1, STEPS + 1))
+    assert {"accuracy", "grad_norm", "learning_rate"} <= set(scalars)
+    want, got = _losses(straight), _losses(resumed)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step] == want[step], (step, got[step], want[step])
+    _assert_same_model(os.path.join(straight, "model"), os.path.join(resumed, "model"))
+
+
+def test_resuming_with_a_different_config_is_refused_and_loses_nothing(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(_wait_reference(reference), workdir)
+    before = sorted(os.path.relpath(os.path.join(d, f), workdir)
+                    for d, _, fs in os.walk(workdir) for f in fs)  # fmt: skip
+    rc, out = _finish(_launch(workdir, "--config.data.max_length=60"))
+    assert rc == 2, out[-3000:]
+    assert "error:" in out and "data.max_length: 64 -> 60" in out and "Traceback" not in out
+    after = sorted(os.path.relpath(os.path.join(d, f), workdir)
+                   for d, _, fs in os.walk(workdir) for f in fs)  # fmt: skip
+    assert set(before) <= set(after), set(before) - set(after)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "9"]
 
 
 def test_sigterm_and_kill_9_at_any_point_resume_to_the_uninterrupted_result(tmp_path, reference):

@@ -31,6 +31,8 @@ pipeline joins per record: `data.pipeline`), the diagnostics and the dev set; `s
 the final files of a complete run.
 """
 
+from collections.abc import Iterator
+
 from querit_jax import storage
 from querit_jax.data.docstore import DocStore, read_meta
 from querit_jax.data.groups import validate_group
@@ -92,18 +94,18 @@ def open_docstore(output: str) -> DocStore:
     return DocStore(location)
 
 
-def read_mined(
+def iter_mined(
     output: str, store: DocStore, strict: bool = True, report: ReadReport | None = None
-) -> list[dict]:
-    """The groups of a complete mining run, each with its documents' docstore rows added
-    (`"pos_rows"`, `"neg_rows"`: what the input pipeline joins the texts by).
+) -> Iterator[dict]:
+    """The groups of a complete mining run, streamed shard by shard (never all in memory), each with
+    its documents' docstore rows added (`"pos_rows"`, `"neg_rows"`: what the input pipeline joins
+    the texts by).
 
     Raises:
       DataFormatError: `file:line` of a malformed group or of a document id the docstore lacks
         (strict; otherwise the group is skipped and counted in `report`).
     """
     report = report if report is not None else ReadReport()
-    found = []
     for path in shard_files(output):
         for lineno, g in iter_jsonl(path, report, strict):
             reason = validate_group(g, ids=True)
@@ -122,8 +124,14 @@ def read_mined(
             if reason:
                 report.skip(f"{path}:{lineno}", reason, strict)
                 continue
-            found.append(g)
-    return found
+            yield g
+
+
+def read_mined(
+    output: str, store: DocStore, strict: bool = True, report: ReadReport | None = None
+) -> list[dict]:
+    """`iter_mined` as a list (for small runs and tests)."""
+    return list(iter_mined(output, store, strict, report))
 
 
 def with_texts(group: dict, store: DocStore) -> dict:

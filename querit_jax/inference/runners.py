@@ -46,6 +46,7 @@ class BatchedRunner:
         max_pairs: int = 16,
     ):
         self.spec, self.tokenizer, self.mesh, self.rules = spec, tokenizer, mesh, logical_rules
+        self.graphdef = graphdef
         self.pack, self.max_pairs = pack, max_pairs
         self.max_length = max_length or spec.max_length
         try:

@@ -10,9 +10,11 @@ Only programs that took at least `MIN_COMPILE_SECONDS` to compile are stored: a 
 about as fast as it downloads. JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS /
 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES in the environment take precedence, and so does
 JAX_COMPILATION_CACHE_DIR: one cache (local or gs://) shared by every run that names it (the test
-suite shares one among all its runs, subprocesses included). XLA's own GPU caches
-(autotuning results, kernels), which JAX puts under the same directory, write local files only, so
-they are turned off for a cache in a bucket.
+suite shares one among all its runs, subprocesses included). Inside `shared(directory)` every run
+uses that directory instead of its workdir's (the loop's stages share `<loop workdir>/
+compilation_cache`: an adaptation loads the train step another adaptation compiled). XLA's own GPU
+caches (autotuning results, kernels), which JAX puts under the same directory, write local files
+only, so they are turned off for a cache in a bucket.
 """
 
 import contextlib
@@ -48,10 +50,23 @@ class CacheStats:
             self.writes += 1
 
 
+_shared: list[str] = []
+
+
+@contextlib.contextmanager
+def shared(directory: str) -> Iterator[None]:
+    """Runs inside use `directory` (unless $JAX_COMPILATION_CACHE_DIR names another)."""
+    _shared.append(directory)
+    try:
+        yield
+    finally:
+        _shared.pop()
+
+
 @contextlib.contextmanager
 def persistent_cache(workdir: str, enabled: bool, log) -> Iterator[CacheStats]:
-    """Uses `<workdir>/compilation_cache` (or $JAX_COMPILATION_CACHE_DIR) for the programs compiled
-    inside; yields their CacheStats.
+    """Uses `<workdir>/compilation_cache` ($JAX_COMPILATION_CACHE_DIR, else a `shared` directory,
+    first) for the programs compiled inside; yields their CacheStats.
 
     The previous JAX settings are restored on exit (several runs in one process use their own
     workdir's cache).
@@ -60,8 +75,10 @@ def persistent_cache(workdir: str, enabled: bool, log) -> Iterator[CacheStats]:
     if not enabled:
         yield stats
         return
-    stats.directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or storage.join(
-        workdir, "compilation_cache"
+    stats.directory = (
+        os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or (_shared[-1] if _shared else "")
+        or storage.join(workdir, "compilation_cache")
     )
     settings = {"jax_compilation_cache_dir": stats.directory}
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:

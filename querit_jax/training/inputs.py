@@ -44,7 +44,7 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
     }
     inputs = []
     for spec in data_cfg.train:
-        kind, src, split = parse_source(spec)
+        kind, src, _ = parse_source(spec)
         root = src.rsplit(":", 1)[0] if kind == "miracl" else src
         if not storage.exists(root):
             raise FileNotFoundError(f"data.train source {spec!r}: {root} does not exist.")
@@ -61,64 +61,70 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
             log(f"Reusing training groups {path} ({manifest['groups']} groups).")
             return path, manifest
     start = time.time()
-    all_groups, per_source, docstores = [], {}, []  # docstores: [{"location", "sha256"}]
-    for spec in data_cfg.train:
+    per_source, docstores = {}, []  # docstores: [{"location", "sha256"}]
+
+    def source_groups(spec):
+        """(groups of one data.train source: an iterator for mining outputs, which are streamed
+        shard by shard, never held whole; its ReadReport)."""
         kind, src, split = parse_source(spec)
         report = ReadReport()
         if kind == "groups":
-            found = groups.read_groups(src, strict=data_cfg.strict, report=report)
-        elif kind == "mined":  # ids and docstore rows, no texts
+            return groups.read_groups(src, strict=data_cfg.strict, report=report), report
+        if kind == "mined":  # ids and docstore rows, no texts
             store = mined.open_docstore(src)
             entry = {"location": store.location, "sha256": store.sha256}
-            docstores += [] if entry in docstores else [entry]
+            docstores.extend([] if entry in docstores else [entry])
             k = docstores.index(entry)
-            found = [
-                {**g, "store": k} if "pos_rows" in g else g
-                for g in mined.read_mined(src, store, data_cfg.strict, report)
-            ]
-        else:
-            ds = load_dataset(kind, src, split, data_cfg.strict)
-            report = ds.report
-            retriever = None
-            if data_cfg.negatives == "bm25":
-                doc_ids = sorted(ds.corpus)
-                texts = [ds.doc_text(d) for d in doc_ids]
-                retriever = BM25Retriever(doc_ids, texts, analyzer_for(tokenizer))
-            found = groups.mine_groups(
-                ds,
-                data_cfg.num_negatives,
-                data_cfg.negatives,
-                retriever,
-                data_cfg.negative_depth,
-                data_cfg.seed,
-                lang=dataset_name(src, split).partition("/")[0].partition(":")[0],
-            )
-        if report.skipped:
-            log(
-                f"{spec}: skipped {report.skipped} malformed rows (data.strict=False); first: "
-                f"{report.reasons[:3]}"
-            )
-        per_source[spec] = {
-            "groups": len(found),
-            "with_teacher_scores": sum("pos_scores" in g and "neg_scores" in g for g in found),
-            "read": report.to_dict(),
-        }
-        all_groups.extend(found)
-    if not all_groups:
+            found = mined.iter_mined(src, store, data_cfg.strict, report)
+            return ({**g, "store": k} if "pos_rows" in g else g for g in found), report
+        ds = load_dataset(kind, src, split, data_cfg.strict)
+        retriever = None
+        if data_cfg.negatives == "bm25":
+            doc_ids = sorted(ds.corpus)
+            texts = [ds.doc_text(d) for d in doc_ids]
+            retriever = BM25Retriever(doc_ids, texts, analyzer_for(tokenizer))
+        found = groups.mine_groups(
+            ds,
+            data_cfg.num_negatives,
+            data_cfg.negatives,
+            retriever,
+            data_cfg.negative_depth,
+            data_cfg.seed,
+            lang=dataset_name(src, split).partition("/")[0].partition(":")[0],
+        )
+        return found, ds.report
+
+    def all_groups():
+        """Every source's groups in order, counted on the way into the file."""
+        for spec in data_cfg.train:
+            found, report = source_groups(spec)
+            count = {"groups": 0, "with_teacher_scores": 0}
+            for g in found:
+                count["groups"] += 1
+                count["with_teacher_scores"] += "pos_scores" in g and "neg_scores" in g
+                yield g
+            if report.skipped:
+                log(
+                    f"{spec}: skipped {report.skipped} malformed rows (data.strict=False); first: "
+                    f"{report.reasons[:3]}"
+                )
+            per_source[spec] = {**count, "read": report.to_dict()}
+
+    write_jsonl(path, all_groups())  # streamed into the file (committed when complete)
+    total = sum(p["groups"] for p in per_source.values())
+    if not total:
+        storage.remove(path)
         raise ValueError(f"data.train {list(data_cfg.train)} produced no training groups.")
-    write_jsonl(path, all_groups)
     manifest = {
         "signature": signature,
-        "groups": len(all_groups),
-        "groups_with_teacher_scores": sum(
-            "pos_scores" in g and "neg_scores" in g for g in all_groups
-        ),
+        "groups": total,
+        "groups_with_teacher_scores": sum(p["with_teacher_scores"] for p in per_source.values()),
         "sources": per_source,
         "docstores": docstores,
         "seconds": round(time.time() - start, 2),
     }
     write_json(manifest_path, manifest)
-    log(f"Wrote {len(all_groups)} training groups to {path} in {manifest['seconds']} s.")
+    log(f"Wrote {total} training groups to {path} in {manifest['seconds']} s.")
     return path, manifest
 
 
