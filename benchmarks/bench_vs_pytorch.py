@@ -107,14 +107,17 @@ def main(argv):
             out = forward(ours.params, i, m)
         out.block_until_ready()
 
-    b1_fns = {"torch": torch_score, "jax": jax_score}
-    if _COMPILE.value:
-        done = bc.torch_compiled(hf, torch_score)
+    def with_compiled(fns, torch_fn, label):
+        """`fns` plus `torch_fn` run on torch.compile(hf) (when this machine compiles it)."""
+        done = bc.torch_compiled(hf, torch_fn) if _COMPILE.value else None
         if done is not None:
-            compiled = done[0]
-            print(f"torch.compile (B1): first pass (compiling) {done[2]:.0f} s")
-            b1_fns["torch.compile"] = lambda: torch_score(compiled)
-    b1 = bc.interleave(b1_fns, _ROUNDS.value)
+            print(f"torch.compile ({label}): first call (compiling) {done[2]:.0f} s")
+            fns["torch.compile"] = lambda: torch_fn(done[0])
+        return fns
+
+    b1 = bc.interleave(
+        with_compiled({"torch": torch_score, "jax": jax_score}, torch_score, "B1"), _ROUNDS.value
+    )
 
     # ----- B2: train step -----
     tx = optax.adamw(1e-5, weight_decay=0.01)
@@ -140,14 +143,10 @@ def main(argv):
         torch.nn.functional.cross_entropy(logits, target).backward()
         opt.step()
 
-    b2_fns = {"torch": torch_step, "jax": jax_step}
-    if _COMPILE.value:  # the model compiled for training (forward and backward graphs)
-        done = bc.torch_compiled(hf, torch_step)
-        if done is not None:
-            compiled_train = done[0]
-            print(f"torch.compile (B2): first step (compiling) {done[2]:.0f} s")
-            b2_fns["torch.compile"] = lambda: torch_step(compiled_train)
-    b2 = bc.interleave(b2_fns, _ROUNDS.value)
+    # torch.compile in training mode: forward and backward graphs.
+    b2 = bc.interleave(
+        with_compiled({"torch": torch_step, "jax": jax_step}, torch_step, "B2"), _ROUNDS.value
+    )
 
     # ----- B4: CPU MFU of our train step on full rows (what packing produces) -----
     full = {
