@@ -1,7 +1,8 @@
 """B3 useful pairs/s on the XQuAD-R length mix (PyTorch at its best standard setting vs ours packed)
 and B5 packing efficiency (share of real tokens), measured where packing runs.
 
-  XLA_FLAGS= python benchmarks/bench_packing.py [--pairs=2048] [--timed_pairs=64] [--rounds=3]
+  XLA_FLAGS= python benchmarks/bench_packing.py [--pairs=2048] [--timed_pairs=1024] [--rounds=3]
+  XLA_FLAGS= python benchmarks/bench_packing.py --nostepwise --rounds=3   # B3 without B5's steps
   python benchmarks/bench_packing.py --nob3 [--steps=300]      # B5 only (deterministic, no timing)
 
 B5, step by step on the shipped code: for configs/general_relevance.py:demo and :minilm with
@@ -44,6 +45,9 @@ _MAX_LENGTH = flags.DEFINE_integer("max_length", 256, "Token budget per pair (te
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", 16, "Pairs per packed row at most.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps measured per config (B5).")
 _B3 = flags.DEFINE_bool("b3", True, "Time B3 (pairs/s) after the B5 shares.")
+_STEPWISE = flags.DEFINE_bool(
+    "stepwise", True, "B5: measure the training and evaluation shares step by step (slow)."
+)
 CONFIGS = ("demo", "minilm")  # configs/general_relevance.py variants, trained with data.pack=True
 
 
@@ -262,7 +266,8 @@ def main(argv):
 
     torch.set_num_threads(os.cpu_count())
     bc.header("B3/B5: XQuAD-R length mix, packing")
-    step_by_step()
+    if _STEPWISE.value:
+        step_by_step()
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = bc.make_models(tmp)
     encoder = PairEncoder(ours.tokenizer, ours.spec.template, _MAX_LENGTH.value, 64)

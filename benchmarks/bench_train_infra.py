@@ -103,14 +103,13 @@ def main(argv):
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=ours.params, opt_state=tx.init(ours.params)
     )
-    it = pipeline.make_iterator(ds, num_threads=2)
-    state, m = step(state, jax.device_put(next(it)))  # compile
-    m["loss"].block_until_ready()
 
     def run(ckpt):
-        """`_STEPS` steps, saving every `_SAVE_EVERY` with `ckpt` (None: no saves). Returns (step
-        times, save() call times, waits in next(), the wait for the last save at the end)."""
+        """`_STEPS` steps on the same batches every call (a new iterator over the same data),
+        saving every `_SAVE_EVERY` with `ckpt` (None: no saves). Returns (step times, save() call
+        times, waits in next(), the wait for the last save at the end)."""
         nonlocal state
+        it = pipeline.make_iterator(ds, num_threads=2)
         step_times, save_times, waits = [], [], []
         for i in range(1, _STEPS.value + 1):
             t0 = time.perf_counter()
@@ -120,7 +119,9 @@ def main(argv):
             state, m = step(state, jax.device_put(local))
             m["loss"].block_until_ready()
             step_times.append(time.perf_counter() - t1)
-            if ckpt is not None and i % _SAVE_EVERY.value == 0:
+            # No save after the last step: every save has following steps to write under, as in
+            # a long run (the final save of a run is a once-per-run cost).
+            if ckpt is not None and i % _SAVE_EVERY.value == 0 and i < _STEPS.value:
                 t2 = time.perf_counter()
                 ckpt.save(i, state, it, {"bench": True})
                 save_times.append(time.perf_counter() - t2)
@@ -129,29 +130,35 @@ def main(argv):
             ckpt.wait()
         return step_times, save_times, waits, time.perf_counter() - t3
 
-    # The same steps without saves, then with them: the background write competes with the
-    # following steps for the CPU (and memory bandwidth), so the cost of a save is the save() call
-    # plus what the steps after it lost, not the call alone.
-    plain_times = run(None)[0]
+    run(None)  # compiles every packed shape these batches have
+    # The same batches without saves, with them, and without again (drift in the machine's speed
+    # cancels): the background write competes with the following steps for the CPU and memory
+    # bandwidth, so the cost of a save is the save() call plus what the steps after it lost, step
+    # by step against the same batch without saves, not the call alone.
+    before = run(None)[0]
     with tempfile.TemporaryDirectory() as ckpt_dir:
         step_times, save_times, waits, final_wait = run(
             Checkpointer(ckpt_dir, keep=2, async_save=True)
         )
-    plain_times += run(None)[0]  # before and after: drift in the machine's speed cancels
+    after = run(None)[0]
+    plain_times = [(a + b) / 2 for a, b in zip(before, after)]
     step_s = statistics.median(plain_times)
-    slowdown = sum(step_times) - len(step_times) * step_s  # the steps' time lost to the writes
+    slowdown = sum(step_times) - sum(plain_times)  # the steps' time lost to the writes
     per_save = (slowdown + sum(save_times) + final_wait) / len(save_times)
+    noise = sum(abs(a - b) for a, b in zip(before, after)) / 2 / len(save_times)
     print()
     print(
-        f"train step: median {1e3 * step_s:.0f} ms over {len(plain_times)} steps without saves, "
-        f"{1e3 * statistics.median(step_times):.0f} ms with a save every {_SAVE_EVERY.value}"
+        f"train step: median {1e3 * step_s:.0f} ms without saves (the same {_STEPS.value} batches "
+        f"before and after), {1e3 * statistics.median(step_times):.0f} ms with a save every "
+        f"{_SAVE_EVERY.value}"
     )
     print(
         f"B6 cost of a save: {1e3 * per_save:.0f} ms (save() call median "
         f"{1e3 * statistics.median(save_times):.0f} ms + the following steps' slowdown "
         f"{1e3 * slowdown / len(save_times):.0f} ms + the wait at exit {1e3 * final_wait:.0f} ms "
         f"/ {len(save_times)} saves); / step = {per_save / step_s:.3f} (target <= 0.1); "
-        f"the call alone / step = {statistics.median(save_times) / step_s:.3f}"
+        f"the call alone / step = {statistics.median(save_times) / step_s:.3f}; noise (before vs "
+        f"after, per save) {1e3 * noise:.0f} ms"
     )
     print(
         f"B7 pipeline {pipe_rate:.1f} batches/s alone vs {1 / step_s:.2f} steps/s: "

@@ -5,7 +5,8 @@
 
 Every process gets QUERIT_COORDINATOR / QUERIT_NUM_PROCESSES / QUERIT_PROCESS_ID (so
 `querit_jax.distributed.maybe_initialize` calls `jax.distributed.initialize` with gloo collectives),
-XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process> and JAX_PLATFORMS=cpu: the
+XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process> (after the caller's other XLA
+flags, which are kept) and JAX_PLATFORMS=cpu: the
 same code path a TPU pod slice takes, on one machine. Output lines are prefixed with `[i]`. If one
 process fails the others are stopped (a peer would otherwise wait for it forever); the exit code is
 the first non-zero one. `--dry_run` prints the commands and environment without starting anything.
@@ -27,6 +28,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def xla_flags(devices_per_process: int) -> str:
+    """The caller's XLA_FLAGS with its fake-device count (if any) replaced by ours."""
+    kept = [
+        flag
+        for flag in os.environ.get("XLA_FLAGS", "").split()
+        if not flag.startswith("--xla_force_host_platform_device_count")
+    ]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices_per_process}"])
+
+
 def process_envs(num_processes: int, devices_per_process: int, port: int) -> list[dict[str, str]]:
     """The extra environment of each process."""
     return [
@@ -34,7 +45,7 @@ def process_envs(num_processes: int, devices_per_process: int, port: int) -> lis
             "QUERIT_COORDINATOR": f"127.0.0.1:{port}",
             "QUERIT_NUM_PROCESSES": str(num_processes),
             "QUERIT_PROCESS_ID": str(i),
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+            "XLA_FLAGS": xla_flags(devices_per_process),
             "JAX_PLATFORMS": "cpu",
         }
         for i in range(num_processes)

@@ -6,9 +6,9 @@ Never time anything under this flag: the 8 "devices" share the 2 cores.
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-)
+from tests.helpers import with_test_flags  # no jax import there
+
+os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""), devices=8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One persistent compilation cache for the whole run, shared by both xdist workers and every process
@@ -49,28 +49,31 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory):
-    """A workdir trained with general_relevance.py:tiny (4 steps), shared by CLI tests (trained
-    once per test run, for every xdist worker)."""
-    from querit_jax import config_lib
-    from querit_jax.training import trainer
-    from tests.helpers import SharedOutput, load_config, shared_root
+    """A workdir trained by `python -m querit_jax.train --config=configs/general_relevance.py:tiny`
+    (4 steps, evaluated; the CLI's report at the end), shared by CLI tests (trained once per test
+    run, for every xdist worker; its output in `<path>.log`)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import SharedOutput, shared_root, xla_flags
 
     def train(workdir):
-        cfg = config_lib.from_config_dict(load_config("configs/general_relevance.py", "tiny"))
-        cwd = os.getcwd()
-        os.chdir(ROOT)
-        try:
-            trainer.run(cfg, workdir, devices=_first_devices(1))
-        finally:
-            os.chdir(cwd)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "querit_jax.train",
+                "--config=configs/general_relevance.py:tiny",
+                f"--workdir={workdir}",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     return SharedOutput(shared_root(tmp_path_factory), "tiny_workdir", train).wait()
-
-
-def _first_devices(n):
-    import jax
-
-    return jax.devices()[:n]
 
 
 def write_jsonl(path, rows):

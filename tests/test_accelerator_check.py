@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
 
 def test_accelerator_check_dry_run(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         ["bash", "benchmarks/accelerator_check.sh", str(tmp_path), "--dry_run"],
         cwd=ROOT,

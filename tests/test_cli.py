@@ -11,9 +11,9 @@ import pytest
 
 from querit_jax.eval.api import evaluate_model, rerank_file
 from tests.conftest import XQUAD, write_jsonl
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
-ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
 
 
 def _cli(*args, ok=True):

@@ -13,7 +13,7 @@ from querit_jax.errors import ConfigError
 from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.sharding.mesh import abstract_mesh
 from querit_jax.training import memory
-from tests.helpers import ROOT, load_config
+from tests.helpers import ROOT, load_config, xla_flags
 
 
 def _cfg(variant=None, **sections):
@@ -82,7 +82,7 @@ def test_compiled_plan_on_8_cpu_devices():
 
 
 def test_plan_cli_qwen3_30b_a3b_fits_a_95_gib_chip_on_64_chips():
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [
             sys.executable,

@@ -28,9 +28,9 @@ from querit_jax.models.heads import HeadConfig
 from querit_jax.models.spec import ModelSpec, abstract_params, flatten
 from querit_jax.models.templates import qwen3_pair
 from querit_jax.storage import commit as storage_commit
-from tests.helpers import ROOT, load_config
+from tests.helpers import ROOT, load_config, xla_flags
 
-ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
 VOCAB = 16384  # the demo tokenizer's size (a checkpoint's vocabulary may not be smaller)
 
 

@@ -23,7 +23,7 @@ from querit_jax.data import tfds_groups
 from querit_jax.loading import load_model
 from tests import gcs_server
 from tests.conftest import make_hf_qwen3
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
 STEPS = 6
 OVERRIDES = [
@@ -120,7 +120,7 @@ def _one_process(config, workdir, *extra):
             *extra,
         ],
         cwd=ROOT,
-        env={**os.environ, **ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        env={**os.environ, **ENV, "XLA_FLAGS": xla_flags(4)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -18,7 +18,7 @@ from querit_jax.models.checkpoint import is_model_checkpoint, save_model
 from querit_jax.models.spec import flatten
 from querit_jax.release.export import export_checkpoint
 from tests import gcs
-from tests.helpers import ROOT, load_config
+from tests.helpers import ROOT, load_config, xla_flags
 from tests.test_merge import _random_params, _spec
 
 ONE = sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1])
@@ -61,7 +61,7 @@ def test_merge_evaluate_and_export_in_a_bucket(tmp_path, tokenizer):
             f"--config.merge.output={root}/merged2",
         ],
         cwd=ROOT,
-        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},  # the emulator's too
+        env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"},  # the emulator's too
         capture_output=True,
         text=True,
         timeout=360,

@@ -22,7 +22,7 @@ from querit_jax.models.checkpoint import save_model
 from querit_jax.release import model_card, publish
 from querit_jax.release.export import export_hf
 from querit_jax.release.verify import verify
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
 SECRET = "secret-xyz-0123"
 
@@ -247,7 +247,7 @@ def test_export_cli_without_token_explains_and_pushes_nothing(tiny_workdir, tmp_
     0."""
     out = str(tmp_path / "cli-export")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu", HF_HOME=str(tmp_path / "hf_home"))
+    env.update(XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", HF_HOME=str(tmp_path / "hf_home"))
     args = [sys.executable, "tools/convert_hf/export_hf.py", f"--checkpoint={tiny_workdir}"]
     run = lambda *a: subprocess.run(  # noqa: E731
         [*args, *a], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300

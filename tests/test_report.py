@@ -17,7 +17,7 @@ from querit_jax.eval import report as report_lib
 from querit_jax.eval.api import evaluate_model
 from querit_jax.eval.suite import bm25_run
 from tests.conftest import XQUAD
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -148,33 +148,18 @@ def test_find_report_uses_only_the_trainer_report_of_the_workdir_holding_the_mod
     assert report_lib.find_report(str(tmp_path / "merged" / "slerp")) == own
 
 
-def test_train_cli_writes_the_report_into_the_workdir(tmp_path):
-    """`python -m querit_jax.train` (as the README demo runs it) ends with report.{json,md,png}."""
-    workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "querit_jax.train",
-            "--config=configs/general_relevance.py:tiny",
-            "--config.train.num_steps=2",
-            "--config.eval.max_queries=4",
-            "--config.eval.top_k=5",
-            f"--workdir={workdir}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"Evaluation report: {workdir / 'report.json'}" in proc.stderr
-    report = report_lib.load_report(str(workdir / "report.json"))
-    results = report_lib.read_json(str(workdir / "results.json"))
+def test_train_cli_writes_the_report_into_the_workdir(tiny_workdir):
+    """`python -m querit_jax.train` (as the README demo runs it; the shared tiny workdir is trained
+    by it) ends with report.{json,md,png}."""
+    with open(tiny_workdir + ".log", encoding="utf-8") as f:
+        log = f.read()
+    assert f"Evaluation report: {os.path.join(tiny_workdir, 'report.json')}" in log, log[-3000:]
+    report = report_lib.load_report(os.path.join(tiny_workdir, "report.json"))
+    results = report_lib.read_json(os.path.join(tiny_workdir, "results.json"))
     assert report == report_lib.from_training_results(results)
     assert report["models"] == ["untrained", "trained"]
-    _assert_png(str(workdir / "report.png"))
+    assert os.path.isfile(os.path.join(tiny_workdir, "report.md"))
+    _assert_png(os.path.join(tiny_workdir, "report.png"))
 
 
 def test_evaluate_cli_compares_models_on_several_datasets(tiny_workdir, tmp_path):
@@ -195,7 +180,7 @@ def test_evaluate_cli_compares_models_on_several_datasets(tiny_workdir, tmp_path
             f"--report_dir={tmp_path / 'report'}",
         ],
         cwd=ROOT,
-        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=600,

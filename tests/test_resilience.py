@@ -31,7 +31,7 @@ from querit_jax.models.spec import ModelSpec, abstract_params, init_params
 from querit_jax.models.templates import qwen3_pair
 from querit_jax.training import guards, optim, steps
 from querit_jax.training.state import init_state, state_shardings
-from tests.helpers import ROOT, SharedOutput, load_config, shared_root
+from tests.helpers import ROOT, SharedOutput, load_config, shared_root, xla_flags
 
 STEPS = 12
 ARGS = [
@@ -49,7 +49,7 @@ def _launch(workdir, *extra, **env):
     return subprocess.Popen(
         [sys.executable, "-m", "querit_jax.train", *ARGS, *extra, f"--workdir={workdir}"],
         cwd=ROOT,
-        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **env},
+        env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

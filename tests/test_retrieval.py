@@ -17,7 +17,7 @@ from querit_jax.retrieval.analyzers import UnicodeAnalyzer
 from querit_jax.retrieval.bm25 import BM25Retriever
 from querit_jax.retrieval.topk import ShardedCorpus, brute_force_top_k
 from tests.conftest import SHARED, XQUAD
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
 MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
 
@@ -83,7 +83,7 @@ def test_unicode_bm25_works_for_unsegmented_scripts():
 
 
 def _retrieve(*args):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
         [sys.executable, "-m", "querit_jax.retrieve", *args],
         cwd=ROOT,

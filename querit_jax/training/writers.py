@@ -12,14 +12,33 @@ interpreter exit, where it retries for two minutes when the bucket cannot be rea
 
 import json
 import logging
+import sys
 import time
 
 import jax
 import numpy as np
-import tensorboardX
 from clu import metrics as clu_metrics
 
 from querit_jax import logs, storage
+
+
+def _import_tensorboardx():
+    """tensorboardX without the optional packages it imports at module level when they are
+    installed: torch (only to recognise torch tensors, which we never pass) and google-cloud-storage
+    (for its own gs:// writer, which we do not use). Those imports cost every training process
+    seconds of start-up and hundreds of MB; one already imported is left alone."""
+    blocked = [m for m in ("torch", "google.cloud.storage") if m not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # `import name` raises ImportError, which tensorboardX handles
+    try:
+        import tensorboardX
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+    return tensorboardX
+
+
+tensorboardX = _import_tensorboardx()
 
 
 def metrics_collection(names) -> type[clu_metrics.Collection]:
