@@ -31,6 +31,7 @@ from querit_jax.models.checkpoint import (
     restore_params,
 )
 from querit_jax.models.spec import LoadedModel, abstract_params, place_params, yes_no_to_score
+from querit_jax.models.tokenizers import load_tokenizer_dir
 from querit_jax.retrieval import Retriever
 from querit_jax.retrieval.analyzers import analyzer_for
 from querit_jax.retrieval.bm25 import BM25Retriever
@@ -145,8 +146,6 @@ def load_model(
     Raises:
       CheckpointError: naming the path and the offending key, for anything unusable.
     """
-    from transformers import AutoTokenizer
-
     location, path = path, resolve_model_path(path)
     mesh = mesh or sharding.single_device_mesh()
     logical_rules = logical_rules or sharding.rules.resolve_rules("fsdp")
@@ -166,9 +165,7 @@ def load_model(
         _, abstract = abstract_params(spec, mesh, logical_rules)
         params = restore_params(path, spec, abstract)
         tokenizer = (
-            AutoTokenizer.from_pretrained(tokenizer_dir)
-            if tokenizer_dir
-            else load_tokenizer(path, meta)
+            load_tokenizer_dir(tokenizer_dir) if tokenizer_dir else load_tokenizer(path, meta)
         )
         if head == "score" and spec.head.kind == "yes_no":
             spec, params = yes_no_to_score(spec, params)
@@ -212,23 +209,24 @@ def load_teacher(
     max_length: int | None = None,
     devices=None,
     model_sharding: str = "fsdp",
+    pack: bool = True,
 ) -> Teacher | TeacherMix:
     """A teacher (reranker scores or embedder similarities) from any model location, on `devices`
     of this process (default: its first; see `process_mesh`); or a weighted mix
     (`"LOCATION:0.6,bm25:0.4"`, see `inference.teacher.parse_mix`) of such teachers and the first
-    stage's scores."""
+    stage's scores. `pack`: several pairs or texts per row (`inference.runners`)."""
     try:
         mix = parse_mix(path)
     except ValueError as e:
         raise CheckpointError(f"teacher {path!r}: {e}") from None
     mesh, rules = process_mesh(devices, model_sharding)
     if mix is None:
-        return Teacher(load_model(path, mesh, rules), batch_size, max_length, path=path)
+        return Teacher(load_model(path, mesh, rules), batch_size, max_length, path, pack)
     components = []
     for name, weight in mix:
         teacher = None
         if name != FIRST_STAGE:
-            teacher = Teacher(load_model(name, mesh, rules), batch_size, max_length, path=name)
+            teacher = Teacher(load_model(name, mesh, rules), batch_size, max_length, name, pack)
         components.append((name, weight, teacher))
     return TeacherMix(components)
 

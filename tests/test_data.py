@@ -416,3 +416,31 @@ def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, to
             a, b = next(got), next(want)
             for key in b:
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_tokenizers_load_as_auto_tokenizer_does_and_the_generic_one_without_torch():
+    """The demo's tokenizer (generic fast class) loads without transformers' model code, which
+    imports torch when it is installed (a fresh process shows it); any other goes through
+    AutoTokenizer. Both give what AutoTokenizer gives."""
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    from querit_jax.models.tokenizers import load_tokenizer_dir
+    from tests.conftest import DEMO_TOKENIZER, ROOT
+
+    minilm = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")  # BertTokenizer
+    texts = ["Hello world, 你好", "ниже по течению", "a"]
+    for name in (DEMO_TOKENIZER, minilm):
+        got, want = load_tokenizer_dir(name), AutoTokenizer.from_pretrained(name)
+        assert type(got) is type(want) and len(got) == len(want)
+        assert got(texts)["input_ids"] == want(texts)["input_ids"]
+        assert (got.pad_token_id, got.eos_token_id) == (want.pad_token_id, want.eos_token_id)
+    code = (
+        "import sys; from querit_jax.models.tokenizers import load_tokenizer_dir; "
+        f"t = load_tokenizer_dir({DEMO_TOKENIZER!r}); print(len(t), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [str(len(AutoTokenizer.from_pretrained(DEMO_TOKENIZER))), "False"]

@@ -1,7 +1,8 @@
 """Sequence packing: the packer's invariants, packed scores == unpacked scores (dense Qwen3,
-Qwen3-MoE incl. expert parallelism on 8 devices, BERT, XLM-R), a packed train step == the unpacked
-one (metrics and gradients, for the same families, also for a step beyond the largest row count),
-and the step shapes: a few deterministic sizes, the same on every process, never an overflow."""
+Qwen3-MoE incl. expert parallelism on 8 devices, BERT, XLM-R) and embeddings (mean and last-token
+pooling), a packed train step == the unpacked one (metrics and gradients, for the same families,
+also for a step beyond the largest row count), and the step shapes: a few deterministic sizes, the
+same on every process, never an overflow."""
 
 import types
 
@@ -18,7 +19,7 @@ from querit_jax.models.decoder_config import DecoderConfig
 from querit_jax.models.encoder_config import EncoderConfig
 from querit_jax.models.heads import HeadConfig
 from querit_jax.models.spec import ModelSpec, abstract_params, init_params, place_params
-from querit_jax.models.templates import encoder_pair, qwen3_pair
+from querit_jax.models.templates import encoder_pair, encoder_text, qwen3_embedding, qwen3_pair
 from querit_jax.sharding import axes
 from querit_jax.training import steps
 from querit_jax.training.state import init_state, state_shardings
@@ -127,6 +128,26 @@ def test_packed_scores_equal_unpacked(family):
     assert packed.shape == (40,)
     np.testing.assert_allclose(packed, ref, atol=1e-5, rtol=0)
     assert np.std(ref) > 1e-3  # scores differ between pairs, so a mix-up would show
+
+
+# (CLS pooling reads the first token of each segment, as the packed BERT scores above do.)
+@pytest.mark.parametrize("family,pooling", [("bert", "mean"), ("qwen3", "last")])
+def test_packed_embeddings_equal_unpacked(family, pooling):
+    """Embedders (a teacher, a dense first stage) pool each text's own tokens in a packed row."""
+    template = encoder_text() if family == "bert" else qwen3_embedding()
+    spec = ModelSpec(
+        family, SPECS[family].backbone, HeadConfig("embed", pooling=pooling), template, 64
+    )
+    mesh, rules = sharding.single_device_mesh(), sharding.rules.resolve_rules("fsdp")
+    params = place_params(_params(spec), abstract_params(spec, mesh, rules)[1])
+    seqs, _ = _sequences(40, seed=4)
+    unpacked = _runner(spec, mesh, rules, pack=False)
+    assert unpacked._call_sizes(16) == [4, 8, 12, 16]  # the last 8 texts: a call of 8 rows
+    ref = unpacked.run(params, seqs)
+    packed = _runner(spec, mesh, rules, pack=True, max_pairs=8).run(params, seqs)
+    assert ref.shape == packed.shape == (40, spec.backbone.hidden_size)
+    np.testing.assert_allclose(packed, ref, atol=1e-5, rtol=0)
+    assert np.abs(ref[1:] - ref[:-1]).max() > 1e-2  # texts embed differently: a mix-up would show
 
 
 def test_packed_moe_scores_equal_unpacked_with_expert_parallelism_on_8_devices():

@@ -61,6 +61,9 @@ class MiningConfig:
     teacher: str = ""
     teacher_batch_size: int = 64  # pairs per teacher call (split over the process's devices)
     teacher_max_length: int = 0  # 0 = the teacher's own
+    # Several pairs (or texts, for an embedder teacher) per row, told apart by segment ids
+    # (data/packing.py): the same scores as one per padded row, with a fraction of the padding.
+    teacher_pack: bool = True
     num_negatives: int = 15  # negatives per training group
     score_bins: int = 0  # >1: pick negatives spread over this many teacher-score bins
     # Share of source documents whose queries are held out as the synthetic dev set (<output>/dev:

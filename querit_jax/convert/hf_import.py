@@ -30,6 +30,7 @@ from querit_jax.models.templates import (
     make_template,
     template_from_dict,
 )
+from querit_jax.models.tokenizers import load_tokenizer_dir
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 ARCHITECTURES = {
@@ -311,8 +312,6 @@ def read_hf_dir(
         then to a sentence-transformers folder's settings, then to the architecture's usual template
         and the tokenizer's model_max_length (capped at 512).
     """
-    from transformers import AutoTokenizer
-
     config = read_config(hf_dir)
     arch = architecture(config, hf_dir)
     try:
@@ -326,7 +325,7 @@ def read_hf_dir(
         raise CheckpointError(f"{hf_dir}/config.json: {e}") from None
     tok_dir = tokenizer_path or hf_dir
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer = load_tokenizer_dir(tok_dir)
     except (OSError, ValueError) as e:
         raise CheckpointError(
             f"No usable tokenizer in {tok_dir} ({e}); pass a tokenizer directory."

@@ -1,7 +1,8 @@
 """Batched, jitted inference: scoring (query, document) pairs and embedding texts.
 
-Token sequences are sorted by length and cut into fixed-size batches padded to a small set of length
-buckets, so the forward pass compiles once per bucket; results come back in input order. Batches are
+Token sequences are sorted by length and cut into batches padded to a small set of length buckets
+(a short last batch to the smallest quarter of a full one that holds it), so the forward pass
+compiles for at most four row counts per bucket; results come back in input order. Batches are
 sharded over the mesh's batch axes. Token budgets default to the ones stored with the model. With
 `pack=True` several sequences share a row instead (`data.packing`: segment ids, per-pair pooling),
 which computes the same outputs with far less padding.
@@ -85,14 +86,15 @@ class BatchedRunner:
             return self._run_packed(params, sequences, types, progress)
         n = len(sequences)
         order = np.argsort([len(s) for s in sequences], kind="stable")
+        sizes = self._call_sizes(self.batch_size)
         out = None
         with sharding.use_rules(self.mesh, self.rules):
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 length = next(b for b in self.buckets if b >= max(len(sequences[i]) for i in idx))
-                fill = self.batch_size - len(
-                    idx
-                )  # filler rows: one pad token, segment 0, discarded
+                # Filler rows (one pad token, segment 0, discarded) up to the call's size: a
+                # short last call takes the smallest quarter of a full one that holds it.
+                fill = next(size for size in sizes if size >= len(idx)) - len(idx)
                 batch = [sequences[i] for i in idx] + [[self.pad_id]] * fill
                 batch_types = None if types is None else [types[i] for i in idx] + [[0]] * fill
                 ids, seg, tt = pad_batch(batch, length, self.pad_id, types=batch_types)
@@ -107,6 +109,12 @@ class BatchedRunner:
                 if progress is not None:
                     progress.update(len(idx))
         return out if out is not None else np.zeros((0,), np.float32)
+
+    def _call_sizes(self, full: int) -> list[int]:
+        """Row counts a call may have: a quarter, half, three quarters or all of `full`, each a
+        multiple of the device split (so a program compiles for at most four per shape)."""
+        split = self._split
+        return sorted({-(-full * j // 4 // split) * split for j in range(1, 5)})
 
     def packed_layout(self, sequences, types=None):
         """How `run` packs these sequences: (packing.PackedRows, [(first row, rows, padded rows)]
@@ -124,7 +132,7 @@ class BatchedRunner:
         packed = packing.pack_sequences(sequences, length, self.max_pairs, self.pad_id, types)
         split = self._split
         per_call = max(split, self.pack_rows * self.max_length // length // split * split)
-        sizes = sorted({-(-per_call * j // 4 // split) * split for j in range(1, 5)})
+        sizes = self._call_sizes(per_call)
         calls = []
         for start in range(0, packed.placement.num_rows, per_call):
             k = min(per_call, packed.placement.num_rows - start)

@@ -20,13 +20,13 @@ class Teacher:
         batch_size: int = 64,
         max_length: int | None = None,
         path: str | None = None,
+        pack: bool = True,
     ):
+        """`pack`: several pairs (texts) per row; the same scores, a fraction of the padding."""
         self.model, self.path = model, path or model.path  # path: as the user gave it
         self.kind = "embedder" if self.model.spec.head.kind == "embed" else "reranker"
-        if self.kind == "reranker":
-            self.runner = scorer_for(self.model, batch_size=batch_size, max_length=max_length)
-        else:
-            self.runner = embedder_for(self.model, batch_size=batch_size, max_length=max_length)
+        make = scorer_for if self.kind == "reranker" else embedder_for
+        self.runner = make(self.model, batch_size=batch_size, max_length=max_length, pack=pack)
 
     def describe(self) -> dict:
         spec = self.model.spec

@@ -69,6 +69,7 @@ FORMAT_VERSION = 3  # 3: groups name their documents by id (no texts)
 # Settings that change where or how fast a run goes, not what it produces.
 VOLATILE = (
     "output", "index_dir", "concurrency", "timeout_s", "max_retries", "teacher_batch_size",
+    "teacher_pack",
     "endpoint", "endpoints", "generator_batch_size", "generator_check_every", "model_sharding",
     "dense_part_size", "real_queries", "diagnostics_sample", "diagnostics_embedder",
 )  # fmt: skip
@@ -158,6 +159,7 @@ class Miner:
                 self.cfg.teacher_max_length or None,
                 devices=self.devices,
                 model_sharding=self.cfg.model_sharding,
+                pack=self.cfg.teacher_pack,
             )
         return self._teacher
 

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from querit_jax import storage
 from querit_jax.errors import CheckpointError
 from querit_jax.models.spec import ModelSpec, abstract_params, check_shapes, flatten
+from querit_jax.models.tokenizers import load_tokenizer_dir
 
 MARKER = "model.json"  # written last: a directory without it is not a (complete) checkpoint
 
@@ -68,12 +69,10 @@ def read_spec(path: str) -> tuple[ModelSpec, dict]:
 def load_tokenizer(path: str, meta: dict):
     """The tokenizer stored with a checkpoint (copied locally first when the checkpoint is
     remote)."""
-    from transformers import AutoTokenizer
-
     location = storage.contained(
         path, meta.get("tokenizer", "tokenizer"), storage.join(path, MARKER)
     )
-    return AutoTokenizer.from_pretrained(storage.local_copy(location))
+    return load_tokenizer_dir(storage.local_copy(location))
 
 
 def restore_params(path: str, spec: ModelSpec, abstract: dict) -> dict:

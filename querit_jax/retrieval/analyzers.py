@@ -70,7 +70,7 @@ def analyzer_for(spec) -> SubwordAnalyzer | UnicodeAnalyzer:
     if spec in (None, "", "unicode"):
         return UnicodeAnalyzer()
     if isinstance(spec, str):
-        from transformers import AutoTokenizer
+        from querit_jax.models.tokenizers import load_tokenizer_dir
 
-        return SubwordAnalyzer(AutoTokenizer.from_pretrained(spec))
+        return SubwordAnalyzer(load_tokenizer_dir(spec))
     return SubwordAnalyzer(spec)

@@ -25,6 +25,7 @@ from querit_jax.data.io import ReadReport, fingerprint, read_json, write_json, w
 from querit_jax.data.sources import dataset_name, load_dataset, parse_source
 from querit_jax.data.tokenize import PairEncoder
 from querit_jax.errors import QueritError, StorageError
+from querit_jax.models.tokenizers import load_tokenizer_dir
 from querit_jax.retrieval.analyzers import analyzer_for
 from querit_jax.retrieval.bm25 import BM25Retriever
 
@@ -204,10 +205,8 @@ def input_pipeline(cfg, spec, tokenizer, workdir, log):
     if cfg.data.bm25_tokenizer == "unicode":  # the built-in analyser (any language)
         bm25_tokenizer = "unicode"
     elif cfg.data.bm25_tokenizer:
-        from transformers import AutoTokenizer
-
         name = cfg.data.bm25_tokenizer  # a directory (local or gs://) or a Hub id
-        bm25_tokenizer = AutoTokenizer.from_pretrained(
+        bm25_tokenizer = load_tokenizer_dir(
             storage.local_copy(name) if storage.is_remote(name) else name
         )
     manifest, builder = shared_training_data(cfg.data, bm25_tokenizer, data_dir, log)

@@ -31,6 +31,7 @@ from querit_jax.loading import load_model, load_teacher
 from querit_jax.models.checkpoint import save_model
 from querit_jax.models.spec import RUNTIME_FIELDS, ModelSpec, abstract_params, init_params
 from querit_jax.models.templates import make_template
+from querit_jax.models.tokenizers import load_tokenizer_dir
 from querit_jax.sharding import axes, hybrid
 from querit_jax.training import (
     compile_cache,
@@ -55,8 +56,6 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
     dtypes and remat are applied to it, and so are the `model.overrides` that say how it runs
     (`models.spec.RUNTIME_FIELDS`, e.g. `moe_impl: ep`); any other override is a ConfigError.
     """
-    from transformers import AutoTokenizer
-
     m, d = cfg.model, cfg.data
     template = make_template(m.template, instruction=m.instruction or None)
     budgets = dict(template=template, max_length=d.max_length, max_query_tokens=d.max_query_tokens)
@@ -87,7 +86,7 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
         )
         log(f"Initialised from {loaded.path} ({loaded.spec.family}, head {loaded.spec.head.kind}).")
         return loaded.spec, loaded.graphdef, loaded.params, loaded.tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(m.tokenizer)
+    tokenizer = load_tokenizer_dir(m.tokenizer)
     backbone = m.backbone_config(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
