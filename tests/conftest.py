@@ -80,32 +80,3 @@ def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
-
-
-# The slowest tests (seconds on a 2-core CI run), started first on both xdist workers: worksteal
-# gives each worker one contiguous half of the collection and later moves queued tests, never a
-# running one, so a long test that starts near the end keeps the other worker idle. Tests that wait
-# on a shared run (tiny_workdir, the resilience reference) are left where they are.
-# (180, 168, 157, 95, 69, 60, 52 and 39 s in the CI run that chose them).
-SLOWEST = (
-    "tests/test_multihost.py::test_two_processes_train_evaluate_and_resume_like_one_process",
-    "tests/test_multihost.py::test_two_processes_adapt_with_mining_like_one_process",
-    "tests/test_loop.py::test_loop_tiny_end_to_end_records_every_choice_and_resumes",
-    "tests/test_pod_phases.py::test_merge_evaluate_and_export_in_a_bucket",
-    "tests/test_resilience.py::test_checkpoint_restores_onto_another_mesh_and_rule_preset",
-    "tests/test_mining.py::test_two_processes_mine_what_one_does_and_a_killed_process_resumes",
-    "tests/test_encoders.py::test_xlm_roberta_embedder_matches_sentence_transformers",
-    "tests/test_compute.py::"
-    "test_scan_layers_on_a_moe_with_dense_layers_keeps_scores_aux_losses_and_updates",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Puts the SLOWEST tests at the front of both halves of the collection, alternately (the
-    order is the same in every worker, as xdist requires)."""
-    rank = {nodeid: i for i, nodeid in enumerate(SLOWEST)}
-    slow = sorted((item for item in items if item.nodeid in rank), key=lambda i: rank[i.nodeid])
-    rest = [item for item in items if item.nodeid not in rank]
-    first, second = slow[0::2], slow[1::2]
-    cut = max(0, len(items) // 2 - len(first))
-    items[:] = first + rest[:cut] + second + rest[cut:]
