@@ -5,8 +5,10 @@ same machine.
   [--repeats=3]
 
 Encodes the same corpus (XQuAD-R sentences, all bundled languages) and the same queries with both
-frameworks, each at its standard setting (ours: length buckets + jit; sentence-transformers: length-
-sorted dynamic padding), then runs exact top-100 search (ours: `ShardedCorpus`; PyTorch:
+frameworks, each at its standard setting (ours: `loading.embedding_function`, what `retrieve`, the
+dense first stage and mining's corpus index run: several texts packed per row, and for comparison
+one text per length-bucketed row; sentence-transformers: length-sorted dynamic padding), then runs
+exact top-100 search (ours: `ShardedCorpus`; PyTorch:
 `sentence_transformers.util.semantic_search`). Prints docs/s and queries/s per framework and the
 ratio JAX / PyTorch, each the median of `--repeats` interleaved runs after a warm-up (encoding
 and search alike). Not a test:
@@ -55,39 +57,48 @@ def main(argv):
     import torch
     from sentence_transformers import SentenceTransformer, util
 
-    from querit_jax.inference.runners import embedder_for
-    from querit_jax.loading import load_model
+    from querit_jax.loading import embedding_function, load_model
     from querit_jax.retrieval.topk import ShardedCorpus
 
     docs, queries = (
         _texts(_DATA.value, "corpus", _DOCS.value),
         _texts(_DATA.value, "queries", _QUERIES.value),
     )
-    model = load_model(_MODEL.value)
-    ours = embedder_for(model, batch_size=_BATCH.value)
+    max_length = load_model(_MODEL.value).spec.max_length
+    embed = embedding_function(_MODEL.value, batch_size=_BATCH.value)  # packed: the shipped path
+    embed_unpacked = embedding_function(_MODEL.value, batch_size=_BATCH.value, pack=False)
     st = SentenceTransformer(_MODEL.value, device="cpu")
-    st.max_seq_length = model.spec.max_length
+    st.max_seq_length = max_length
     torch.set_num_threads(os.cpu_count())
 
     def jax_encode():
-        return ours.embed(model.params, docs, "document")
+        return embed(docs, "document")
+
+    def jax_encode_unpacked():
+        return embed_unpacked(docs, "document")
 
     def torch_encode():
         return st.encode(docs, batch_size=_BATCH.value, convert_to_numpy=True)
 
-    jax_encode(), torch_encode()  # warm-up (compilation, allocator)
+    jax_encode(), jax_encode_unpacked(), torch_encode()  # warm-up (compilation, allocator)
     results = {}
-    enc_j, enc_t = [], []
-    for _ in range(_REPEATS.value):  # interleaved, so load changes hit both
+    enc_j, enc_u, enc_t = [], [], []
+    for _ in range(_REPEATS.value):  # interleaved, so load changes hit all three
         enc_j.append(_median_time(jax_encode, 1))
+        enc_u.append(_median_time(jax_encode_unpacked, 1))
         enc_t.append(_median_time(torch_encode, 1))
     results["encode docs/s"] = (
         len(docs) / statistics.median(enc_j),
         len(docs) / statistics.median(enc_t),
     )
+    results["encode docs/s, one text per row (pack=False)"] = (
+        len(docs) / statistics.median(enc_u),
+        len(docs) / statistics.median(enc_t),
+    )
 
     corpus = jax_encode()
-    qemb = ours.embed(model.params, queries, "query")
+    differ = float(np.abs(corpus - jax_encode_unpacked()).max())
+    qemb = embed(queries, "query")
     sharded = ShardedCorpus(corpus)
     tc, tq = torch.from_numpy(corpus), torch.from_numpy(qemb)
     search_j = lambda: sharded.search(qemb, 100)  # noqa: E731
@@ -110,7 +121,7 @@ def main(argv):
 
     print(
         f"model {_MODEL.value}; {len(docs)} docs, {len(queries)} queries, batch {_BATCH.value}, "
-        f"max_length {model.spec.max_length}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+        f"max_length {max_length}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     )
     print(
         "| measurement | querit_jax (JAX) | sentence-transformers (PyTorch) | ratio JAX/PyTorch |"
@@ -119,6 +130,7 @@ def main(argv):
     for name, (j, t) in results.items():
         print(f"| {name} | {j:.1f} | {t:.1f} | {j / t:.2f} |")
     print(f"top-10 agreement between the two frameworks: {same:.3f} of queries identical")
+    print(f"packed vs one text per row: embeddings differ by at most {differ:.1e}")
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ def hub_id(location: str) -> tuple[str, str | None] | None:
     return match.group(1), match.group(2)
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
+def hub_snapshot(repo_id: str, revision: str | None = None, weights: bool = True) -> str:
     """The local snapshot of a Hub model, downloaded once into huggingface_hub's cache (safetensors,
-    configs and tokenizer files only). Its directory name is the resolved commit.
+    configs and tokenizer files only; `weights=False`: no safetensors). Its directory name is the
+    resolved commit.
 
     Raises:
       CheckpointError: offline (or unreachable) without a cached copy, or no such repository, with
@@ -76,7 +77,8 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
     )
 
     try:
-        return snapshot_download(repo_id, revision=revision, allow_patterns=list(HUB_FILES))
+        patterns = [p for p in HUB_FILES if weights or p != "*.safetensors"]
+        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise CheckpointError(
             f"{repo_id}{'@' + revision if revision else ''}: no such model on the Hugging Face Hub "
@@ -93,12 +95,13 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
         ) from None
 
 
-def resolve_model_path(location: str) -> str:
+def resolve_model_path(location: str, weights: bool = True) -> str:
     """A model checkpoint, a Hugging Face directory or a training workdir (-> its `model/`), local
-    or gs://, or a Hub id (-> its local snapshot). Returns an absolute location."""
+    or gs://, or a Hub id (-> its local snapshot; `weights=False`: without its weight files).
+    Returns an absolute location."""
     hub = hub_id(location)
     if hub is not None:
-        return hub_snapshot(*hub)
+        return hub_snapshot(*hub, weights=weights)
     path = storage.absolute(location)
     if not storage.isdir(path):
         raise CheckpointError(f"{location}: no such directory (nor a Hugging Face Hub model id).")
@@ -132,6 +135,7 @@ def load_model(
     head: str = "auto",
     yes_token: str = "yes",
     no_token: str = "no",
+    weights: bool = True,
     **spec_fields,
 ) -> LoadedModel:
     """Loads a model checkpoint, a Hugging Face directory, a training workdir (local or gs://) or a
@@ -143,27 +147,32 @@ def load_model(
         into a linear head; "yes_no" needs a checkpoint that has an LM head.
       tokenizer_path: another tokenizer directory (local or gs://). spec_fields: spec/backbone
       fields to override (dtype, param_dtype, remat, template, max_length...).
+      weights: False reads no tensor (a Hugging Face directory's weight files are not even copied
+        from a bucket or downloaded from the Hub): `params` are the ShapeDtypeStructs (with
+        shardings) they would have, for a caller that restores them from elsewhere (a resumed
+        training run).
     Raises:
       CheckpointError: naming the path and the offending key, for anything unusable.
     """
-    location, path = path, resolve_model_path(path)
+    location, path = path, resolve_model_path(path, weights)
     mesh = mesh or sharding.single_device_mesh()
     logical_rules = logical_rules or sharding.rules.resolve_rules("fsdp")
     tokenizer_dir = storage.local_copy(tokenizer_path) if tokenizer_path else ""
     if not is_model_checkpoint(path):
         # transformers reads local files: a gs:// directory is copied into the cache first.
         spec, params, tokenizer = hf_import.read_hf_dir(
-            storage.local_copy(path),
+            storage.local_copy(path, skip=() if weights else hf_import.WEIGHT_PATTERNS),
             head=head,
             tokenizer_path=tokenizer_dir,
             yes_token=yes_token,
             no_token=no_token,
+            weights=weights,
         )
         meta = {"source": _source(location, path)}
     else:
         spec, meta = read_spec(path)
         _, abstract = abstract_params(spec, mesh, logical_rules)
-        params = restore_params(path, spec, abstract)
+        params = restore_params(path, spec, abstract) if weights else None
         tokenizer = (
             load_tokenizer_dir(tokenizer_dir) if tokenizer_dir else load_tokenizer(path, meta)
         )
@@ -190,7 +199,7 @@ def load_model(
         # the grouped path computes the same function on any mesh.
         spec = spec.replace(moe_impl="grouped")
     graphdef, abstract = abstract_params(spec, mesh, logical_rules)
-    params = place_params(params, abstract, path)
+    params = place_params(params, abstract, path) if weights else abstract
     return LoadedModel(spec, graphdef, params, tokenizer, path, meta, mesh, logical_rules)
 
 
@@ -254,11 +263,13 @@ def embedding_function(
     max_length: int | None = None,
     devices=None,
     model_sharding: str = "fsdp",
+    pack: bool = True,
 ):
     """`embed(texts, role, progress=None) -> [n, D]` of the embedder at `path` (loaded once, on
-    `devices` of this process: see `process_mesh`)."""
+    `devices` of this process: see `process_mesh`). `pack`: several texts per row
+    (`inference.runners`; the same embeddings, a fraction of the padding)."""
     model = load_model(path, *process_mesh(devices, model_sharding))
-    runner = embedder_for(model, batch_size=batch_size, max_length=max_length)
+    runner = embedder_for(model, batch_size=batch_size, max_length=max_length, pack=pack)
     return functools.partial(runner.embed, model.params)
 
 

@@ -48,6 +48,26 @@ def test_a_checkpoint_loads_from_a_relative_path(tmp_path, hf_dir, monkeypatch):
     np.testing.assert_array_equal(np.asarray(got["score.kernel"]).T, hf)
 
 
+def test_a_model_described_without_its_weights_is_the_loaded_one_minus_the_values(tmp_path, hf_dir):
+    """`load_model(weights=False)` (what a resumed run asks of `init_from`): the same spec,
+    tokenizer and parameter shapes, dtypes and shardings as a load, from a Hugging Face directory
+    and a model checkpoint, without reading a tensor (both load with their weight files gone)."""
+    import jax
+
+    ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
+    hf = shutil.copytree(hf_dir, str(tmp_path / "hf"))
+    loaded = [load_model(path) for path in (hf, ckpt)]
+    os.remove(os.path.join(hf, "model.safetensors"))
+    shutil.rmtree(os.path.join(ckpt, "params"))
+    for path, want in zip((hf, ckpt), loaded):
+        got = load_model(path, weights=False)
+        assert got.spec == want.spec and got.tokenizer.vocab == want.tokenizer.vocab
+        assert jax.tree.structure(got.params) == jax.tree.structure(want.params)
+        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+            assert isinstance(a, jax.ShapeDtypeStruct)
+            assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+
+
 def test_params_that_do_not_match_model_json_name_the_key(tmp_path, hf_dir):
     ckpt = hf_import.import_hf(hf_dir, str(tmp_path / "ckpt"))
     meta_path = os.path.join(ckpt, "model.json")
@@ -154,3 +174,33 @@ def test_missing_tensor_is_named(tmp_path, hf_dir):
     write_file(str(broken / "model.safetensors"), tensors)
     with pytest.raises(CheckpointError, match="'model.layers.1.mlp.up_proj.weight' is missing"):
         load_model(str(broken))
+
+
+def test_saving_a_small_replicated_model_compiles_no_program(tmp_path, hf_dir):
+    """Orbax splits a replicated array among its replicas with one slicing program per shape (~1.5
+    s of a tiny model's first save); below `REPLICA_PARALLEL_MIN_SLICE_BYTES` per slice one replica
+    writes it whole, so saving a small model replicated over 8 devices compiles nothing. The save
+    still restores exactly."""
+    import jax
+
+    from querit_jax import sharding
+    from querit_jax.models.checkpoint import save_model
+
+    mesh = sharding.make_mesh((8, 1, 1, 1))
+    model = load_model(hf_dir, mesh, sharding.rules.resolve_rules("dp"))
+    assert len(jax.tree.leaves(model.params)[0].sharding.device_set) == 8
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        save_model(str(tmp_path / "ckpt"), model.spec, model.params, model.tokenizer)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert not compiles
+    again = load_model(str(tmp_path / "ckpt"))
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

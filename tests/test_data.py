@@ -418,10 +418,10 @@ def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, to
                 np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_tokenizers_load_as_auto_tokenizer_does_and_the_generic_one_without_torch():
-    """The demo's tokenizer (generic fast class) loads without transformers' model code, which
-    imports torch when it is installed (a fresh process shows it); any other goes through
-    AutoTokenizer. Both give what AutoTokenizer gives."""
+def test_tokenizers_load_as_auto_tokenizer_does_and_without_torch():
+    """Tokenizers whose config names a `tokenizers`-backed class (the demo's generic one, MiniLM's
+    BertTokenizer) load through that class, without transformers' model code, which imports torch
+    when it is installed (a fresh process shows it). They give what AutoTokenizer gives."""
     import subprocess
 
     from transformers import AutoTokenizer
@@ -438,9 +438,11 @@ def test_tokenizers_load_as_auto_tokenizer_does_and_the_generic_one_without_torc
         assert (got.pad_token_id, got.eos_token_id) == (want.pad_token_id, want.eos_token_id)
     code = (
         "import sys; from querit_jax.models.tokenizers import load_tokenizer_dir; "
-        f"t = load_tokenizer_dir({DEMO_TOKENIZER!r}); print(len(t), 'torch' in sys.modules)"
+        f"a, b = load_tokenizer_dir({DEMO_TOKENIZER!r}), load_tokenizer_dir({minilm!r}); "
+        "print(len(a), len(b), 'torch' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == [str(len(AutoTokenizer.from_pretrained(DEMO_TOKENIZER))), "False"]
+    lengths = [str(len(AutoTokenizer.from_pretrained(n))) for n in (DEMO_TOKENIZER, minilm)]
+    assert out.stdout.split() == [*lengths, "False"]

@@ -109,6 +109,11 @@ def test_local_copies_of_remote_directories_are_cached(bucket, tmp_path, monkeyp
     storage.write_text(storage.join(remote, "tokenizer.json"), '{"changed": true}')
     assert storage.local_copy(remote) != local  # another size: a new copy
     assert storage.local_copy(str(tmp_path)) == str(tmp_path)
+    # Leaving files out (a model's weights, for a reader of its configuration): its own copy.
+    storage.write_text(storage.join(remote, "model.safetensors"), "weights")
+    config_only = storage.local_copy(remote, skip=("*.safetensors",))
+    assert sorted(storage.files(config_only)) == ["sub/x.txt", "tokenizer.json"]
+    assert sorted(storage.files(storage.local_copy(remote)))[0] == "model.safetensors"
 
 
 def test_a_model_checkpoint_round_trips_through_a_bucket(bucket, tmp_path, tokenizer):

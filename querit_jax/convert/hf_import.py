@@ -33,6 +33,9 @@ from querit_jax.models.templates import (
 from querit_jax.models.tokenizers import load_tokenizer_dir
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+# Files of a Hugging Face directory that hold weights (what a reader of its configuration and
+# tokenizer leaves behind when copying it from a bucket).
+WEIGHT_PATTERNS = ("*.safetensors", *PICKLE_PATTERNS, "*.h5", "*.msgpack", "*.onnx", "*.ot")
 ARCHITECTURES = {
     "qwen3": ("Qwen3ForSequenceClassification", "Qwen3ForCausalLM", "Qwen3Model"),
     "qwen3_moe": ("Qwen3MoeForSequenceClassification", "Qwen3MoeForCausalLM", "Qwen3MoeModel"),
@@ -300,8 +303,10 @@ def read_hf_dir(
     no_token: str = "no",
     max_length: int | None = None,
     seed: int = 0,
+    weights: bool = True,
 ):
-    """Reads a Hugging Face directory. Returns (ModelSpec, host parameter tree, tokenizer).
+    """Reads a Hugging Face directory. Returns (ModelSpec, host parameter tree, tokenizer); with
+    `weights=False` no tensor is read and the tree is None (the spec and tokenizer only).
 
     Args:
       head: "auto" (by architecture: yes_no for causal LMs, embed for bare encoders and ST folders,
@@ -343,7 +348,9 @@ def read_hf_dir(
     spec = ModelSpec(
         family, backbone, head_cfg, template, max_length, int(recorded.get("max_query_tokens", 64))
     )
-
+    convert = head == "score" and spec.head.kind == "yes_no"
+    if not weights:
+        return (yes_no_to_score(spec, None)[0] if convert else spec), None, tokenizer
     weights = read_weights(hf_dir)
     if family in ("qwen3", "qwen3_moe"):
         weights = qwen3_table.unfuse_experts(weights, backbone)
@@ -363,7 +370,7 @@ def read_hf_dir(
     leftover = sorted(set(weights) - used - ignored)
     if leftover:
         raise CheckpointError(f"{hf_dir}: unexpected tensors {leftover[:5]} for {arch}.")
-    if head == "score" and spec.head.kind == "yes_no":
+    if convert:
         spec, params = yes_no_to_score(spec, params)
     return spec, params, tokenizer
 

@@ -12,7 +12,9 @@ location (a checkpoint, a training workdir, a Hugging Face directory) is `querit
 """
 
 import dataclasses
+import functools
 import json
+import logging
 from typing import Any
 
 import jax
@@ -26,6 +28,35 @@ from querit_jax.models.spec import ModelSpec, abstract_params, check_shapes, fla
 from querit_jax.models.tokenizers import load_tokenizer_dir
 
 MARKER = "model.json"  # written last: a directory without it is not a (complete) checkpoint
+
+# Orbax writes a replicated array in slices, one per replica, so that every replica (every host of a
+# data-parallel pod) writes its part. Each slice is a device program (compiled per array shape): for
+# small arrays (norm scales, biases, a tiny model's every tensor) that costs far more than the write
+# it splits (~1.5 s of a tiny model's first save on CPU). Below this many bytes per slice one
+# replica writes the array whole; the large tensors of a real model are still written in parallel.
+REPLICA_PARALLEL_MIN_SLICE_BYTES = 4 << 20
+
+
+@functools.cache
+def use_array_handler() -> None:
+    """Makes Orbax save jax.Arrays with the replica-parallel threshold above (once per process;
+    every Orbax writer of the package calls it)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # Orbax warns that a handler replaces its default: that is the aim
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array,
+            ocp.type_handlers.ArrayHandler(
+                min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_SLICE_BYTES
+            ),
+            override=True,
+        )
+    finally:
+        absl.setLevel(level)
+
+
+use_array_handler()
 
 
 def save_model(

@@ -239,13 +239,15 @@ def place_params(params: dict, abstract: dict, where: str = "parameters") -> dic
     )
 
 
-def yes_no_to_score(spec: ModelSpec, params: dict) -> tuple[ModelSpec, dict]:
+def yes_no_to_score(spec: ModelSpec, params: dict | None) -> tuple[ModelSpec, dict | None]:
     """Converts a yes/no head exactly into a linear score head: w = out[:, yes] - out[:, no].
 
     Both compute logit[yes] - logit[no] at the last token; the linear form is what
-    transformers' Qwen3ForSequenceClassification runs.
+    transformers' Qwen3ForSequenceClassification runs. `params=None`: the spec only.
     """
     head = spec.head
+    if params is None:
+        return dataclasses.replace(spec, head=HeadConfig(kind="score")), None
     params = dict(params)
     if spec.backbone.tie_word_embeddings:
         matrix = jnp.asarray(params["model"]["embed_tokens"]["embedding"]).T
@@ -255,7 +257,7 @@ def yes_no_to_score(spec: ModelSpec, params: dict) -> tuple[ModelSpec, dict]:
         jnp.float32
     )
     params["score"] = {"kernel": w.astype(matrix.dtype)[:, None]}
-    return dataclasses.replace(spec, head=HeadConfig(kind="score")), params
+    return yes_no_to_score(spec, None)[0], params
 
 
 @dataclasses.dataclass

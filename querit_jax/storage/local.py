@@ -1,6 +1,7 @@
 """Local stand-ins for remote locations: cached copies, scratch space, files mirrored by upload."""
 
 import contextlib
+import fnmatch
 import hashlib
 import io
 import os
@@ -115,10 +116,12 @@ def cache_root() -> str:
     )
 
 
-def local_copy(location, version: str = "") -> str:
+def local_copy(location, version: str = "", skip: tuple[str, ...] = ()) -> str:
     """A local path with the content of `location`: the path itself when local; for a URL, a copy
     in the cache keyed by the URL, the names and sizes of its files and `version` (e.g. a content
-    hash the caller knows; re-used while they all match).
+    hash the caller knows; re-used while they all match). `skip`: file name patterns (fnmatch, on
+    the last path part) a remote directory's copy leaves out (e.g. the weights, for a reader of
+    its configuration only).
 
     Raises:
       FileNotFoundError: when the location does not exist.
@@ -132,7 +135,11 @@ def local_copy(location, version: str = "") -> str:
     if not fs.isdir(key):
         listing = [(basename(source), fs.size(key))]
     else:
-        listing = [(rel, fs.size(f"{key}/{rel}")) for rel in files(source)]
+        listing = [
+            (rel, fs.size(f"{key}/{rel}"))
+            for rel in files(source)
+            if not any(fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern) for pattern in skip)
+        ]
     identity = (source, listing, version) if version else (source, listing)
     digest = hashlib.sha256(repr(identity).encode()).hexdigest()[:20]
     target = os.path.join(cache_root(), "remote", digest, basename(source))

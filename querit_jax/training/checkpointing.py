@@ -33,12 +33,14 @@ import orbax.checkpoint as ocp
 
 from querit_jax import storage
 from querit_jax.errors import CheckpointError, ConfigError
+from querit_jax.models.checkpoint import use_array_handler
 from querit_jax.training import preemption
 
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int, async_save: bool = True):
         self.directory = storage.absolute(directory)
+        use_array_handler()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,

@@ -48,8 +48,10 @@ from querit_jax.training.state import TrainState, init_state, state_shardings
 from querit_jax.training.writers import MetricWriter, Progress, get_logger, metrics_collection
 
 
-def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
-    """(spec, graphdef, params, tokenizer): from `model.init_from` or freshly initialised.
+def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log, weights: bool = True):
+    """(spec, graphdef, params, tokenizer): from `model.init_from` or freshly initialised;
+    `weights=False` (a run about to restore a checkpoint) neither reads nor initialises any weight,
+    the params are ShapeDtypeStructs with their shardings.
 
     With `init_from`, the architecture comes from the checkpoint; the config's head (a yes/no head
     is converted exactly to a linear one if `head="score"`), tokenizer, template, token budgets,
@@ -81,10 +83,12 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
             head=m.head,
             yes_token=m.yes_token,
             no_token=m.no_token,
+            weights=weights,
             **budgets,
             **compute,
         )
-        log(f"Initialised from {loaded.path} ({loaded.spec.family}, head {loaded.spec.head.kind}).")
+        if weights:
+            log(f"Initialised from {loaded.path} ({loaded.spec.family}, {loaded.spec.head.kind}).")
         return loaded.spec, loaded.graphdef, loaded.params, loaded.tokenizer
     tokenizer = load_tokenizer_dir(m.tokenizer)
     backbone = m.backbone_config(
@@ -99,6 +103,8 @@ def build_model(cfg: config_lib.ExperimentConfig, mesh, logical_rules, log):
             f"{backbone.vocab_size} embedding rows."
         )
     spec = ModelSpec(backbone.family, backbone, config_lib.head_config(m, tokenizer), **budgets)
+    if not weights:
+        return spec, *abstract_params(spec, mesh, logical_rules), tokenizer
     graphdef, params = init_params(spec, mesh, logical_rules, seed=m.seed)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     log(
@@ -186,18 +192,21 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     log(plan.line())
     plan.check()
 
-    spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log)
+    ckpt = Checkpointer(
+        storage.join(workdir, "checkpoints"),
+        cfg.train.keep_checkpoints,
+        cfg.train.async_checkpoints,
+    )
+    # With checkpoints the weights come from one: none are initialised, nor read from init_from.
+    resuming = bool(ckpt.all_steps())
+    spec, graphdef, params, tokenizer = build_model(cfg, mesh, rules, log, weights=not resuming)
     data_iter, manifest, bm25_tokenizer = inputs.input_pipeline(cfg, spec, tokenizer, workdir, log)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     tx = guards.skip_nonfinite(tx, cfg.train.max_nonfinite_steps)
     _, abstract = abstract_params(spec, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh)
-    state = init_state(params, tx, shardings)
-    del params
-    ckpt = Checkpointer(
-        storage.join(workdir, "checkpoints"),
-        cfg.train.keep_checkpoints,
-        cfg.train.async_checkpoints,
+    target = abstract_like(
+        jax.eval_shape(lambda p: init_state(p, tx, shardings), abstract), shardings
     )
 
     def check_config(saved: dict) -> None:
@@ -211,12 +220,13 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
 
     # The newest checkpoint that restores (older ones if it is unreadable, with a warning), onto
     # this run's shardings; never a silent fresh start while checkpoints exist.
-    start, restored = ckpt.restore_latest(
-        abstract_like(state, shardings), data_iter, check_config, get_logger().warning
-    )
+    start, state = ckpt.restore_latest(target, data_iter, check_config, get_logger().warning)
     if start:
-        state = restored
         log(f"Resumed from step {start} ({ckpt.directory}).")
+    else:  # weights built now if the checkpoints went away since they were listed
+        params = build_model(cfg, mesh, rules, log)[2] if resuming else params
+        state = init_state(params, tx, shardings)
+    del params
     batch_sharding = NamedSharding(
         mesh, sharding.logical_to_spec((axes.BATCH,), rules)
     )  # dim 0 of all
