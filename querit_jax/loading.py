@@ -171,8 +171,11 @@ def load_model(
         meta = {"source": _source(location, path)}
     else:
         spec, meta = read_spec(path)
-        _, abstract = abstract_params(spec, mesh, logical_rules)
-        params = restore_params(path, spec, abstract) if weights else None
+        params = (
+            restore_params(path, spec, abstract_params(spec, mesh, logical_rules)[1])
+            if weights
+            else None
+        )
         tokenizer = (
             load_tokenizer_dir(tokenizer_dir) if tokenizer_dir else load_tokenizer(path, meta)
         )

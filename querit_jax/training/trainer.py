@@ -203,7 +203,7 @@ def setup(cfg: config_lib.ExperimentConfig, workdir: str, devices=None) -> Sessi
     data_iter, manifest, bm25_tokenizer = inputs.input_pipeline(cfg, spec, tokenizer, workdir, log)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     tx = guards.skip_nonfinite(tx, cfg.train.max_nonfinite_steps)
-    _, abstract = abstract_params(spec, mesh, rules)
+    abstract = params if resuming else abstract_params(spec, mesh, rules)[1]
     shardings = state_shardings(abstract, tx, mesh)
     target = abstract_like(
         jax.eval_shape(lambda p: init_state(p, tx, shardings), abstract), shardings
