@@ -1,7 +1,7 @@
 """Mining at corpus scale: docs/s and peak memory per process, index build, size of the mined data.
 
     python benchmarks/mining_scale.py --docs=100000 [--processes=1,2] [--max_docs=2000] [--pin]
-        [--text_scale=1]
+        [--text_scale=1] [--rounds=1]
 
 1. A synthetic corpus of `--docs` documents with XQuAD-R's length mix (70% sentence-length, 30%
    paragraph-length documents, lengths drawn from the 8 languages' sentences and paragraphs; words
@@ -23,6 +23,8 @@
    much parallel work the (shared) machine gave P processes at that time: the ceiling for the
    speed-up. `--pin` runs each process on its own core with one XLA thread (taskset), so the
    speed-up of P processes shows the division of work apart from one process's use of several cores.
+   `--rounds=R` repeats the runs R times, the process counts interleaved; each round's speed-up is
+   over that round's first run, and the median per process count is reported.
 
 Prints one JSON object and a Markdown table row per run. Not run in CI.
 """
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -333,6 +336,9 @@ def main() -> None:
     parser.add_argument(
         "--text_scale", type=float, default=1.0, help="documents this many times as long"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds of every process count"
+    )
     args = parser.parse_args()
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: never time fake devices.")
@@ -348,13 +354,22 @@ def main() -> None:
         "corpus_mb": round(os.path.getsize(os.path.join(corpus_dir, "corpus.jsonl")) / 1e6, 1),
         "corpus_seconds": round(corpus_seconds, 1),
         "index": build_index(args, corpus_dir, teacher),
-        "runs": [mine(args, corpus_dir, teacher, int(p)) for p in args.processes.split(",")],
+        "runs": [],
     }
-    base = result["runs"][0]["aggregate_docs_per_s"]
-    for run in result["runs"]:
-        run["speedup"] = round(run["aggregate_docs_per_s"] / base, 2)
-        # Measured right after the run: the same machine load, no mining running.
-        run["machine_parallelism"] = machine_parallelism(run["processes"])
+    counts = [int(p) for p in args.processes.split(",")]
+    for _ in range(args.rounds):  # the process counts interleaved, round after round
+        base = None
+        for p in counts:
+            run = mine(args, corpus_dir, teacher, p)
+            base = base or run["aggregate_docs_per_s"]
+            run["speedup"] = round(run["aggregate_docs_per_s"] / base, 2)
+            # Measured right after the run: the same machine load, no mining running.
+            run["machine_parallelism"] = machine_parallelism(p)
+            result["runs"].append(run)
+    result["median_speedup"] = {
+        p: statistics.median(r["speedup"] for r in result["runs"] if r["processes"] == p)
+        for p in counts
+    }
     print(json.dumps(result, indent=2))
     for run in result["runs"]:
         rates = " / ".join(f"{p['docs_per_s']:.1f}" for p in run["per_process"])

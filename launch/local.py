@@ -8,7 +8,8 @@ Every process gets QUERIT_COORDINATOR / QUERIT_NUM_PROCESSES / QUERIT_PROCESS_ID
 XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process> (after the caller's other XLA
 flags, which are kept) and JAX_PLATFORMS=cpu: the
 same code path a TPU pod slice takes, on one machine. Output lines are prefixed with `[i]`. If one
-process fails the others are stopped (a peer would otherwise wait for it forever); the exit code is
+process fails the others are stopped (SIGTERM, then SIGKILL after `--grace_s` seconds: a peer would
+otherwise wait for it forever); each process's exit code is printed at the end and the launcher's is
 the first non-zero one. `--dry_run` prints the commands and environment without starting anything.
 """
 
@@ -58,9 +59,16 @@ def _pump(index: int, stream, out) -> None:
         out.flush()
 
 
-def run(command: list[str], envs: list[dict], timeout: float | None, cwd: str | None = None) -> int:
+def run(
+    command: list[str],
+    envs: list[dict],
+    timeout: float | None,
+    cwd: str | None = None,
+    grace_s: float = 10.0,
+) -> int:
     """Starts one `python <command>` per env, streams output, returns the first failing exit
-    code."""
+    code. Processes still running when one fails (or at `timeout`) get SIGTERM, and SIGKILL
+    `grace_s` seconds later (time to finish a shard or a checkpoint, as on a preempted VM)."""
     procs = [
         subprocess.Popen(
             [sys.executable, *command],
@@ -86,22 +94,25 @@ def run(command: list[str], envs: list[dict], timeout: float | None, cwd: str | 
         if codes and not failed:
             failed = codes[0]
             print(f"[launch] a process exited with {failed}; stopping the others.", file=sys.stderr)
-            _stop(procs)
+            _stop(procs, grace_s)
         if deadline is not None and time.time() > deadline:
             print(f"[launch] timed out after {timeout:.0f} s; stopping all.", file=sys.stderr)
-            _stop(procs)
+            _stop(procs, grace_s)
             failed = failed or 124
         time.sleep(0.2)
     for t in pumps:
         t.join(timeout=5)
+    print(f"[launch] exit codes: {' '.join(str(p.returncode) for p in procs)}", file=sys.stderr)
     return failed or next((p.returncode for p in procs if p.returncode), 0)
 
 
-def _stop(procs) -> None:
+def _stop(procs, grace_s: float) -> None:
     for p in procs:
         if p.poll() is None:
             p.terminate()
-    time.sleep(3)
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
     for p in procs:
         if p.poll() is None:
             p.kill()
@@ -114,6 +125,12 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds before all are stopped"
+    )
+    parser.add_argument(
+        "--grace_s",
+        type=float,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL when the others are stopped",
     )
     parser.add_argument(
         "--dry_run", action="store_true", help="print what would run, start nothing"
@@ -131,7 +148,7 @@ def main(argv=None) -> int:
         print(f"[launch] process {i}: {shown} python {shlex.join(command)}", flush=True)
     if args.dry_run:
         return 0
-    return run(command, envs, args.timeout)
+    return run(command, envs, args.timeout, grace_s=args.grace_s)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ templates."""
 import filecmp
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
 import pytest
 
+from querit_jax import storage
 from querit_jax.data import beir, groups, pipeline, tfds_groups, xquad_r
 from querit_jax.data.io import ReadReport
 from querit_jax.data.tokenize import PairEncoder, pad_batch
@@ -385,6 +387,39 @@ def test_mined_groups_by_id_join_the_docstore_and_fail_clearly(tmp_path):
         mined.open_docstore(out)
     with pytest.raises(DataFormatError, match=r"data/manifest.json: .* which is missing"):
         docstore.open_checked(store.location, store.sha256, "data/manifest.json")
+
+
+def test_a_mined_source_is_identified_without_reading_its_index(tmp_path, monkeypatch):
+    """A training start names a mining output by its manifest, its shards' stat keys and its
+    docstore's recorded corpus hash: no byte of the corpus-sized index is read, and the signature
+    changes when a shard is rewritten or the docstore holds another corpus."""
+    from querit_jax.data import docstore, mined
+
+    out = _mined_output(tmp_path, [_id_group(0), _id_group(1)])
+    bm25 = os.path.join(out, "index", "bm25")
+    os.makedirs(bm25)
+    open(os.path.join(bm25, "data.csc.index.npy"), "wb").write(b"x" * 4096)
+    read = []
+    for name in ("open_read", "open_read_raw"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda p, real=real: read.append(p) or real(p))
+    first = mined.fingerprint(out)
+    opened = {os.path.relpath(p, out) for p in read}
+    assert opened == {"manifest.json", os.path.join("index", "docstore", "docstore.json")}
+    open(os.path.join(bm25, "data.csc.index.npy"), "wb").write(b"y" * 8192)
+    assert mined.fingerprint(out) == first  # the index is not part of it
+    shard = os.path.join(out, "shard-00000.jsonl")
+    write_jsonl(shard, [_id_group(0), _id_group(2)])
+    second = mined.fingerprint(out)
+    assert second != first
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"doc {i}"} for i in range(6)])
+    store = os.path.join(out, "index", "docstore")
+    shutil.rmtree(store)
+    docstore.build([str(tmp_path / "corpus.jsonl")], store)
+    assert mined.fingerprint(out) not in (first, second)
+    os.remove(os.path.join(out, "manifest.json"))
+    with pytest.raises(DataFormatError, match="no complete mining run"):
+        mined.fingerprint(out)
 
 
 def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, tokenizer):

@@ -57,6 +57,31 @@ def test_greedy_continuation_equals_transformers_generate(causal_lm, use_cache):
     assert any(len(o) > 3 for o in ours)
 
 
+@pytest.mark.parametrize("model_sharding", ["dp", "fsdp"])
+def test_the_sampler_over_several_devices_decodes_as_on_one(causal_lm, model_sharding):
+    """The miner lays its generator over all of a process's devices: rows split over them (dp) or
+    the parameters too (fsdp, a generator too large for one device). Greedy continuations equal
+    the one-device ones; with fsdp the weights really are split."""
+    import jax
+
+    sampling = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    one = JaxSampler(causal_lm, sampling, batch_size=4, use_chat_template=False)
+    four = JaxSampler(
+        causal_lm,
+        sampling,
+        batch_size=4,
+        use_chat_template=False,
+        devices=jax.local_devices()[:4],
+        model_sharding=model_sharding,
+    )
+    ids = [one.encode_prompt(p) for p in PROMPTS]
+    assert four.generate_ids(ids, seeds=[0, 1, 2]) == one.generate_ids(ids, seeds=[0, 1, 2])
+    leaves = jax.tree.leaves(four.model.params)
+    assert all(len(x.sharding.device_set) == 4 for x in leaves)
+    split = any(not x.sharding.is_fully_replicated for x in leaves)
+    assert split == (model_sharding == "fsdp")
+
+
 def test_sampling_is_seeded_and_bounded(causal_lm):
     sampler = JaxSampler(
         causal_lm,
@@ -99,9 +124,14 @@ def test_heuristic_generator_and_query_parsing():
 
 
 def test_sampler_reuses_programs_and_is_released(causal_lm):
+    """One program per shape, the decode state donated, prompt buckets as configured, and nothing
+    left holding the sampler once it is dropped."""
     import gc
     import weakref
 
+    import jax
+
+    from querit_jax.mining import jax_sampler
     from querit_jax.mining.jax_sampler import prompt_bucket, row_key
 
     sampler = JaxSampler(
@@ -113,6 +143,32 @@ def test_sampler_reuses_programs_and_is_released(causal_lm):
     assert sampler._admit._cache_size() == 1 and sampler._steps._cache_size() == 1
     assert [prompt_bucket(n) for n in (1, 33, 256, 257, 700)] == [32, 64, 256, 512, 768]
     assert not (row_key(5) == row_key(5 + 2**32)).all()  # seeds above 32 bits stay distinct
+    # The decode state (KV cache, tokens) is donated: the state passed in is freed, not copied.
+    state = sampler._empty_state()
+    after = sampler._steps(sampler.model.params, state)
+    assert all(x.is_deleted() for x in jax.tree.leaves(state))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(after))
+    # Prompt buckets come from the config (mining.generator_prompt_min/step): doubling from 4 up
+    # to 8, then multiples of 8; the same continuations.
+    assert [prompt_bucket(n, 4, 8) for n in (1, 5, 8, 9, 17)] == [4, 8, 8, 16, 24]
+    small = JaxSampler(
+        causal_lm,
+        SamplingConfig(max_new_tokens=3, temperature=0.0),
+        use_chat_template=False,
+        model=sampler.model,
+        prompt_buckets=(4, 8),
+    )
+    lengths = []
+    real_pad = jax_sampler.pad_batch
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(jax_sampler, "pad_batch", lambda s, n, *a, **k: lengths.append(n) or real_pad(
+            s, n, *a, **k))  # fmt: skip
+        got = small.generate_ids(ids, seeds=[0, 1, 2])
+    assert got == sampler.generate_ids(ids, seeds=[0, 1, 2])
+    longest = max(map(len, ids))
+    assert max(lengths) == prompt_bucket(longest, 4, 8) < prompt_bucket(longest)
+    assert all(n in (4, 8) or n % 8 == 0 for n in lengths)
+    del small, state, after, got
     ref = weakref.ref(sampler)
     del sampler
     gc.collect()

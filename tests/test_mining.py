@@ -225,6 +225,7 @@ def test_two_processes_mine_what_one_does_and_a_killed_process_resumes(
     recorded = _record_times(out)
     assert 1 <= len(by_process(1)) < 7 and len(recorded) < 14, first[-3000:]
     assert re.search(r"^\[0\] .*SIGTERM received: stopping", first, re.M), first[-3000:]
+    assert "[launch] exit codes: 0 -9" in first, first[-3000:]  # 0 finished its shard, exited 0
 
     launcher = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     second = launcher.stdout

@@ -177,7 +177,11 @@ def test_templates_render_like_the_exported_chat_template(tmp_path):
 
 
 def test_listwise_loss_gradients_match_torch(tmp_path):
-    """Backward parity: the listwise loss and every parameter gradient equal torch autograd's."""
+    """Backward parity: the listwise loss and every parameter gradient equal torch autograd's,
+    computed in float64 (the exact reference: two float32 implementations differ from it, and so
+    from each other, by their own rounding, which depends on the CPU's vector units; on this
+    fixture torch's float32 gradients are within 6.7e-6 of its float64 ones, ours within 9.0e-6,
+    relative to each tensor's largest gradient)."""
     import jax
 
     from querit_jax.convert import qwen3 as table
@@ -195,7 +199,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
         )
 
     loss, grads = jax.value_and_grad(loss_fn)(model.params)
-    ref = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    ref = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval().double()
     logits = ref(
         input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(seg)
     ).logits[:, 0]
@@ -210,7 +214,7 @@ def test_listwise_loss_gradients_match_torch(tmp_path):
         ours = e.to_hf(np.asarray(flat[".".join(map(str, e.path))]))
         want = named[e.hf_name].grad.numpy()
         np.testing.assert_allclose(
-            ours, want, atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=e.hf_name
+            ours, want, atol=3e-5 * max(1.0, np.abs(want).max()), rtol=0, err_msg=e.hf_name
         )
 
 

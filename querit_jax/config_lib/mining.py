@@ -31,6 +31,10 @@ class MiningConfig:
     top_k: int = 0  # keep only the k most likely tokens before top_p (0 = off)
     generator_batch_size: int = 32  # jax: rows decoded together (finished rows are refilled)
     generator_check_every: int = 16  # jax: decode steps on device between host checks
+    # jax: prompts are left-padded to lengths doubling from generator_prompt_min up to
+    # generator_prompt_step, then to multiples of it (each length one prefill program)
+    generator_prompt_min: int = 32
+    generator_prompt_step: int = 256
     concurrency: int = 4  # openai: requests in flight
     timeout_s: float = 60.0  # openai: per request
     max_retries: int = 3  # openai: attempts after the first
@@ -127,6 +131,11 @@ class MiningConfig:
             and self.generator_check_every >= 1,
             "mining.max_new_tokens/generator_batch_size/generator_check_every",
             "must be >= 1.",
+        )
+        require(
+            1 <= self.generator_prompt_min <= self.generator_prompt_step,
+            "mining.generator_prompt_min/generator_prompt_step",
+            "1 <= generator_prompt_min <= generator_prompt_step.",
         )
         require(
             self.model_sharding in ("dp", "fsdp"),

@@ -28,9 +28,10 @@ the output, or a location of its own for a shared `mining.index_dir`); `docstore
 `with_texts` joins the texts back (for a reader that wants FlagEmbedding's groups). Written by
 `querit_jax.mining`; read by training (`data.train` may name a mining output, whose texts the input
 pipeline joins per record: `data.pipeline`), the diagnostics and the dev set; `shard_files` lists
-the final files of a complete run.
+the final files of a complete run, `fingerprint` identifies one without reading its data.
 """
 
+import hashlib
 from collections.abc import Iterator
 
 from querit_jax import storage
@@ -62,6 +63,27 @@ def shard_files(output: str) -> list[str]:
     manifest = storage.join(output, MANIFEST)
     shards = read_json(manifest)["shards"]
     return [storage.contained(output, shards[k]["file"], manifest) for k in sorted(shards, key=int)]
+
+
+def fingerprint(output: str) -> str:
+    """Identifies a complete mining run's groups and texts without reading them: the manifest
+    (every shard's final file, the docstore's location), each final shard file's stat key (it
+    changes when the file is rewritten: `storage.stat_key`) and the corpus SHA-256 the docstore
+    recorded when it was built. What a training start hashes for a mined `data.train` source: the
+    shards and the index beside the docstore (BM25, dense parts: corpus-sized) are never read.
+
+    Raises:
+      DataFormatError: the run is not complete.
+    """
+    files = shard_files(output)
+    h = hashlib.sha256()
+    with storage.open_read_raw(storage.join(output, MANIFEST)) as f:
+        h.update(f.read())
+    for path in files:
+        h.update(f"{storage.basename(path)} {storage.stat_key(path)}\n".encode())
+    meta = read_meta(docstore_location(output))  # missing: open_docstore says what to do
+    h.update((meta["corpus"]["sha256"] if meta else "no docstore").encode())
+    return h.hexdigest()
 
 
 def docstore_location(output: str) -> str:

@@ -210,8 +210,10 @@ class JaxSampler:
         check_every: int = 16,
         enable_thinking: bool = False,
         model_sharding: str = "fsdp",
+        prompt_buckets: tuple[int, int] = (32, 256),
     ):
-        """`devices`: where the model and rows live (default: this process's first device)."""
+        """`devices`: where the model and rows live (default: this process's first device).
+        `prompt_buckets`: (smallest, step) of the padded prompt lengths (`prompt_bucket`)."""
         if model is None:
             mesh, rules = process_mesh(devices, model_sharding)
             model = load_model(model_path, mesh, rules, head="yes_no")
@@ -220,6 +222,7 @@ class JaxSampler:
             raise CheckpointError(f"{model_path} is an embedder; the sampler needs a causal LM.")
         self.tokenizer, self.sampling = self.model.tokenizer, sampling
         self.enable_thinking, self.check_every = enable_thinking, check_every
+        self.prompt_buckets = tuple(prompt_buckets)
         self.use_chat_template = use_chat_template and bool(
             getattr(self.tokenizer, "chat_template", None)
         )
@@ -302,7 +305,9 @@ class JaxSampler:
             return []
         if not use_cache:
             return self._generate_uncached(prompt_ids, seeds)
-        self._capacity = max(self._capacity, prompt_bucket(max(len(p) for p in prompt_ids)))
+        self._capacity = max(
+            self._capacity, prompt_bucket(max(len(p) for p in prompt_ids), *self.prompt_buckets)
+        )
         queue = collections.deque(sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i])))
         results: list = [None] * len(prompt_ids)
         row_of = [-1] * self.batch_size
@@ -348,7 +353,7 @@ class JaxSampler:
     def _admit_group(self, state, group, rows, prompt_ids, seeds):
         fill = self.admit_size - len(group)
         prompts = [prompt_ids[i] for i in group] + [prompt_ids[group[0]]] * fill
-        length = prompt_bucket(max(len(p) for p in prompts))
+        length = prompt_bucket(max(len(p) for p in prompts), *self.prompt_buckets)
         ids, seg, _ = pad_batch(prompts, length, self.pad_id, left=True)
         rows = np.array(list(rows) + [self.batch_size] * fill, np.int32)  # B: dropped
         keys = np.stack([row_key(seeds[i]) for i in group] + [row_key(0)] * fill)

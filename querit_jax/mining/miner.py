@@ -71,6 +71,7 @@ VOLATILE = (
     "output", "index_dir", "concurrency", "timeout_s", "max_retries", "teacher_batch_size",
     "teacher_pack",
     "endpoint", "endpoints", "generator_batch_size", "generator_check_every", "model_sharding",
+    "generator_prompt_min", "generator_prompt_step",
     "dense_part_size", "real_queries", "diagnostics_sample", "diagnostics_embedder",
 )  # fmt: skip
 
@@ -112,6 +113,7 @@ def build_generator(cfg, words, num_queries: int, devices, process_index: int):
             check_every=cfg.generator_check_every,
             enable_thinking=cfg.enable_thinking,
             model_sharding=cfg.model_sharding,
+            prompt_buckets=(cfg.generator_prompt_min, cfg.generator_prompt_step),
         )
     from querit_jax.mining.openai_client import OpenAIChatGenerator
 

@@ -49,7 +49,9 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         root = src.rsplit(":", 1)[0] if kind == "miracl" else src
         if not storage.exists(root):
             raise FileNotFoundError(f"data.train source {spec!r}: {root} does not exist.")
-        inputs.append({"spec": spec, "kind": kind, "sha256": fingerprint(root)})
+        # A mining output by its manifest, shard stat keys and corpus hash: never its index.
+        digest = mined.fingerprint(root) if kind == "mined" else fingerprint(root)
+        inputs.append({"spec": spec, "kind": kind, "sha256": digest})
     bm25 = (
         tokenizer
         if isinstance(tokenizer, str)
