@@ -242,7 +242,10 @@ def test_two_processes_mine_what_one_does_and_a_killed_process_resumes(
 
 
 def test_cross_shard_dedupe_keeps_the_first_in_shard_order(tmp_path):
-    from querit_jax.mining import records
+    import numpy as np
+
+    from querit_jax.data import docstore
+    from querit_jax.mining import devset, records
 
     out = str(tmp_path)
     queries = [["a", "b"], ["B!", "c"], ["a", "d", "c"]]  # "B!" normalises to "b"
@@ -261,6 +264,21 @@ def test_cross_shard_dedupe_keeps_the_first_in_shard_order(tmp_path):
     assert [e["file"] for e in manifest["shards"].values()] == [
         "shard-00000.jsonl", "shard-00001.dedup.jsonl", "shard-00002.dedup.jsonl"
     ]  # fmt: skip
+    # Keys are read as one uint64 array per record; the dev set drops the queries training has
+    # ("D!" is "d") and repeats of its own.
+    assert records.read_records(out, [2])[2]["keys"].dtype == np.uint64
+    corpus = [{"_id": f"s{i}", "text": f"text {i}"} for i in range(3)]
+    write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    store = docstore.build([str(tmp_path / "corpus.jsonl")], str(tmp_path / "store"))
+    dev = [["D!", "new one"], ["New one!"], ["fresh"]]
+    for i, qs in enumerate(dev):
+        write_jsonl(tmp_path / devset.DEV_SHARD.format(i), [
+            {"qid": f"q{i}{j}", "query": q, "source_doc": f"s{i}", "candidate_ids": [f"s{i}"],
+             "candidate_scores": [1.0], "_rows": [i]} for j, q in enumerate(qs)
+        ])  # fmt: skip
+    info = devset.write_dev(out, 3, store, manifest, log=lambda *a: None)
+    got = [json.loads(x)["text"] for x in open(tmp_path / "dev" / "queries.jsonl")]
+    assert got == ["new one", "fresh"] and info["dropped_repeats"] == 2
     os.remove(tmp_path / "records" / "shard-00002.json")
     with pytest.raises(miner.MiningError, match=r"shards \[2\] are not recorded"):
         records.finalize(out, 3, "r", True, {})

@@ -135,7 +135,7 @@ def _fake_embed(texts, role, progress=None):
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
 
 
-def test_docstore_streams_a_corpus_once_and_reads_rows_and_ids(tmp_path):
+def test_docstore_streams_a_corpus_once_and_reads_rows_and_ids(tmp_path, monkeypatch):
     import gzip
 
     from querit_jax.data import docstore
@@ -161,6 +161,12 @@ def test_docstore_streams_a_corpus_once_and_reads_rows_and_ids(tmp_path):
     assert docstore.is_current(str(tmp_path / "ds"), [path])
     os.utime(path, ns=(1, 1))  # rewritten (same bytes): the stat key changes, the store is stale
     assert not docstore.is_current(str(tmp_path / "ds"), [path])
+    # Seen ids move from a set into a sorted array every SEEN_CHUNK documents: with chunks of one,
+    # the duplicate is found in the array, and the store is the same.
+    monkeypatch.setattr(docstore, "SEEN_CHUNK", 1)
+    again = docstore.build([path], str(tmp_path / "ds1"))
+    assert again.meta["skipped"] == 3 and again.ids([0, 1, 2]) == store.ids([0, 1, 2])
+    assert again.row("d1") == 0 and again.texts([0]) == ["Tí primero"]
 
 
 def test_bm25_built_in_chunks_equals_bm25s_and_is_memory_mapped_when_saved(tmp_path):

@@ -19,12 +19,14 @@ Dev queries that repeat a training query (normalised) or an earlier dev query ar
 
 import zlib
 
+import numpy as np
+
 from querit_jax import storage
 from querit_jax.data.io import iter_jsonl, write_json, write_jsonl
 from querit_jax.data.runs import write_trec
 from querit_jax.eval.suite import OWN_RUN
 from querit_jax.mining.filters import normalize
-from querit_jax.mining.records import query_key, read_records
+from querit_jax.mining.records import key_value, query_key, read_records
 
 DEV_SHARD = "dev-{:05d}.jsonl"
 DEV_DIR = "dev"
@@ -42,12 +44,20 @@ def dev_dir(output: str) -> str:
 
 def write_dev(output: str, shards: int, store, manifest: dict, log=print) -> dict:
     """Process 0, after `records.finalize`: the dev shards -> `<output>/dev/` (BEIR layout)."""
-    train_keys = {k for r in read_records(output, range(shards)).values() for k in r["keys"]}
+    records = read_records(output, range(shards)).values()
+    train_keys = np.unique(np.concatenate([np.zeros(0, np.uint64), *(r["keys"] for r in records)]))
+    del records
+
+    def is_training_query(query: str) -> bool:
+        key = np.uint64(key_value(query_key(query)))
+        at = np.searchsorted(train_keys, key)
+        return bool(at < len(train_keys) and train_keys[at] == key)
+
     queries, run, qrels, rows, seen, dropped = [], {}, [], set(), set(), 0
     for i in range(shards):
         for _, g in iter_jsonl(storage.join(output, DEV_SHARD.format(i))):
             norm = normalize(g["query"])
-            if query_key(g["query"]) in train_keys or norm in seen:
+            if norm in seen or is_training_query(g["query"]):
                 dropped += 1
                 continue
             seen.add(norm)

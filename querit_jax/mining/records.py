@@ -41,12 +41,25 @@ def write_record(output: str, index: int, record: dict) -> None:
     write_json(storage.join(output, RECORDS, RECORD.format(index)), {"shard": index, **record})
 
 
+def key_value(key: str) -> int:
+    """A `query_key` as the unsigned 64-bit integer it spells."""
+    return int(key, 16)
+
+
+def _read_record(path: str) -> dict:
+    record = read_json(path)
+    record["keys"] = np.array([key_value(k) for k in record.get("keys", [])], np.uint64)
+    return record
+
+
 def read_records(output: str, indices) -> dict[int, dict]:
-    """The records of these shards (read in parallel from object stores)."""
+    """The records of these shards (read in parallel from object stores), each with its query keys
+    as one uint64 array, converted as each record is read: 8 bytes a query (30M queries' keys as
+    JSON strings would hold GBs in the process that finalises the run)."""
     paths = {i: storage.join(output, RECORDS, RECORD.format(i)) for i in indices}
     workers = 32 if storage.is_remote(output) else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(read_json, paths.values())))
+        return dict(zip(paths, pool.map(_read_record, paths.values())))
 
 
 def _rewrite(source: str, target: str, drop: set[int]) -> None:
@@ -69,7 +82,7 @@ def finalize(output: str, shards: int, digest: str, dedupe: bool, header: dict) 
     stale = [i for i, r in records.items() if r.get("run") != digest]
     if stale:
         raise MiningError(f"{output}: shards {stale[:5]} were recorded by another mining run.")
-    keys = [np.array([int(k, 16) for k in records[i]["keys"]], np.uint64) for i in range(shards)]
+    keys = [records[i]["keys"] for i in range(shards)]
     flat = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     first = np.zeros(len(flat), bool)
     first[np.unique(flat, return_index=True)[1]] = True  # the first occurrence in shard order
