@@ -12,7 +12,7 @@ import pytest
 
 from querit_jax import storage
 from querit_jax.data import beir, groups, pipeline, tfds_groups, xquad_r
-from querit_jax.data.io import ReadReport
+from querit_jax.data.io import ReadReport, fingerprint
 from querit_jax.data.tokenize import PairEncoder, pad_batch
 from querit_jax.errors import DataFormatError
 from querit_jax.models.templates import qwen3_pair, qwen3_reranker
@@ -420,6 +420,42 @@ def test_a_mined_source_is_identified_without_reading_its_index(tmp_path, monkey
     os.remove(os.path.join(out, "manifest.json"))
     with pytest.raises(DataFormatError, match="no complete mining run"):
         mined.fingerprint(out)
+
+
+def test_a_relaunch_finds_its_training_data_without_reading_groups_or_index(tmp_path, monkeypatch):
+    """Process 0 of every (re)launch checks the training data is current: the mining output by
+    `mined.fingerprint`, the ArrayRecord dataset by the groups file's hash taken while it was
+    written. Neither the groups file nor the index is read again, unless the groups file's stat key
+    changed: then it is hashed again (the same bytes: the same dataset)."""
+    from querit_jax import config_lib
+    from querit_jax.training import inputs
+    from tests.helpers import load_config
+
+    out = _mined_output(tmp_path, [_id_group(i) for i in range(3)])
+    base = load_config("configs/general_relevance.py", "tiny")
+    base.data.train, base.data.group_size = out, 4
+    data_cfg = config_lib.from_config_dict(base).data
+    data_dir = str(tmp_path / "data")
+    first = inputs.build_training_data(data_cfg, "unicode", data_dir, lambda *a: None)
+    assert first["groups"] == 3
+    read, lines = [], []
+    for name in ("open_read", "open_read_raw"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda p, real=real: read.append(str(p)) or real(p))
+    again = inputs.build_training_data(data_cfg, "unicode", data_dir, lines.append)
+    assert again["arrayrecord"] == first["arrayrecord"] and lines[0].startswith("Reusing")
+    read_names = {os.path.relpath(p, tmp_path) for p in read}
+    assert read_names == {
+        os.path.join("mined", "manifest.json"),
+        os.path.join("mined", "index", "docstore", "docstore.json"),
+        os.path.join("data", "manifest.json"),
+    }
+    assert first["sha256"] == fingerprint(os.path.join(data_dir, "train.jsonl"))
+    os.utime(os.path.join(data_dir, "train.jsonl"), ns=(1, 1))  # touched: hashed again
+    read.clear()
+    third = inputs.build_training_data(data_cfg, "unicode", data_dir, lambda *a: None)
+    assert third["arrayrecord"] == first["arrayrecord"]
+    assert os.path.join(data_dir, "train.jsonl") in read
 
 
 def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, tokenizer):

@@ -68,11 +68,15 @@ def iter_jsonl(
             yield lineno, obj
 
 
-def write_jsonl(path, rows) -> None:
-    """Writes rows as UTF-8 JSONL in one piece (a reader never sees half a file)."""
+def write_jsonl(path, rows, digest=None) -> None:
+    """Writes rows as UTF-8 JSONL in one piece (a reader never sees half a file); `digest` (a
+    hashlib object) is fed every byte written."""
     with storage.atomic_writer(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            if digest is not None:
+                digest.update(line.encode("utf-8"))
+            f.write(line)
 
 
 def write_json(path, obj, indent: int = 2) -> None:

@@ -82,10 +82,11 @@ class QueritGroups(tfds.core.GeneratorBasedBuilder):
 MARKER = "QUERIT_GROUPS_COMPLETE"  # written last into an uploaded build: the build is complete
 
 
-def build_groups(splits: dict[str, str], cache_dir: str) -> str:
+def build_groups(splits: dict[str, str], cache_dir: str, key: str | None = None) -> str:
     """Builds (or reuses) the ArrayRecord dataset for {split name: groups JSONL location}.
 
-    The dataset goes to `cache_dir/<content hash of the inputs>`, which it returns. `cache_dir` may
+    The dataset goes to `cache_dir/<key>`, which it returns; `key` identifies the inputs' content
+    (default: the first 16 hex digits of their SHA-256, which reads them all). `cache_dir` may
     be local or a URL: TFDS writes local files only, so for a URL the dataset is built in a local
     scratch directory and uploaded, a marker file last (`storage.DirectoryWriter`). Read it with
     `open_groups` (which copies a remote one to the local cache).
@@ -95,7 +96,7 @@ def build_groups(splits: dict[str, str], cache_dir: str) -> str:
             raise FileNotFoundError(
                 f"Training groups for split {split!r}: {location} does not exist."
             )
-    key = fingerprint([splits[s] for s in sorted(splits)])[:16]
+    key = key or fingerprint([splits[s] for s in sorted(splits)])[:16]
     final = storage.join(cache_dir, key)
     if not storage.is_remote(final):
         if not _builder(final).is_prepared():

@@ -9,12 +9,16 @@ manifest lists the docstores ("docstores"), and each process's pipeline joins th
 groups from them (memory-mapped), so the training data's size does not depend on the texts.
 
 The data is built once, by process 0, into the workdir (local or a bucket): the groups file, its
-manifest and the ArrayRecord dataset (`<workdir>/data/tfds/<hash>`, built locally and uploaded for a
-bucket). The other processes wait for it and read the same files, each through a local copy of the
-dataset; each then reads only its own rows of every global batch (data/pipeline.py), or, packed,
-tokenises the whole global batch and keeps its block of the packed rows (data/packing.py).
+manifest and the ArrayRecord dataset (`<workdir>/data/tfds/<key>`, built locally and uploaded for a
+bucket). Inputs are named by their content hashes, a mining output by its manifest, shard stat keys
+and docstore hash (`mined.fingerprint`: its corpus-sized index is never read), and the dataset by
+the groups file's hash, taken while it was written (a relaunch does not re-read the groups). The
+other processes wait for it and read the same files, each through a local copy of the dataset; each
+then reads only its own rows of every global batch (data/pipeline.py), or, packed, tokenises the
+whole global batch and keeps its block of the packed rows (data/packing.py).
 """
 
+import hashlib
 import time
 
 import jax
@@ -113,7 +117,8 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
                 )
             per_source[spec] = {**count, "read": report.to_dict()}
 
-    write_jsonl(path, all_groups())  # streamed into the file (committed when complete)
+    digest = hashlib.sha256(storage.basename(path).encode())  # what `fingerprint(path)` gives
+    write_jsonl(path, all_groups(), digest)  # streamed into the file (committed when complete)
     total = sum(p["groups"] for p in per_source.values())
     if not total:
         storage.remove(path)
@@ -125,6 +130,10 @@ def prepare_train_groups(data_cfg, tokenizer, out_dir: str, log=print) -> tuple[
         "sources": per_source,
         "docstores": docstores,
         "seconds": round(time.time() - start, 2),
+        # The file's content hash, taken while writing it, and its stat key then: a relaunch
+        # names the ArrayRecord dataset without reading the file again.
+        "sha256": digest.hexdigest(),
+        "stat_key": storage.stat_key(path),
     }
     write_json(manifest_path, manifest)
     log(f"Wrote {total} training groups to {path} in {manifest['seconds']} s.")
@@ -137,7 +146,14 @@ def build_training_data(data_cfg, bm25_tokenizer, data_dir: str, log) -> dict:
     Returns the manifest; its "arrayrecord" entry is the dataset's location relative to `data_dir`.
     """
     groups_path, manifest = prepare_train_groups(data_cfg, bm25_tokenizer, data_dir, log)
-    dataset = tfds_groups.build_groups({"train": groups_path}, storage.join(data_dir, "tfds"))
+    # The dataset is named by the groups' content hash: the one taken while writing them, if the
+    # file is unchanged since (a relaunch does not re-read GBs of groups), else read again.
+    unchanged = manifest.get("sha256") and manifest.get("stat_key") == storage.stat_key(groups_path)
+    dataset = tfds_groups.build_groups(
+        {"train": groups_path},
+        storage.join(data_dir, "tfds"),
+        key=manifest["sha256"][:16] if unchanged else None,
+    )
     relative = f"tfds/{storage.basename(dataset)}"
     if manifest.get("arrayrecord") != relative:
         manifest["arrayrecord"] = relative
