@@ -10,12 +10,12 @@ data.pack=True, (1) every training step of the trainer's own input pipeline
 (`training.inputs.input_pipeline`: mining, ArrayRecord, grain, `data.packing.pack_train_dataset`),
 on this machine's devices, next to what the previous packing (one row count, the first 8 batches'
 most + 15%, rows of max_length) gave the same steps, and the shares of an 8-device mesh (row counts
-in multiples of 8) at the config's batch and at 8x its groups per step (the config's batch on each
-device, the groups drawn from the same steps); (2) every forward call of the evaluation scorer
-(`Scorer.packed_layout`, as `Scorer.run` lays them out) on the demo's evaluation pool (BM25 top-20
-of six XQuAD-R test sets, in `eval.rerank`'s chunks), next to the previous layout (rows of the
-length bucket, calls padded to powers of two). Also the share of all `--pairs` pairs packed at once
-against padding to max length, dynamic padding and length buckets (budget `--max_length`).
+in multiples of 8) at the config's batch and at 8x its pairs per step (the config's batch on each
+device, the pairs drawn at random from the same steps'); (2) every forward call of the evaluation
+scorer (`Scorer.packed_layout`, as `Scorer.run` lays them out) on the demo's evaluation pool (BM25
+top-20 of six XQuAD-R test sets, in `eval.rerank`'s chunks), next to the previous layout (rows of
+the length bucket, calls padded to powers of two). Also the share of all `--pairs` pairs packed at
+once against padding to max length, dynamic padding and length buckets (budget `--max_length`).
 
 Pairs for the all-at-once shares and B3: XQuAD-R questions (8 languages) with their answer sentence
 and 7 random sentences of the same language, rendered with the qwen3_pair template and the demo
@@ -132,16 +132,14 @@ def training_shares(cfg, tokenizer, workdir: str, steps: int) -> dict:
     # The same steps through the same functions with rows in multiples of 8 (an 8-device mesh),
     # as `pack_train_dataset` chooses the shapes (from the first 32 batches).
     eight, rows8 = eight_device_rows(lengths, d)
-    # An 8-device mesh with the demo's batch on each device (8x the groups per step, as a pod run
-    # scales its global batch with its devices): steps of 8 x batch_size groups drawn at random
-    # from the same steps' groups.
-    group = d.group_size
-    groups = [x[i : i + group] for x in lengths for i in range(0, len(x), group)]
+    # An 8-device mesh with the demo's batch on each device (8x the pairs per step, as a pod run
+    # scales its global batch with its devices): steps of 8x the pairs drawn at random from the
+    # same steps' pairs (a packed batch keeps its pairs' lengths, not their groups; packing needs
+    # only the lengths).
+    pool = np.concatenate(lengths)
     draw = np.random.default_rng(0)
-    wide = [
-        np.concatenate([groups[g] for g in draw.choice(len(groups), 8 * d.batch_size, False)])
-        for _ in range(steps)
-    ]
+    size = 8 * len(lengths[0])
+    wide = [draw.choice(pool, size, replace=size > len(pool)) for _ in range(steps)]
     wide_shapes, wide_rows = eight_device_rows(wide, d)
     return {
         "log": [x for x in lines if x.startswith("Packed steps")],
@@ -157,13 +155,13 @@ def training_shares(cfg, tokenizer, workdir: str, steps: int) -> dict:
     }
 
 
-def eight_device_rows(lengths, d) -> tuple:
-    """(StepShapes, rows of each step) for steps of these pair lengths on an 8-device mesh, the
-    shapes chosen from the first 32 steps as `packing.pack_train_dataset` does."""
+def eight_device_rows(lengths: list, d) -> tuple:
+    """(StepShapes, rows of each step) for steps of these pair lengths on an 8-device mesh (`d`: the
+    data config), the shapes chosen from the first 32 steps as `packing.pack_train_dataset` does."""
     from querit_jax.data import packing
 
     shapes, _ = packing.choose_shapes(
-        lengths[:32], d.max_length, d.pack_max_pairs, 8, 0, d.pack_rows
+        lengths[:32], d.max_length, d.pack_max_pairs, 8, getattr(d, "pack_length", 0), d.pack_rows
     )
     needed = [packing.rows_needed(x, shapes.row_length, d.pack_max_pairs) for x in lengths]
     return shapes, [shapes.rows_for(n) for n in needed]
@@ -266,9 +264,9 @@ def step_by_step() -> None:
             w = train["wide"]
             print(
                 f"    training, rows in multiples of 8 (8 devices): mean {e.mean():.3f}, min "
-                f"{e.min():.3f} ({train['eight_shapes']}); with {d.batch_size} groups per device "
-                f"({8 * d.batch_size} per step): mean {w.mean():.3f}, min {w.min():.3f} "
-                f"({train['wide_shapes']})"
+                f"{e.min():.3f} ({train['eight_shapes']}); with {d.batch_size} groups' pairs per "
+                f"device ({8 * d.batch_size * d.group_size} pairs per step, drawn from the same "
+                f"steps): mean {w.mean():.3f}, min {w.min():.3f} ({train['wide_shapes']})"
             )
             print(
                 f"    training before (one size of {train['old_rows']} rows of {d.max_length}): "

@@ -89,7 +89,7 @@ def run(
         t.start()
     deadline = None if timeout is None else time.time() + timeout
     failed = 0
-    while any(p.poll() is None for p in procs):
+    while any([p.poll() is None for p in procs]):  # a list: every process polled, every time
         codes = [p.returncode for p in procs if p.returncode not in (None, 0)]
         if codes and not failed:
             failed = codes[0]

@@ -456,6 +456,9 @@ def test_a_relaunch_finds_its_training_data_without_reading_groups_or_index(tmp_
     third = inputs.build_training_data(data_cfg, "unicode", data_dir, lambda *a: None)
     assert third["arrayrecord"] == first["arrayrecord"]
     assert os.path.join(data_dir, "train.jsonl") in read
+    read.clear()  # its new stat key recorded: the next launch reads it no more
+    inputs.build_training_data(data_cfg, "unicode", data_dir, lambda *a: None)
+    assert os.path.join(data_dir, "train.jsonl") not in read
 
 
 def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, tokenizer):

@@ -76,6 +76,8 @@ def test_the_sampler_over_several_devices_decodes_as_on_one(causal_lm, model_sha
     )
     ids = [one.encode_prompt(p) for p in PROMPTS]
     assert four.generate_ids(ids, seeds=[0, 1, 2]) == one.generate_ids(ids, seeds=[0, 1, 2])
+    out = four._empty_state()["out"]  # generated tokens [rows, budget]: one row per device
+    assert sorted(s.data.shape[0] for s in out.addressable_shards) == [1, 1, 1, 1]
     leaves = jax.tree.leaves(four.model.params)
     assert all(len(x.sharding.device_set) == 4 for x in leaves)
     split = any(not x.sharding.is_fully_replicated for x in leaves)

@@ -1,6 +1,7 @@
 """launch/ scripts (--dry_run output, early errors) and the multislice (hybrid) mesh."""
 
 import shlex
+import time
 
 import jax
 import numpy as np
@@ -132,6 +133,29 @@ def test_local_launcher_dry_run(capsys):
     assert "QUERIT_NUM_PROCESSES=3 QUERIT_PROCESS_ID=2" in lines[2]
     assert "--xla_force_host_platform_device_count=2" in lines[2]
     assert lines[2].endswith("python -m querit_jax.train --config=x.py")
+
+
+def test_local_launcher_stops_the_others_when_any_process_fails(capsys, tmp_path):
+    """The last process fails while the first runs on, ignoring SIGTERM: the launcher sees it
+    (every process is polled), sends SIGTERM, SIGKILL after --grace_s, prints every exit code and
+    returns the failing one."""
+    ready = str(tmp_path / "ready")
+    code = (
+        "import os, signal, sys, time\n"
+        "if os.environ['QUERIT_PROCESS_ID'] == '0':\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"    open({ready!r}, 'w').close()\n"
+        "    time.sleep(60)\n"
+        f"while not os.path.exists({ready!r}):\n"
+        "    time.sleep(0.01)\n"
+        "sys.exit(3)\n"
+    )
+    start = time.time()
+    assert local.run(["-c", code], local.process_envs(2, 1, 1234), None, grace_s=1.0) == 3
+    assert time.time() - start < 30
+    err = capsys.readouterr().err
+    assert "a process exited with 3; stopping the others" in err
+    assert "[launch] exit codes: -9 3" in err
 
 
 def test_hybrid_mesh_keeps_model_axes_inside_a_slice():

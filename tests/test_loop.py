@@ -52,13 +52,21 @@ def test_teacher_mix_parsing_and_per_query_normalisation():
         mix.score_groups(["q"] * 5, ["d"] * 5, [3, 2])
 
 
-def test_config_refuses_bad_teacher_mixes_and_dev_shares():
+def test_config_refuses_bad_teacher_mixes_dev_shares_and_prompt_buckets():
     base = config_lib.mining_from_config_dict(load_config("configs/mine_beir.py", "demo"))
     with pytest.raises(ConfigError, match="mining.teacher.*no weight"):
         config_lib.validate_mining(dataclasses.replace(base, teacher="a/m,bm25:0.4"))
     with pytest.raises(ConfigError, match="mining.dev_share"):
         config_lib.validate_mining(dataclasses.replace(base, dev_share=1.0))
     config_lib.validate_mining(dataclasses.replace(base, teacher="a/m:0.6,bm25:0.4"))
+    for lo, hi in ((48, 256), (32, 100), (64, 32)):  # buckets past the step, not multiples of it
+        with pytest.raises(ConfigError, match="mining.generator_prompt_min/generator_prompt_step"):
+            config_lib.validate_mining(
+                dataclasses.replace(base, generator_prompt_min=lo, generator_prompt_step=hi)
+            )
+    config_lib.validate_mining(
+        dataclasses.replace(base, generator_prompt_min=16, generator_prompt_step=512)
+    )
 
 
 def test_dev_split_is_held_out_by_source_document(tmp_path):

@@ -216,8 +216,8 @@ def test_two_processes_mine_what_one_does_and_a_killed_process_resumes(
     deadline = time.time() + 300
     while not by_process(1) and launcher.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    # Process 1 dies; process 0 is preempted (the launcher notices a dead process only once the
-    # others have ended, and JAX's coordination service would end them after its heartbeat timeout).
+    # Process 1 dies; process 0 is preempted (the launcher, seeing process 1 dead, sends process 0
+    # SIGTERM too, and SIGKILL only after --grace_s).
     survivor = _process_pid(launcher.pid, 0)
     os.kill(_process_pid(launcher.pid, 1), signal.SIGKILL)
     os.kill(survivor, signal.SIGTERM)
@@ -267,6 +267,9 @@ def test_cross_shard_dedupe_keeps_the_first_in_shard_order(tmp_path):
     # Keys are read as one uint64 array per record; the dev set drops the queries training has
     # ("D!" is "d") and repeats of its own.
     assert records.read_records(out, [2])[2]["keys"].dtype == np.uint64
+    records.write_record(str(tmp_path / "old"), 0, {"file": "shard-00000.jsonl"})  # no keys
+    with pytest.raises(miner.MiningError, match="shard-00000.json: the shard record has no query"):
+        records.read_records(str(tmp_path / "old"), [0])
     corpus = [{"_id": f"s{i}", "text": f"text {i}"} for i in range(3)]
     write_jsonl(tmp_path / "corpus.jsonl", corpus)
     store = docstore.build([str(tmp_path / "corpus.jsonl")], str(tmp_path / "store"))

@@ -47,6 +47,11 @@ def test_files_read_write_list_and_delete(root):
     ]
     with pytest.raises(FileNotFoundError, match="no such file"):
         storage.read_text(storage.join(root, "missing.txt"))
+    # One listing gives every file's stat key (directories left out); a rewrite changes it.
+    keys = storage.stat_keys(root)
+    assert keys == {"a.txt": storage.stat_key(storage.join(root, "a.txt"))}
+    storage.write_text(storage.join(root, "a.txt"), "héllo again")
+    assert storage.stat_keys(root)["a.txt"] not in ("", keys["a.txt"])
     storage.rmtree(storage.join(root, "sub"))
     assert storage.files(root) == ["a.txt"] and storage.listdir(storage.join(root, "nothing")) == []
 

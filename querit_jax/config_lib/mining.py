@@ -132,10 +132,11 @@ class MiningConfig:
             "mining.max_new_tokens/generator_batch_size/generator_check_every",
             "must be >= 1.",
         )
+        lo, hi = self.generator_prompt_min, self.generator_prompt_step
         require(
-            1 <= self.generator_prompt_min <= self.generator_prompt_step,
+            1 <= lo <= hi and hi % lo == 0 and (hi // lo).bit_count() == 1,
             "mining.generator_prompt_min/generator_prompt_step",
-            "1 <= generator_prompt_min <= generator_prompt_step.",
+            "the step must be the smallest length times a power of two (e.g. 32 and 256).",
         )
         require(
             self.model_sharding in ("dp", "fsdp"),

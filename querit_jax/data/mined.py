@@ -79,8 +79,15 @@ def fingerprint(output: str) -> str:
     h = hashlib.sha256()
     with storage.open_read_raw(storage.join(output, MANIFEST)) as f:
         h.update(f.read())
+    keys = storage.stat_keys(output)  # one listing, not one request per shard (~156k at 10M docs)
     for path in files:
-        h.update(f"{storage.basename(path)} {storage.stat_key(path)}\n".encode())
+        name = storage.basename(path)
+        if name not in keys:
+            raise DataFormatError(
+                f"{output}: the shard file {name} its manifest names is missing; mine again into "
+                "an empty mining.output."
+            )
+        h.update(f"{name} {keys[name]}\n".encode())
     meta = read_meta(docstore_location(output))  # missing: open_docstore says what to do
     h.update((meta["corpus"]["sha256"] if meta else "no docstore").encode())
     return h.hexdigest()

@@ -48,7 +48,12 @@ def key_value(key: str) -> int:
 
 def _read_record(path: str) -> dict:
     record = read_json(path)
-    record["keys"] = np.array([key_value(k) for k in record.get("keys", [])], np.uint64)
+    if not isinstance(record.get("keys"), list):
+        raise MiningError(
+            f"{path}: the shard record has no query keys (damaged, or written by another version);"
+            " delete it and run the same command again to mine that shard again."
+        )
+    record["keys"] = np.array([key_value(k) for k in record["keys"]], np.uint64)
     return record
 
 

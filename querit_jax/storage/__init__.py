@@ -23,7 +23,8 @@ read from manifests inside their directory, for paths and URLs alike.
 Arrays (`save_array`, `load_array`, `memmap_bytes`) are .npy files and raw byte files;
 memory-mapping needs a local file (take a `local_copy` of a remote one first). `stat_key` identifies
 a file's version cheaply (size + modification time locally, size + generation/etag on object
-stores), so a content hash computed once can be reused while the key matches.
+stores), so a content hash computed once can be reused while the key matches; `stat_keys` gives
+those of a whole directory from one listing.
 
 Modules: `paths` (locations as strings, containment), `files` (reading, one-piece writing, copies,
 arrays), `local` (cached local copies of remote directories, scratch space, mirrored uploads) and
@@ -54,6 +55,7 @@ from querit_jax.storage.files import (
     save_array,
     size,
     stat_key,
+    stat_keys,
     temp_dir,
     upload_tree,
     write_bytes,
@@ -85,5 +87,5 @@ __all__ = [
     "inside", "is_committed", "is_remote", "isdir", "isfile", "join", "listdir", "load_array",
     "local_copy", "local_scratch", "makedirs", "memmap_bytes", "move", "open_read", "open_read_raw",
     "path", "read_bytes", "read_text", "remove", "rmtree", "same", "save_array", "scratch_dir",
-    "size", "stat_key", "temp_dir", "upload_tree", "write_bytes", "write_text",
+    "size", "stat_key", "stat_keys", "temp_dir", "upload_tree", "write_bytes", "write_text",
 ]  # fmt: skip

@@ -257,6 +257,14 @@ def memmap_bytes(location) -> np.ndarray:
     return np.memmap(location, dtype=np.uint8, mode="r")
 
 
+_VERSION_FIELDS = ("generation", "etag", "md5Hash", "crc32c", "mtime", "updated")
+
+
+def _info_key(info: dict) -> str:
+    version = next((info[k] for k in _VERSION_FIELDS if info.get(k)), "")
+    return f"{info.get('size', '')}:{version}"
+
+
 def stat_key(location) -> str:
     """A cheap identifier of a file's current version: size and modification time (local), size and
     generation / etag / checksum (object stores). It changes whenever the content is rewritten."""
@@ -264,7 +272,22 @@ def stat_key(location) -> str:
     if not is_remote(location):
         st = os.stat(location)
         return f"{st.st_size}:{st.st_mtime_ns}"
-    info = _fs(location).info(_strip_scheme(location))
-    fields = ("generation", "etag", "md5Hash", "crc32c", "mtime", "updated")
-    version = next((info[k] for k in fields if info.get(k)), "")
-    return f"{info.get('size', '')}:{version}"
+    return _info_key(_fs(location).info(_strip_scheme(location)))
+
+
+def stat_keys(directory) -> dict[str, str]:
+    """{name: `stat_key`} of the files directly in `directory`, from one listing (an object store
+    lists a thousand objects per request, where `stat_key` asks once per file)."""
+    directory = absolute(directory)
+    if not is_remote(directory):
+        with os.scandir(directory) as entries:
+            return {
+                e.name: f"{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries if e.is_file()
+            }
+    _fresh(directory)
+    listing = _fs(directory).ls(_strip_scheme(directory), detail=True)
+    return {
+        info["name"].rstrip("/").rsplit("/", 1)[-1]: _info_key(info)
+        for info in listing
+        if info.get("type") == "file"
+    }

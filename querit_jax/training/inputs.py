@@ -147,15 +147,18 @@ def build_training_data(data_cfg, bm25_tokenizer, data_dir: str, log) -> dict:
     """
     groups_path, manifest = prepare_train_groups(data_cfg, bm25_tokenizer, data_dir, log)
     # The dataset is named by the groups' content hash: the one taken while writing them, if the
-    # file is unchanged since (a relaunch does not re-read GBs of groups), else read again.
-    unchanged = manifest.get("sha256") and manifest.get("stat_key") == storage.stat_key(groups_path)
+    # file is unchanged since (a relaunch does not re-read GBs of groups), else read again once
+    # (and recorded with the file's new stat key).
+    stat = storage.stat_key(groups_path)
+    changed = False
+    if not (manifest.get("sha256") and manifest.get("stat_key") == stat):
+        manifest.update(sha256=fingerprint(groups_path), stat_key=stat)
+        changed = True
     dataset = tfds_groups.build_groups(
-        {"train": groups_path},
-        storage.join(data_dir, "tfds"),
-        key=manifest["sha256"][:16] if unchanged else None,
+        {"train": groups_path}, storage.join(data_dir, "tfds"), key=manifest["sha256"][:16]
     )
     relative = f"tfds/{storage.basename(dataset)}"
-    if manifest.get("arrayrecord") != relative:
+    if changed or manifest.get("arrayrecord") != relative:
         manifest["arrayrecord"] = relative
         write_json(storage.join(data_dir, "manifest.json"), manifest)
     return manifest
