@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -461,7 +462,9 @@ def test_a_relaunch_finds_its_training_data_without_reading_groups_or_index(tmp_
     assert os.path.join(data_dir, "train.jsonl") not in read
 
 
-def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, tokenizer):
+def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(
+    tmp_path, tokenizer, monkeypatch
+):
     """Mined groups stored by docstore row train on exactly the batches of the same groups with
     their texts (one process, and two processes each joining only its own rows)."""
     from querit_jax.data import mined
@@ -473,10 +476,16 @@ def test_pipeline_joins_texts_by_row_into_the_batches_of_a_text_run(tmp_path, to
     rows = mined.read_mined(out, store)
     write_jsonl(tmp_path / "ids.jsonl", [{**g, "store": 0} for g in rows])
     write_jsonl(tmp_path / "texts.jsonl", [mined.with_texts(g, store) for g in rows])
+    temp_dirs = []  # TFDS's public-bucket look-up made an empty temp dir per build: not any more
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: temp_dirs.append(
+        real_mkdtemp(*a, **k)) or temp_dirs[-1])  # fmt: skip
     ids, texts = (
         tfds_groups.prepare_groups({"train": str(tmp_path / f"{n}.jsonl")}, str(tmp_path / "tfds"))
         for n in ("ids", "texts")
     )
+    assert not [d for d in temp_dirs if d.endswith("tfds")]
+    monkeypatch.undo()
     assert list(ids.as_data_source("train")[0]["pos"]) == []  # rows only, no text
     encoder = PairEncoder(tokenizer, qwen3_pair(), max_length=32, max_query_tokens=8)
     for p, count in ((0, 1), (0, 2), (1, 2)):

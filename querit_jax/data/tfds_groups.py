@@ -38,6 +38,15 @@ _FEATURES = {
 }
 
 
+class _GroupsInfo(tfds.core.DatasetInfo):
+    """The builder's `DatasetInfo`, minus the look-up of precomputed metadata in TFDS's public
+    bucket (a fresh build's info would otherwise make an empty `tmp*tfds` temp directory, left
+    behind each time, before finding GCS access disabled): these datasets are never there."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class QueritGroups(tfds.core.GeneratorBasedBuilder):
     """Listwise training groups (query, positives, negatives, optional teacher scores)."""
 
@@ -47,7 +56,7 @@ class QueritGroups(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(_FEATURES))
+        return _GroupsInfo(builder=self, features=tfds.features.FeaturesDict(_FEATURES))
 
     def _split_generators(self, dl_manager):
         root = dl_manager.manual_dir
