@@ -261,8 +261,13 @@ _VERSION_FIELDS = ("generation", "etag", "md5Hash", "crc32c", "mtime", "updated"
 
 
 def _info_key(info: dict) -> str:
+    """The stat key of an object store's file information (fsspec `info` / detailed `ls`)."""
     version = next((info[k] for k in _VERSION_FIELDS if info.get(k)), "")
     return f"{info.get('size', '')}:{version}"
+
+
+def _local_key(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def stat_key(location) -> str:
@@ -270,8 +275,7 @@ def stat_key(location) -> str:
     generation / etag / checksum (object stores). It changes whenever the content is rewritten."""
     location = absolute(location)
     if not is_remote(location):
-        st = os.stat(location)
-        return f"{st.st_size}:{st.st_mtime_ns}"
+        return _local_key(os.stat(location))
     return _info_key(_fs(location).info(_strip_scheme(location)))
 
 
@@ -281,9 +285,7 @@ def stat_keys(directory) -> dict[str, str]:
     directory = absolute(directory)
     if not is_remote(directory):
         with os.scandir(directory) as entries:
-            return {
-                e.name: f"{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries if e.is_file()
-            }
+            return {e.name: _local_key(e.stat()) for e in entries if e.is_file()}
     _fresh(directory)
     listing = _fs(directory).ls(_strip_scheme(directory), detail=True)
     return {

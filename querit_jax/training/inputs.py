@@ -150,10 +150,9 @@ def build_training_data(data_cfg, bm25_tokenizer, data_dir: str, log) -> dict:
     # file is unchanged since (a relaunch does not re-read GBs of groups), else read again once
     # (and recorded with the file's new stat key).
     stat = storage.stat_key(groups_path)
-    changed = False
-    if not (manifest.get("sha256") and manifest.get("stat_key") == stat):
+    changed = not (manifest.get("sha256") and manifest.get("stat_key") == stat)
+    if changed:
         manifest.update(sha256=fingerprint(groups_path), stat_key=stat)
-        changed = True
     dataset = tfds_groups.build_groups(
         {"train": groups_path}, storage.join(data_dir, "tfds"), key=manifest["sha256"][:16]
     )
