@@ -63,6 +63,10 @@ def mining_section(variant: str) -> ml_collections.ConfigDict:
     # depth, and the round-trip filter (the source must be in the top k; 0 = off).
     m.first_stage = "bm25"
     m.bm25_tokenizer = "unicode"
+    # An embedder first stage: documents per saved embedding part, and where the index lives
+    # (global: split over every process's devices, searched together; process: whole on each).
+    m.dense_part_size = 65536
+    m.dense_scope = "global"
     m.candidates = 30
     m.round_trip_k = 20
     # Teacher scoring every (query, candidate): a reranker or an embedder path.

@@ -241,6 +241,70 @@ def test_two_processes_mine_what_one_does_and_a_killed_process_resumes(
     assert re.search(r"^\[1\] .*process 1: mined \d+ shards", second, re.M)
 
 
+def test_a_dense_first_stage_split_over_two_processes_mines_what_one_process_does(
+    tmp_path, teacher, monkeypatch
+):
+    """An embedder first stage with `dense_scope="global"`, 2 processes x 2 devices: each process
+    reads and holds only its devices' rows of the index (process 1: the last 214 of 1238) and
+    they mine in rounds, searching together (process 1 has no shard in the last round). SIGTERM to
+    process 1 stops both at the next round, exit codes 0 0; the relaunch mines the rest. The
+    groups equal one process's with the whole index on its devices."""
+    import jax
+
+    from tests.fixtures import make_hf_encoder
+
+    embedder, _, _ = make_hf_encoder(str(tmp_path / "embedder"), "bert", "base")
+    rows = []  # six languages' sentences: 1238 documents
+    for lang in ("es", "de", "en", "ru", "tr", "vi"):
+        with open(os.path.join(XQUAD, lang, "test", "corpus.jsonl")) as f:
+            rows += [{**json.loads(x), "_id": f"{lang}-{json.loads(x)['_id']}"} for x in f]
+    os.makedirs(tmp_path / "target")
+    write_jsonl(tmp_path / "target" / "corpus.jsonl", rows)
+    settings = dict(
+        target=str(tmp_path / "target"), teacher=teacher, first_stage=embedder, max_docs=40,
+        shard_size=8, candidates=6, round_trip_k=0, num_negatives=2, dense_part_size=100,
+        teacher_max_length=128, teacher_batch_size=32,
+    )  # fmt: skip
+    monkeypatch.setenv("QUERIT_JAX_CACHE", str(tmp_path / "cache"))
+    one = _cfg(tmp_path, **settings, output=str(tmp_path / "one"))
+    assert miner.mine(one, log=lambda *a: None, devices=jax.devices()[:2])["complete"]
+
+    out = str(tmp_path / "two")
+    args = [
+        sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=2",
+        "--timeout=400", "--", "-m", "querit_jax.mine", "--config=configs/mine_beir.py:demo",
+        *(f"--config.mining.{k}={v}" for k, v in {**settings, "output": out}.items()),
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "QUERIT_TEST_SHARD_DELAY": "1"}
+    launcher = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    record_1 = os.path.join(out, "records", "shard-00001.json")
+    deadline = time.time() + 300
+    while not os.path.exists(record_1) and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert launcher.poll() is None, launcher.communicate()[0][-3000:]
+    os.kill(_process_pid(launcher.pid, 1), signal.SIGTERM)
+    first, _ = launcher.communicate(timeout=120)
+    assert "[launch] exit codes: 0 0" in first, first[-3000:]
+    assert re.search(r"^\[0\] .*A stop signal to another process received: stopping", first, re.M)
+    assert re.search(r"^\[1\] .*SIGTERM received: stopping", first, re.M), first[-3000:]
+    # Process 0's devices hold rows 0-1024 (512 each), process 1's the rest; parts of 100 rows.
+    n = len(rows)
+    for p, span in enumerate([f"rows 0-1024 of {n}", f"rows 1024-{n} of {n}"]):
+        parts = ("0-10", "10-12")[p]
+        line = rf"^\[{p}\] .*dense index \(global\): {span} on this .*, read from parts {parts} of"
+        assert re.search(line, first, re.M), first[-3000:]
+    recorded = _record_times(out)
+    assert 2 <= len(recorded) < 5, first[-3000:]
+
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert {n: t for n, t in _record_times(out).items() if n in recorded} == recorded
+    assert len(re.findall(r"mined shard \d+/5", again.stdout)) == 5 - len(recorded)
+    assert _groups(out) == _groups(one.output) and len(_groups(out)) > 20
+
+
 def test_cross_shard_dedupe_keeps_the_first_in_shard_order(tmp_path):
     import numpy as np
 

@@ -54,6 +54,10 @@ class MiningConfig:
     # process and run over the same corpus ("" = <output>/index). Must be visible to every host.
     index_dir: str = ""
     dense_part_size: int = 65536  # embedder first stage: documents per saved embedding part
+    # Embedder first stage: where its index lives. "global": split over every process's devices
+    # (each host holds 1/P of it; processes mine their shards in rounds, searching together);
+    # "process": the whole index on each process's devices (no rounds; P times the memory).
+    dense_scope: str = "global"
     # How the generator, teacher and embedder are laid over each process's devices: dp (replicated
     # parameters, batch split: small models) or fsdp (parameters split too: large models).
     model_sharding: str = "fsdp"
@@ -144,6 +148,11 @@ class MiningConfig:
             "dp (replicated parameters) or fsdp (parameters split over the devices).",
         )
         require(self.dense_part_size >= 1, "mining.dense_part_size", "must be >= 1.")
+        require(
+            self.dense_scope in ("global", "process"),
+            "mining.dense_scope",
+            "global (the index split over every process's devices) or process (whole per process).",
+        )
 
     def endpoint_list(self) -> tuple[str, ...]:
         """The openai servers, in order (process i uses entry i % count)."""

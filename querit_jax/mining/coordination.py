@@ -51,13 +51,14 @@ class StopSignal:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signal.Signals(signum).name
 
-    def check(self, where: str) -> None:
-        """Exits 0 if a signal came (call it only when everything done so far is recorded)."""
-        if self.received is None:
+    def check(self, where: str, anywhere: bool = False) -> None:
+        """Exits 0 if a signal came, to this process or (`anywhere`) to another one (call it only
+        when everything done so far is recorded)."""
+        if self.received is None and not anywhere:
             return
         self.log(
-            f"{self.received} received: stopping {where}; every finished shard is recorded, run "
-            "the same command again to resume."
+            f"{self.received or 'A stop signal to another process'} received: stopping {where}; "
+            "every finished shard is recorded, run the same command again to resume."
         )
         self.close()
         if jax.process_count() > 1:

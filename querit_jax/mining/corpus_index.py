@@ -8,9 +8,11 @@
 `index_dir` defaults to `<output>/index` and may be shared by runs over the same corpus. Process 0
 builds what is missing or stale while the others wait: the docstore when the corpus files' stat keys
 changed (the corpus is then read and hashed once more), an index when it was built from another
-docstore. Dense embeddings are computed by every process (part j by process j % P). Then every
-process opens them: memory-mapped, through one local copy per host when they live in a bucket. Every
-process must see `index_dir` (a gs:// location on a pod).
+docstore. Dense embeddings are computed by every process (part j by process j % P); with
+`dense_scope="global"` each process then holds the rows of its own devices (1/P of the index) and
+the processes search together. Every process opens the rest: memory-mapped, through one local copy
+per host when they live in a bucket. Every process must see `index_dir` (a gs:// location on a
+pod).
 """
 
 import dataclasses
@@ -150,4 +152,15 @@ def _dense(cfg, store, root, meeting: Meeting, devices, log) -> Retriever:
             describe = {"docstore_sha256": store.sha256, "model": cfg.first_stage}
             dense_lib.commit_parts(location, len(store), cfg.dense_part_size, describe)
         meeting.wait_for_all("dense committed")
-    return dense_lib.DenseRetriever.load(location, embed, store.ids, devices)
+    if cfg.dense_scope == "global" and count > 1:
+        devices = jax.devices()  # each process holds its devices' rows; searches are collective
+    retriever = dense_lib.DenseRetriever.load(location, embed, store.ids, devices)
+    rows, parts = retriever.corpus.local_rows(), retriever.corpus.parts_needed(cfg.dense_part_size)
+    log(
+        f"dense index ({cfg.dense_scope}): rows {rows[0][0]}-{rows[-1][1]} of {len(store)} on "
+        f"this process's devices, read from parts {parts[0]}-{parts[-1]} of "
+        f"{-(-len(store) // cfg.dense_part_size)}"
+        if rows
+        else f"dense index ({cfg.dense_scope}): no rows on this process's devices"
+    )
+    return retriever

@@ -193,3 +193,38 @@ class HeuristicGenerator:
             "".join(f"{BEGIN}{q}{END}" for q in self.queries_for(d, s))
             for d, s in zip(documents, seeds)
         ]
+
+
+def build_generator(cfg, words, num_queries: int, devices, process_index: int):
+    """The generator `cfg` (`config_lib.MiningConfig`) names, for one process's devices."""
+    if cfg.generator == "heuristic":
+        return HeuristicGenerator(
+            None, num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len, frequencies=words
+        )
+    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, top_k=cfg.top_k)
+    if cfg.generator == "jax":
+        from querit_jax.mining.jax_sampler import JaxSampler
+
+        return JaxSampler(
+            cfg.generator_model,
+            sampling,
+            batch_size=cfg.generator_batch_size,
+            devices=devices,
+            check_every=cfg.generator_check_every,
+            enable_thinking=cfg.enable_thinking,
+            model_sharding=cfg.model_sharding,
+            prompt_buckets=(cfg.generator_prompt_min, cfg.generator_prompt_step),
+        )
+    from querit_jax.mining.openai_client import OpenAIChatGenerator
+
+    return OpenAIChatGenerator(
+        cfg.endpoint_list(),
+        cfg.generator_model,
+        sampling,
+        api_key_env=cfg.api_key_env,
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        process_index=process_index,
+        enable_thinking=cfg.enable_thinking,
+    )

@@ -26,7 +26,9 @@ kept for it.
 Work is cut into shards of `shard_size` source documents, and shard i belongs to process i % P:
 every process mines its own shards with its own generator, first stage and teacher on all of its
 devices, and records each shard when its file is written. Nothing is shared while mining but the
-storage (`mining.output`, local or gs://, seen by every process). A relaunch skips recorded shards
+storage (`mining.output`, local or gs://, seen by every process), except with a dense first stage
+split over the processes (`dense_scope="global"`): the processes then mine in rounds, one shard
+each, and search the index together. A relaunch skips recorded shards
 (even after a SIGKILL: a shard written but not recorded is mined again); SIGTERM finishes and
 records the current shard, then exits 0. When every process is done, process 0 dedupes across shards
 and writes `manifest.json` once. The result is the same set of groups for any number of processes.
@@ -62,7 +64,7 @@ from querit_jax.mining.coordination import Meeting, StopSignal, process
 from querit_jax.mining.corpus_index import corpus_paths, index_dir, open_index
 from querit_jax.mining.devset import DEV_SHARD, is_dev
 from querit_jax.mining.filters import QueryFilter, normalize
-from querit_jax.mining.generators import HeuristicGenerator, SamplingConfig
+from querit_jax.mining.generators import build_generator
 from querit_jax.mining.negatives import choose_by_bins
 
 FORMAT_VERSION = 3  # 3: groups name their documents by id (no texts)
@@ -72,7 +74,7 @@ VOLATILE = (
     "teacher_pack",
     "endpoint", "endpoints", "generator_batch_size", "generator_check_every", "model_sharding",
     "generator_prompt_min", "generator_prompt_step",
-    "dense_part_size", "real_queries", "diagnostics_sample", "diagnostics_embedder",
+    "dense_part_size", "dense_scope", "real_queries", "diagnostics_sample", "diagnostics_embedder",
 )  # fmt: skip
 
 
@@ -94,40 +96,6 @@ def source_rows(documents: int, cfg) -> np.ndarray:
     if not cfg.max_docs:
         return np.arange(documents)
     return np.random.default_rng(cfg.seed).permutation(documents)[: cfg.max_docs]
-
-
-def build_generator(cfg, words, num_queries: int, devices, process_index: int):
-    if cfg.generator == "heuristic":
-        return HeuristicGenerator(
-            None, num_queries, cfg.heuristic_min_len, cfg.heuristic_max_len, frequencies=words
-        )
-    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, top_k=cfg.top_k)
-    if cfg.generator == "jax":
-        from querit_jax.mining.jax_sampler import JaxSampler
-
-        return JaxSampler(
-            cfg.generator_model,
-            sampling,
-            batch_size=cfg.generator_batch_size,
-            devices=devices,
-            check_every=cfg.generator_check_every,
-            enable_thinking=cfg.enable_thinking,
-            model_sharding=cfg.model_sharding,
-            prompt_buckets=(cfg.generator_prompt_min, cfg.generator_prompt_step),
-        )
-    from querit_jax.mining.openai_client import OpenAIChatGenerator
-
-    return OpenAIChatGenerator(
-        cfg.endpoint_list(),
-        cfg.generator_model,
-        sampling,
-        api_key_env=cfg.api_key_env,
-        concurrency=cfg.concurrency,
-        timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries,
-        process_index=process_index,
-        enable_thinking=cfg.enable_thinking,
-    )
 
 
 class Miner:
@@ -312,11 +280,13 @@ class Miner:
             self.log(f"process {self.process}: generator and teacher loaded in "
                      f"{time.time() - began:.1f} s")  # fmt: skip
         start, mined_docs = time.time(), 0
-        for i in mine:
-            mined_docs += self._mine_and_record(i, count)
-            if os.environ.get("QUERIT_TEST_SHARD_DELAY"):  # testing hook: a kill lands mid-run
-                time.sleep(float(os.environ["QUERIT_TEST_SHARD_DELAY"]))
-            self.stop.check(f"after shard {i + 1}")
+        if getattr(self.retriever, "collective", False):
+            mined_docs = self._mine_in_rounds(mine, count)
+        else:
+            for i in mine:
+                mined_docs += self._mine_and_record(i, count)
+                _test_delay()
+                self.stop.check(f"after shard {i + 1}")
         seconds = time.time() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rate = mined_docs / max(seconds, 1e-9)
@@ -333,6 +303,26 @@ class Miner:
         self.meeting.wait_for_all("manifest written")
         self.stop.close()
         return records.read_run(cfg.output, MANIFEST)
+
+    def _mine_in_rounds(self, mine: list[int], count: int) -> int:
+        """Mining with a first stage split over the processes (`dense_scope="global"`): in each
+        round every process mines its next shard, or none, and they search together; a signal to
+        any process stops them all at the next round (every finished shard is recorded)."""
+        from jax.experimental import multihost_utils
+
+        queue, mined_docs = list(mine), 0
+        while True:
+            flags = [bool(queue), self.stop.received is not None]
+            more, stop = np.asarray(multihost_utils.process_allgather(np.array(flags))).any(0)
+            if stop:
+                self.stop.check("before the next round of shards", anywhere=True)
+            if not more:
+                return mined_docs
+            if queue:
+                mined_docs += self._mine_and_record(queue.pop(0), count)
+            else:  # this process's part of the round's collective search
+                self.retriever.search_rows([], self.cfg.candidates)
+            _test_delay()
 
     def _mine_and_record(self, i: int, count: int) -> int:
         """Mines shard i, writes its file, then its record; returns its number of documents."""
@@ -399,6 +389,11 @@ class Miner:
                 "dedupe": cfg.dedupe,
             },
         }
+
+
+def _test_delay() -> None:
+    if os.environ.get("QUERIT_TEST_SHARD_DELAY"):  # testing hook: a kill lands mid-run
+        time.sleep(float(os.environ["QUERIT_TEST_SHARD_DELAY"]))
 
 
 def up_to_date(cfg) -> bool:

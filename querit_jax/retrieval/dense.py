@@ -7,9 +7,10 @@ process's devices), filled chunk by chunk as documents are embedded: the host ne
 corpus matrix.
 
 At corpus scale the embeddings are computed once and saved (`embed_parts`): part j (rows
-[j * part_size, (j + 1) * part_size) of a docstore) is embedded by process j % P, every process then
-streams all parts into its own devices (`DenseRetriever.load`). A marker (`dense.json`) says the
-parts are complete.
+[j * part_size, (j + 1) * part_size) of a docstore) is embedded by process j % P; then each process
+reads the parts of the rows its devices hold (`DenseRetriever.load`): all of them for an index on
+its own devices, its slice for one index over every process's devices. A marker (`dense.json`)
+says the parts are complete.
 """
 
 import json
@@ -66,27 +67,40 @@ class DenseRetriever(Retriever):
 
     @classmethod
     def load(cls, location: str, embed: EmbedFn, doc_ids, devices=None, block: int = 512):
-        """Saved embeddings (`embed_parts`) streamed part by part into this process's devices."""
+        """Saved embeddings (`embed_parts`) placed on `devices`: on this process's devices, or, for
+        devices of several processes, each process reading the parts of its own devices' rows only
+        (searches are then collective: `search_rows`)."""
         meta = read_marker(location)
         if meta is None:
             raise DataFormatError(f"{location}: no complete dense index ({MARKER} missing).")
         retriever = cls(embed, devices, block, progress=False)
-        parts = (
-            storage.load_array(storage.join(location, PART.format(j))) for j in range(meta["parts"])
-        )
-        retriever.corpus = ShardedCorpus.from_chunks(
-            parts, meta["documents"], meta["dim"], devices, block, np.dtype(meta["dtype"])
+        retriever.corpus = ShardedCorpus.from_parts(
+            lambda j: storage.load_array(storage.join(location, PART.format(j))),
+            meta["part_size"],
+            meta["documents"],
+            meta["dim"],
+            devices,
+            block,
+            np.dtype(meta["dtype"]),
         )
         retriever._ids = doc_ids
         return retriever
 
+    @property
+    def collective(self) -> bool:
+        """Whether the index spans several processes: every process then calls `search_rows`
+        together (the same number of times, with its own queries, maybe none)."""
+        return self.corpus is not None and self.corpus.spans_processes
+
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, self.corpus.dim), self.corpus.dtype)
         return self.embed(list(texts), "query")
 
     def search_rows(self, texts: Sequence[str], k: int) -> list[Hits]:
         if self.corpus is None:
             raise RuntimeError("Call index() before search().")
-        if not len(texts):
+        if not len(texts) and not self.collective:
             return []
         scores, rows = self.corpus.search(self.embed_queries(texts), k)
         return [(r.astype(np.int64), s.astype(np.float32)) for s, r in zip(scores, rows)]

@@ -106,17 +106,23 @@ class ShardedCorpus:
         if n < 1:
             raise ValueError(f"Corpus embeddings must be a non-empty [N, D] matrix, got N={n}.")
         # This process's devices by default: a search is then local to the process (each process
-        # may search its own queries); pass global devices for one index spanning every host.
+        # searches its own queries). Devices of several processes: each holds its rows only, and a
+        # search is collective (`search`).
         devices = list(devices) if devices is not None else jax.local_devices()
         self.devices = devices
         self.mesh = Mesh(np.array(devices), (AXIS,))
+        me = jax.process_index()
+        self.spans_processes = any(d.process_index != me for d in devices)
         self.n, self.dim, self.dtype = n, dim, np.dtype(shape.get("dtype", np.float32))
         # The block depends on N alone, so every device count runs the same [Q, block] dots.
         self.block = min(block, self.n)
         self.per_shard = -(-self.n // (len(devices) * self.block)) * self.block
-        self._shards = [
-            jnp.zeros((self.per_shard, dim), self.dtype, device=d) for d in devices
-        ]  # padding rows stay zero and are masked in the search
+        self._shards = {
+            j: jnp.zeros((self.per_shard, dim), self.dtype, device=d)
+            for j, d in enumerate(devices)
+            if d.process_index == me
+        }  # this process's devices only; padding rows stay zero and are masked in the search
+        self.local = sorted(self._shards)  # their positions in `devices`
         self._filled = 0
         self.matrix = None
         if embeddings is not None:
@@ -133,17 +139,47 @@ class ShardedCorpus:
             corpus.add(chunk)
         return corpus.finish()
 
+    @classmethod
+    def from_parts(
+        cls, read_part, part_size: int, n: int, dim: int, devices=None, block: int = 512,
+        dtype=np.float32,
+    ):  # fmt: skip
+        """Builds the index from saved parts (part j: rows [j * part_size, (j + 1) * part_size)),
+        reading only the parts whose rows this process's devices hold (`read_part(j)`)."""
+        corpus = cls(None, devices, block, n=n, dim=dim, dtype=dtype)
+        for j in corpus.parts_needed(part_size):
+            corpus._write(j * part_size, read_part(j))
+        corpus._filled = n
+        return corpus.finish()
+
+    def local_rows(self) -> list[tuple[int, int]]:
+        """The row ranges [start, stop) this process's devices hold, in device order."""
+        ranges = [(j * self.per_shard, min((j + 1) * self.per_shard, self.n)) for j in self.local]
+        return [(a, b) for a, b in ranges if a < b]
+
+    def parts_needed(self, part_size: int) -> list[int]:
+        """The saved parts (of `part_size` rows) that overlap this process's rows."""
+        parts = (range(a // part_size, (b - 1) // part_size + 1) for a, b in self.local_rows())
+        return sorted({j for span in parts for j in span})
+
     def add(self, rows: np.ndarray) -> None:
-        """Writes the next rows into the device shards they belong to."""
+        """Writes the next rows (in row order) into the shards of this process's devices."""
         rows = np.asarray(rows, self.dtype)
         if self._filled + len(rows) > self.n:
             raise ValueError(f"More than the announced {self.n} corpus rows.")
+        self._write(self._filled, rows)
+        self._filled += len(rows)
+
+    def _write(self, start: int, rows: np.ndarray) -> None:
+        """Writes `rows` from corpus row `start` on (rows of other processes' devices: skipped)."""
+        rows = np.asarray(rows, self.dtype)
         while len(rows):
-            shard, offset = divmod(self._filled, self.per_shard)
+            shard, offset = divmod(start, self.per_shard)
             take = min(len(rows), self.per_shard - offset)
-            piece = jax.device_put(rows[:take], self.devices[shard])
-            self._shards[shard] = _write_rows(self._shards[shard], piece, offset)
-            self._filled += take
+            if shard in self._shards:
+                piece = jax.device_put(rows[:take], self.devices[shard])
+                self._shards[shard] = _write_rows(self._shards[shard], piece, offset)
+            start += take
             rows = rows[take:]
 
     def finish(self) -> "ShardedCorpus":
@@ -152,9 +188,9 @@ class ShardedCorpus:
         self.matrix = jax.make_array_from_single_device_arrays(
             (self.per_shard * len(self.devices), self.dim),
             NamedSharding(self.mesh, P(AXIS, None)),
-            self._shards,
+            [self._shards[j] for j in sorted(self._shards)],
         )
-        self._shards = []
+        self._shards = {}
         return self
 
     def _search(self, queries, k):
@@ -171,21 +207,43 @@ class ShardedCorpus:
     def search(
         self, queries: np.ndarray, k: int, batch: int = 256
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores [Q, k], corpus row indices [Q, k]) by inner product; k is capped at N."""
+        """Top-k (scores [Q, k], corpus row indices [Q, k]) by inner product; k is capped at N.
+
+        An index over several processes' devices is searched collectively: every process calls
+        `search` (with its own queries, maybe none) the same number of times, with the same `k`;
+        each batch searches every process's queries at once and each process keeps its own rows.
+        """
         k = min(k, self.n)
-        out_v, out_i = [], []
-        for start in range(0, len(queries), batch):
-            q = np.asarray(queries[start : start + batch], self.matrix.dtype)
+        queries = np.asarray(queries, self.dtype).reshape(-1, self.dim)
+        count = len(queries)
+        if self.spans_processes:
+            from jax.experimental import multihost_utils
+
+            count = int(np.max(multihost_utils.process_allgather(np.int64(len(queries)))))
+        out_v, out_i = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int32)]
+        for start in range(0, count, batch):
+            q = queries[start : start + batch]
             rows = len(q)
-            q = (
-                np.concatenate([q, np.zeros((batch - rows, self.dim), q.dtype)])
-                if rows < batch
-                else q
-            )
-            v, i = self._search(jnp.asarray(q), k)
-            out_v.append(sharding.to_host(v)[:rows])
-            out_i.append(sharding.to_host(i)[:rows])
+            q = np.concatenate([q, np.zeros((batch - rows, self.dim), q.dtype)])
+            if self.spans_processes:
+                v, i = self._search_together(q, k)
+            else:
+                v, i = (sharding.to_host(x) for x in self._search(jnp.asarray(q), k))
+            out_v.append(v[:rows])
+            out_i.append(i[:rows])
         return np.concatenate(out_v), np.concatenate(out_i)
+
+    def _search_together(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One batch of every process's queries against the whole index; this process's rows."""
+        from jax.experimental import multihost_utils
+
+        together = np.asarray(multihost_utils.process_allgather(q)).reshape(-1, self.dim)
+        placed = jax.make_array_from_callback(
+            together.shape, NamedSharding(self.mesh, P()), lambda index: together[index]
+        )
+        v, i = (sharding.to_host(x) for x in self._search(placed, k))  # collective gathers
+        mine = slice(jax.process_index() * len(q), (jax.process_index() + 1) * len(q))
+        return v[mine], i[mine]
 
 
 def brute_force_top_k(
