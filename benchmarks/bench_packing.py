@@ -141,6 +141,9 @@ def training_shares(cfg, tokenizer, workdir: str, steps: int) -> dict:
     size = 8 * len(lengths[0])
     wide = [draw.choice(pool, size, replace=size > len(pool)) for _ in range(steps)]
     wide_shapes, wide_rows = eight_device_rows(wide, d)
+    # The same wide steps on 4 hosts of 2 devices: each packs its own quarter of the pairs, and the
+    # step takes the rows of the host that needs most (`packing.step_rows`, as `AgreeRows` agrees).
+    hosts_shapes, hosts_rows = eight_device_rows(wide, d, processes=4)
     return {
         "log": [x for x in lines if x.startswith("Packed steps")],
         "shares": np.array(shares),
@@ -152,18 +155,29 @@ def training_shares(cfg, tokenizer, workdir: str, steps: int) -> dict:
         "eight_shapes": eight,
         "wide": np.array([x.sum() for x in wide]) / (np.array(wide_rows) * wide_shapes.row_length),
         "wide_shapes": wide_shapes,
+        "hosts": np.array([x.sum() for x in wide])
+        / (np.array(hosts_rows) * hosts_shapes.row_length),
+        "hosts_shapes": hosts_shapes,
     }
 
 
-def eight_device_rows(lengths: list, d) -> tuple:
+def eight_device_rows(lengths: list, d, processes: int = 1) -> tuple:
     """(StepShapes, rows of each step) for steps of these pair lengths on an 8-device mesh (`d`: the
-    data config), the shapes chosen from the first 32 steps as `packing.pack_train_dataset` does."""
+    data config) of `processes` hosts, each packing its share of the pairs, the shapes chosen from
+    the first 32 steps as `packing.pack_train_dataset` does."""
     from querit_jax.data import packing
 
     shapes, _ = packing.choose_shapes(
-        lengths[:32], d.max_length, d.pack_max_pairs, 8, getattr(d, "pack_length", 0), d.pack_rows
+        lengths[:32],
+        d.max_length,
+        d.pack_max_pairs,
+        8,
+        getattr(d, "pack_length", 0),
+        d.pack_rows,
+        processes,
     )
-    needed = [packing.rows_needed(x, shapes.row_length, d.pack_max_pairs) for x in lengths]
+    m = d.pack_max_pairs
+    needed = [packing.step_rows(x, shapes.row_length, m, processes) for x in lengths]
     return shapes, [shapes.rows_for(n) for n in needed]
 
 
@@ -267,6 +281,11 @@ def step_by_step() -> None:
                 f"{e.min():.3f} ({train['eight_shapes']}); with {d.batch_size} groups' pairs per "
                 f"device ({8 * d.batch_size * d.group_size} pairs per step, drawn from the same "
                 f"steps): mean {w.mean():.3f}, min {w.min():.3f} ({train['wide_shapes']})"
+            )
+            h = train["hosts"]
+            print(
+                f"    the same wide steps on 4 hosts x 2 devices, each packing its own quarter: "
+                f"mean {h.mean():.3f}, min {h.min():.3f} ({train['hosts_shapes']})"
             )
             print(
                 f"    training before (one size of {train['old_rows']} rows of {d.max_length}): "

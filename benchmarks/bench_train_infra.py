@@ -78,7 +78,7 @@ def main(argv):
         ds = pipeline.train_dataset(
             xquad_groups(256), encoder, pad, _GROUPS.value, _GROUP_SIZE.value, seed=0
         )
-        return packing.pack_train_dataset(ds, data_cfg, pad, 1)
+        return packing.pack_train_dataset(ds, data_cfg, pad, 1)[:2]
 
     ds, rows = dataset()
     print(

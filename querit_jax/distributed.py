@@ -10,6 +10,8 @@ It must run before anything touches a JAX backend (some libraries do at import: 
 so the entry points call it before importing the rest of the package. Calling it again is a no-op.
 """
 
+import collections
+import itertools
 import os
 
 import jax
@@ -55,3 +57,33 @@ def maybe_initialize() -> bool:
     else:
         jax.distributed.initialize()
     return True
+
+
+_ROUNDS = collections.defaultdict(itertools.count)  # per name: calls so far in this process
+
+
+def gather_ints(name: str, value: int, timeout_s: float = 3600.0) -> list[int]:
+    """Every process's `value`, in process order, through the key-value store of JAX's coordination
+    service: host to coordinator, so unlike a device collective it never waits for the devices'
+    queued work. Every process must call it for `name` the same number of times; it waits for the
+    others at most `timeout_s` (then TimeoutError)."""
+    index, count = jax.process_index(), jax.process_count()
+    if count == 1:
+        return [int(value)]
+    from jax._src import distributed
+
+    client, n = distributed.global_state.client, next(_ROUNDS[name])
+    client.key_value_set(f"querit_jax/{name}/{n}/{index}", str(int(value)))
+    try:
+        values = [
+            int(client.blocking_key_value_get(f"querit_jax/{name}/{n}/{p}", int(timeout_s * 1000)))
+            for p in range(count)
+        ]
+    except Exception as e:  # the runtime's DEADLINE_EXCEEDED
+        raise TimeoutError(
+            f"Process {index}: the other processes did not reach {name} #{n} within "
+            f"{timeout_s:.0f} s ({e}); look for a process that failed or stopped."
+        ) from None
+    if n >= 2:  # every process has read round n - 2 (it has set its value for round n - 1)
+        client.key_value_delete(f"querit_jax/{name}/{n - 2}/{index}")
+    return values

@@ -237,15 +237,24 @@ def test_two_processes_train_evaluate_and_resume_like_one_process(tmp_path, buck
 
 def test_two_processes_adapt_with_mining_like_one_process(tmp_path, bucket):
     """adapt_beir.py:tiny mines its training data inside the training command (every process mines
-    its own shards of the target corpus, the teacher scoring on its devices), then trains on it with
+    its own shards of the target corpus, the teacher scoring on its devices), then trains on it,
+    packed (each process packs its own groups; the processes agree on each step's rows), with
     evaluation on: 2 processes x 2 devices with workdir and mined data in a bucket give what one
     process with 4 devices gives locally."""
     config = "--config=configs/adapt_beir.py:tiny"
     multi, single = f"{bucket}/adapt-{tmp_path.name}", str(tmp_path / "single")
-    one = _one_process(config, single, f"--config.mining.output={single}/mined")
-    out = _finish(_two_processes(config, multi, f"--config.mining.output={multi}/mined"))
+    one = _one_process(
+        config, single, f"--config.mining.output={single}/mined", "--config.data.pack=True"
+    )
+    out = _finish(
+        _two_processes(
+            config, multi, f"--config.mining.output={multi}/mined", "--config.data.pack=True"
+        )
+    )
     single_out = _finish(one)
     assert "over 4 cpu devices" in out and "over 4 cpu devices" in single_out
+    shapes = re.findall(r"^\[0\] .*Step \d+: (\d+) packed rows of (\d+) tokens", out, re.M)
+    assert shapes and all(int(r) % 4 == 0 for r, _ in shapes), out[-3000:]
 
     # 24 documents in shards of 8: shard i mined by process i % 2, each recorded once; the same
     # groups as one process mined, in the same training data (built once, by process 0).

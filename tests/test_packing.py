@@ -4,6 +4,7 @@ pooling), a packed train step == the unpacked one (metrics and gradients, for th
 also for a step beyond the largest row count), and the step shapes: a few deterministic sizes, the
 same on every process, never an overflow."""
 
+import dataclasses
 import types
 
 import jax
@@ -205,9 +206,18 @@ def _train_step(spec, batch, mesh, rules):
     return {k: float(v) for k, v in metrics.items()}, jax.tree.map(np.asarray, state.params)
 
 
-def _pack(batch, sizes, most, row_length=96, max_pairs=6, process_index=0, process_count=1):
+def _pack(batch, sizes, most, row_length=96, max_pairs=6):
     shapes = packing.StepShapes(row_length, tuple(sizes), most)
-    return packing.PackGroups(shapes, max_pairs, PAD, process_index, process_count)(batch)
+    return packing.PackGroups(shapes, max_pairs, PAD)(batch)
+
+
+def _agreed(parts, agree):
+    """Every process's packed part after `AgreeRows`, the processes' needs gathered in-process."""
+    needs = [int((p["segment_ids"] > 0).any(-1).sum()) for p in parts]
+    return [
+        dataclasses.replace(agree, process_index=i, gather=lambda need: needs)(p)
+        for i, p in enumerate(parts)
+    ]
 
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "qwen3_moe_ep", "bert", "xlm_roberta"])
@@ -249,9 +259,11 @@ def test_packed_train_step_equals_unpacked(family):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
-def test_each_step_takes_the_smallest_size_and_processes_keep_their_block():
-    """Steps take the smallest size that holds them (deterministically); process i of 2 keeps rows
-    and groups of block i of the one-process packing, with global row numbers."""
+def test_each_step_takes_the_smallest_size_and_processes_pack_their_own_groups():
+    """Steps take the smallest size that holds them (deterministically). Process i of 2 packs only
+    its own groups (block i of the batch); `AgreeRows` gives both the step's rows (the size that
+    holds twice the larger need), pads each block to half of them and numbers rows globally: the
+    step holds the same pairs as the one-process packing."""
     batches = [_group_batch(seed=s) for s in range(6)]
     lengths = [(b["segment_ids"] > 0).sum(-1).reshape(-1) for b in batches]
     needed = [packing.rows_needed(x, 96, 6) for x in lengths]
@@ -264,11 +276,19 @@ def test_each_step_takes_the_smallest_size_and_processes_keep_their_block():
         assert rows == min(s for s in sizes if s >= need)
         for key, value in _pack(b, sizes, 16).items():  # the same batch packs the same way
             np.testing.assert_array_equal(value, whole[key])
-        parts = [_pack(b, sizes, 16, process_index=i, process_count=2) for i in range(2)]
-        for key in ("input_ids", "segment_ids", "token_type_ids", "slot_valid"):
+        shapes = packing.StepShapes(96, tuple(sizes), 16)
+        halves = [{k: v[2 * i : 2 * i + 2] for k, v in b.items()} for i in range(2)]
+        parts = [packing.PackGroups(shapes, 6, PAD, 2)(h) for h in halves]
+        needs = [int((p["segment_ids"] > 0).any(-1).sum()) for p in parts]
+        assert needs == [packing.rows_needed((h["segment_ids"] > 0).sum(-1).ravel(), 96, 6)
+                         for h in halves]  # fmt: skip
+        parts = _agreed(parts, packing.AgreeRows(shapes, PAD, 0, 2))
+        step = shapes.rows_for(2 * max(needs))
+        assert [p["input_ids"].shape for p in parts] == [(step // 2, 96)] * 2
+        assert _packed_pairs(parts) == _packed_pairs([whole])
+        for key in ("teacher", "has_teacher"):
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
-        for key in ("pair_row", "pair_slot", "teacher", "has_teacher"):
-            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+        assert parts[1]["pair_row"].min() >= step // 2 and parts[0]["pair_row"].max() < step // 2
         assert whole["slot_valid"].sum() == 16 and whole["pair_row"].max() < rows
 
 
@@ -279,7 +299,7 @@ def test_packed_grain_pipeline_takes_a_few_shapes_resumes_exactly_and_never_over
     encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16)
     ds = pipeline.train_dataset(_records(), encoder, PAD, 2, 4, seed=0)
     cfg = types.SimpleNamespace(pack_rows=0, pack_length=0, max_length=64, pack_max_pairs=8)
-    packed, shapes = packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)
+    packed, shapes, _ = packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)
     assert packing.pack_train_dataset(ds, cfg, PAD, row_multiple=2)[1] == shapes  # deterministic
     assert all(s % 2 == 0 for s in shapes.sizes) and len(shapes.sizes) <= packing.NUM_SIZES
     allowed = {(r, shapes.row_length) for r in (*shapes.sizes, shapes.fallback)}
@@ -303,7 +323,7 @@ def test_packed_grain_pipeline_takes_a_few_shapes_resumes_exactly_and_never_over
     # One size (data.pack_rows) far too small for any step: every step runs in the most rows a step
     # can need, none stops.
     small = types.SimpleNamespace(pack_rows=1, pack_length=64, max_length=64, pack_max_pairs=8)
-    overflowing, shapes = packing.pack_train_dataset(ds, small, PAD, row_multiple=2)
+    overflowing, shapes, _ = packing.pack_train_dataset(ds, small, PAD, row_multiple=2)
     assert shapes.sizes == (2,) and shapes.fallback == 8  # one pair per row at most: 8 rows
     for i in range(4):
         batch = overflowing[i]
@@ -356,9 +376,9 @@ def _packed_pairs(parts):
 def test_a_packed_step_is_the_same_pairs_on_any_process_count_and_resumes_across_counts(
     tokenizer, tmp_path
 ):
-    """Elements are global batches: process i of N keeps its block of the rows one process packs
-    (the same bits), so a run saved by 2 processes resumes on 1 (and back) from the same
-    position."""
+    """Process i of N packs its own groups of each global batch, and the processes agree on the
+    step's rows: a step holds the same pairs (the same tokens) on any process count, and a run
+    saved by 2 processes resumes on 1 (and back) from the same position."""
     import jax.numpy as jnp
 
     from querit_jax.data import pipeline
@@ -369,17 +389,19 @@ def test_a_packed_step_is_the_same_pairs_on_any_process_count_and_resumes_across
     encoder = PairEncoder(tokenizer, qwen3_pair(), 64, 16)
     records = _records()
 
-    def packed(index, count):  # as training/inputs.py builds it: global batches, then packing
-        ds = pipeline.train_dataset(records, encoder, PAD, 4, 4, 0)
+    def packed(index, count):  # as training/inputs.py builds it
+        ds = pipeline.train_dataset(records, encoder, PAD, 4 // count, 4, 0, index, count)
+        sample = pipeline.train_dataset(records, encoder, PAD, 4, 4, 0)  # the global batches
         cfg = types.SimpleNamespace(pack_rows=0, pack_length=0, max_length=64, pack_max_pairs=8)
-        return packing.pack_train_dataset(ds, cfg, PAD, 2, index, count)[0]
+        return packing.pack_train_dataset(ds, cfg, PAD, 2, index, count, sample=sample)
 
-    one, two = packed(0, 1), [packed(0, 2), packed(1, 2)]
+    one, two = packed(0, 1)[0], [packed(0, 2), packed(1, 2)]
+    assert two[0][1] == two[1][1]  # the same step shapes in both processes
     for step in (0, 5):
-        parts = [two[0][step], two[1][step]]
+        parts = _agreed([two[0][0][step], two[1][0][step]], two[0][2])
         assert parts[0]["input_ids"].shape == parts[1]["input_ids"].shape  # one global shape
-        for key, value in one[step].items():
-            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value)
+        for key in ("teacher", "has_teacher"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), one[step][key])
         want = _packed_pairs([one[step]])
         assert _packed_pairs(parts) == want and len(want) == 16
 

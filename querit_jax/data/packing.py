@@ -22,17 +22,20 @@ takes the most rows any step can need (compiled when first needed), so no batch 
 are `data.pack_length` tokens, by default the shortest multiple of the pair budget at which the
 first batches are >= `TARGET_SHARE` real tokens: pairs longer than a third of a row leave gaps that
 no packer can fill, and a longer row costs attention in proportion to its length, so it is taken
-only when it removes that padding. Every process packs the whole global batch the same way and
-keeps its block of rows, so all of them choose the same shape without communicating.
+only when it removes that padding. Each process tokenises and packs only its own groups into its
+own block of rows; the processes then agree on the step's row count (`AgreeRows`: one small integer
+per process through JAX's coordination service, no device work) and each pads its block to it.
 """
 
 import dataclasses
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 
+from querit_jax.distributed import gather_ints
 from querit_jax.errors import ConfigError, PackingError
 
 
@@ -227,6 +230,13 @@ def row_sizes(needed: Sequence[int], multiple: int, most: int) -> tuple[int, ...
     return (*min(cuts, key=lambda cut: (total(cut), cut)), top)
 
 
+def step_rows(lengths: Sequence[int], row_length: int, max_pairs: int, processes: int = 1) -> int:
+    """The rows a global batch's pairs need when each of `processes` packs its own block of them
+    (pairs are group-major, so process i's are block i): processes x the most any one needs."""
+    parts = np.array_split(np.asarray(lengths), processes)
+    return processes * max(rows_needed(x, row_length, max_pairs) for x in parts)
+
+
 def choose_shapes(
     sample: Sequence[Sequence[int]],
     max_length: int,
@@ -234,8 +244,10 @@ def choose_shapes(
     multiple: int,
     pack_length: int = 0,
     pack_rows: int = 0,
+    processes: int = 1,
 ) -> tuple[StepShapes, float]:
-    """The step shapes for batches like `sample` ([B][N] pair lengths of sampled global batches).
+    """The step shapes for batches like `sample` ([B][N] pair lengths of sampled global batches),
+    each packed by `processes` processes, one block of its pairs each (`step_rows`).
 
     Rows are `pack_length` tokens, or (0) the shortest of `ROW_MULTIPLES` x max_length whose sizes
     give the sample >= `TARGET_SHARE` real tokens (else the row length with the highest share).
@@ -246,8 +258,9 @@ def choose_shapes(
     tokens = np.array([np.sum(x) for x in sample], np.float64)
     best = None
     for row_length in (pack_length,) if pack_length else [m * max_length for m in ROW_MULTIPLES]:
-        most = _round_up(most_rows(num_pairs, row_length, max_length, max_pairs), multiple)
-        needed = [rows_needed(x, row_length, max_pairs) for x in sample]
+        most = processes * most_rows(num_pairs // processes, row_length, max_length, max_pairs)
+        most = _round_up(most, multiple)
+        needed = [step_rows(x, row_length, max_pairs, processes) for x in sample]
         if pack_rows:
             shapes = StepShapes(row_length, (_round_up(pack_rows, multiple),), most)
         else:
@@ -274,33 +287,32 @@ def row_length_for(lengths: Sequence[int], unit: int, max_pairs: int) -> int:
     return best[0]
 
 
-def largest_step(data_cfg, num_pairs: int, multiple: int) -> tuple[int, int]:
+def largest_step(data_cfg, num_pairs: int, multiple: int, processes: int = 1) -> tuple[int, int]:
     """(rows, row length) of the largest packed step a run of `data_cfg` can take, before any data
-    is read (what the memory plan must fit): the most rows at the longest row length it may choose,
-    or `pack_rows` when that is more."""
+    is read (what the memory plan must fit): the most rows at the longest row length it may choose
+    (each of `processes` packing its share of the pairs), or `pack_rows` when that is more."""
     length = data_cfg.pack_length or ROW_MULTIPLES[-1] * data_cfg.max_length
-    most = most_rows(num_pairs, length, data_cfg.max_length, data_cfg.pack_max_pairs)
+    share = num_pairs // processes
+    most = processes * most_rows(share, length, data_cfg.max_length, data_cfg.pack_max_pairs)
     return _round_up(max(most, data_cfg.pack_rows), multiple), length
 
 
 @dataclasses.dataclass(frozen=True)
 class PackGroups:
-    """Grain map: a padded global batch of groups ([Q, G, T], `pipeline.TokenizeGroups`, every
-    process's groups) -> this process's block of its packed rows.
+    """Grain map: this process's padded batch of groups ([Q, G, T], `pipeline.TokenizeGroups`) ->
+    its packed rows.
 
-    Every process packs the whole batch the same way into `shapes.rows_for(rows needed)` rows and
-    keeps rows [i R / P, (i + 1) R / P) and groups [i Q / P, (i + 1) Q / P) (process i of P): the
-    same global shape everywhere, with no communication. Output: input_ids, segment_ids,
-    token_type_ids [R / P, row_length]; slot_valid [R / P, max_pairs] bool; pair_row, pair_slot
-    [Q / P, G] int32 (a pair's global row, which may belong to another process, and its slot in the
-    model's [R, max_pairs] output); the other entries (teacher, has_teacher) cut to the process's
-    groups.
+    The pairs go into `shapes.rows_for(P x rows needed) / P` rows (P = `process_count`): with one
+    process the step's rows; with several, `AgreeRows` pads every process's block to the rows the
+    step agrees on. Output: input_ids, segment_ids, token_type_ids [R / P, row_length]; slot_valid
+    [R / P, max_pairs] bool; pair_row, pair_slot [Q, G] int32 (a pair's row in this block, which
+    `AgreeRows` turns into its global row, and its slot in the model's [R, max_pairs] output); the
+    other entries (teacher, has_teacher) as they came.
     """
 
     shapes: StepShapes
     max_pairs: int
     pad_id: int
-    process_index: int = 0
     process_count: int = 1
 
     def __call__(self, batch: dict) -> dict:
@@ -311,24 +323,48 @@ class PackGroups:
         seqs = [ids[i][real[i]] for i in range(q * g)]
         types = [tt[i][real[i]] for i in range(q * g)]
         place = best_fit_decreasing([len(s) for s in seqs], self.shapes.row_length, self.max_pairs)
-        rows = self.shapes.rows_for(place.num_rows)
-        place = dataclasses.replace(place, num_rows=rows)
+        n = self.process_count
+        place = dataclasses.replace(place, num_rows=self.shapes.rows_for(n * place.num_rows) // n)
         packed = _fill(seqs, types, place, self.shapes.row_length, self.pad_id)
-        i, n, m = self.process_index, rows // self.process_count, q // self.process_count
-        mine, groups = slice(i * n, (i + 1) * n), slice(i * m, (i + 1) * m)
-        out = {
-            k: v[groups]
-            for k, v in batch.items()
-            if k not in ("input_ids", "segment_ids", "token_type_ids")
-        }
+        tokens = ("input_ids", "segment_ids", "token_type_ids")
+        out = {k: v for k, v in batch.items() if k not in tokens}
         out.update(
-            input_ids=packed.input_ids[mine],
-            segment_ids=packed.segment_ids[mine],
-            token_type_ids=packed.token_type_ids[mine],
-            slot_valid=slot_valid(place, self.max_pairs)[mine],
-            pair_row=place.row.reshape(q, g)[groups],
-            pair_slot=place.slot.reshape(q, g)[groups],
+            input_ids=packed.input_ids,
+            segment_ids=packed.segment_ids,
+            token_type_ids=packed.token_type_ids,
+            slot_valid=slot_valid(place, self.max_pairs),
+            pair_row=place.row.reshape(q, g),
+            pair_slot=place.slot.reshape(q, g),
         )
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AgreeRows:
+    """Map over `PackGroups`' output, in the training loop's thread: the processes agree on the
+    step's rows R (`shapes.rows_for(P x the most rows any process's pairs need)`; the needs are
+    gathered by `gather`, default `distributed.gather_ints`), each pads its block to R / P rows and
+    numbers its pairs' rows from process_index x R / P. With one process it changes nothing."""
+
+    shapes: StepShapes
+    pad_id: int
+    process_index: int = 0
+    process_count: int = 1
+    gather: Callable[[int], list[int]] | None = None
+
+    def __call__(self, batch: dict) -> dict:
+        if self.process_count == 1:
+            return batch
+        have = batch["input_ids"].shape[0]
+        need = int((batch["segment_ids"] > 0).any(-1).sum())  # rows are filled in order
+        needs = (self.gather or functools.partial(gather_ints, "packed-steps"))(need)
+        rows = self.shapes.rows_for(self.process_count * max(needs))
+        rows //= self.process_count  # >= have: rows_for grows with the need
+        out = dict(batch, pair_row=batch["pair_row"] + self.process_index * rows)
+        fills = {"input_ids": self.pad_id, "segment_ids": 0, "token_type_ids": 0, "slot_valid": 0}
+        for key, fill in fills.items():
+            extra = np.full((rows - have, *batch[key].shape[1:]), fill, batch[key].dtype)
+            out[key] = np.concatenate([batch[key], extra])
         return out
 
 
@@ -368,22 +404,26 @@ def pack_train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     sample_batches: int = 32,
+    sample=None,
 ):
-    """Appends `PackGroups` to a training `grain.MapDataset` of padded global batches (`data.pack`;
-    `pipeline.train_dataset` of every process's groups).
+    """Appends `PackGroups` to this process's training `grain.MapDataset` of padded batches
+    (`data.pack`; `pipeline.train_dataset`).
 
-    The step shapes (`choose_shapes`) come from the first `sample_batches` batches, which every
-    process reads alike; row counts are multiples of `row_multiple` (the device count, so rows
-    split evenly over the batch mesh axes and processes). Returns (dataset, StepShapes).
+    The step shapes (`choose_shapes`) come from the first `sample_batches` batches of `sample`,
+    the same global batches (every process's groups, `pipeline.train_dataset` of one process) in
+    every process, so all choose the same shapes; default: `dataset` (one process). Row counts are
+    multiples of `row_multiple` (the device count, so rows split evenly over the batch mesh axes
+    and processes). Returns (dataset, StepShapes, `AgreeRows` to map over its iterator).
     """
-    if row_multiple % process_count or len(dataset[0]["teacher"]) % process_count:
+    sample = dataset if sample is None else sample
+    if row_multiple % process_count or len(sample[0]["teacher"]) % process_count:
         raise ValueError(
             f"{process_count} processes: the row multiple ({row_multiple}) and the query groups "
             "of a batch must split evenly over them."
         )
     lengths = []
-    for i in range(min(sample_batches, len(dataset))):
-        seg = dataset[i]["segment_ids"]
+    for i in range(min(sample_batches, len(sample))):
+        seg = sample[i]["segment_ids"]
         lengths.append((seg.reshape(-1, seg.shape[-1]) > 0).sum(-1))
     shapes, _ = choose_shapes(
         lengths,
@@ -392,6 +432,7 @@ def pack_train_dataset(
         row_multiple,
         getattr(data_cfg, "pack_length", 0),  # benchmarks pass a namespace without it
         data_cfg.pack_rows,
+        process_count,
     )
-    pack = PackGroups(shapes, data_cfg.pack_max_pairs, pad_id, process_index, process_count)
-    return dataset.map(pack), shapes
+    pack = PackGroups(shapes, data_cfg.pack_max_pairs, pad_id, process_count)
+    return dataset.map(pack), shapes, AgreeRows(shapes, pad_id, process_index, process_count)

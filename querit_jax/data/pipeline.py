@@ -117,10 +117,13 @@ def train_dataset(
     return ds.map(TokenizeGroups(encoder, pad_id))
 
 
-def make_iterator(dataset: grain.MapDataset, num_threads: int = 2, prefetch: int = 4):
-    """A checkpointable iterator (`get_state` / `set_state`, grain's Orbax handler)."""
-    return iter(
-        dataset.to_iter_dataset(
-            grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-        )
+def make_iterator(
+    dataset: grain.MapDataset, num_threads: int = 2, prefetch: int = 4, then=None
+):  # fmt: skip
+    """A checkpointable iterator (`get_state` / `set_state`, grain's Orbax handler). `then`: a map
+    run on each element in the caller's thread, after the prefetch (`packing.AgreeRows`: it talks
+    to the other processes); the state stays the dataset's position."""
+    ds = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     )
+    return iter(ds.map(then) if then is not None else ds)

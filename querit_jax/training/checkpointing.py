@@ -18,8 +18,8 @@ to fall back.
 The directory may be local or a bucket (Orbax and grain write gs:// themselves; the rest goes
 through `storage`). A run may resume on another number of processes: the arrays are resharded by
 Orbax, and the input position comes from the grain state any process saved. That is valid because
-every element of the training pipeline is one global batch (data/pipeline.py): all processes hold
-the same position.
+element k of every process's training pipeline is its share of global batch k (data/pipeline.py):
+all processes hold the same position.
 """
 
 import json
@@ -94,8 +94,8 @@ class Checkpointer:
 
     def _restore_iterator(self, step: int, data_iter) -> None:
         """The iterator position of `step`: this process's saved state, or, when the checkpoint was
-        written by another number of processes, the state they all saved (one position: elements
-        are global batches, so the same state is right for any process count)."""
+        written by another number of processes, the state they all saved (one position: element k
+        is a share of global batch k, so the same state is right for any process count)."""
         item = storage.join(self.directory, str(step), "data_iter")
         own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if storage.exists(storage.join(item, own)):

@@ -14,8 +14,9 @@ bucket). Inputs are named by their content hashes, a mining output by its manife
 and docstore hash (`mined.fingerprint`: its corpus-sized index is never read), and the dataset by
 the groups file's hash, taken while it was written (a relaunch does not re-read the groups). The
 other processes wait for it and read the same files, each through a local copy of the dataset; each
-then reads only its own rows of every global batch (data/pipeline.py), or, packed, tokenises the
-whole global batch and keeps its block of the packed rows (data/packing.py).
+then reads, joins and tokenises only its own rows of every global batch (data/pipeline.py) and,
+packed, packs them into its own block of rows, the processes agreeing on each step's row count
+(data/packing.py).
 """
 
 import hashlib
@@ -259,32 +260,38 @@ def input_pipeline(cfg, spec, tokenizer, workdir, log):
         docstore.open_checked(d["location"], d["sha256"], where).location
         for d in manifest.get("docstores", [])
     )
-    # Packed: every process tokenises and packs the whole global batch and keeps its block of rows
-    # (data/packing.py), so all processes choose the same step shape without communicating.
-    index, count = (0, 1) if cfg.data.pack else (jax.process_index(), jax.process_count())
-    dataset = pipeline.train_dataset(
-        builder.as_data_source("train"),
-        encoder,
-        pad_id,
-        cfg.data.batch_size // count,
-        cfg.data.group_size,
-        cfg.data.seed,
-        index,
-        count,
-        docstores=docstores,
-    )
+    index, count = jax.process_index(), jax.process_count()
+
+    def batches(index: int, count: int):  # process `index`'s share of every global batch
+        return pipeline.train_dataset(
+            builder.as_data_source("train"),
+            encoder,
+            pad_id,
+            cfg.data.batch_size // count,
+            cfg.data.group_size,
+            cfg.data.seed,
+            index,
+            count,
+            docstores=docstores,
+        )
+
+    dataset, agree = batches(index, count), None
     if cfg.data.pack:
-        dataset, shapes = packing.pack_train_dataset(
+        # Each process packs its own groups; the step shapes come from the first global batches
+        # (every process's groups: the same sample everywhere), the rows of each step are agreed
+        # in the loop's thread (data/packing.py).
+        dataset, shapes, agree = packing.pack_train_dataset(
             dataset,
             cfg.data,
             pad_id,
             jax.device_count(),
-            jax.process_index(),
-            jax.process_count(),
+            index,
+            count,
+            sample=batches(0, 1) if count > 1 else None,
         )
         log(f"Packed steps: {shapes}; each step takes the smallest size that holds its pairs.")
     return (
-        pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads),
+        pipeline.make_iterator(dataset, num_threads=cfg.data.num_threads, then=agree),
         manifest,
         bm25_tokenizer,
     )

@@ -152,7 +152,7 @@ def abstract_batch(cfg: config_lib.ExperimentConfig, rows_multiple: int = 1) -> 
     if not d.pack:
         tokens = jax.ShapeDtypeStruct((q, g, t), i32)
         return {**out, "input_ids": tokens, "segment_ids": tokens, "token_type_ids": tokens}
-    rows, length = packing.largest_step(d, q * g, rows_multiple)
+    rows, length = packing.largest_step(d, q * g, rows_multiple, jax.process_count())
     tokens = jax.ShapeDtypeStruct((rows, length), i32)
     return {
         **out,
