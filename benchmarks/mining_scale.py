@@ -17,12 +17,15 @@
    `--max_docs` sampled source documents (0 = all; the index always covers every document), with 1
    process and with P processes x 1 device (launch/local.py), each run to its own output over the
    same index. Reported per process: docs/s (documents mined / mining seconds, models loaded
-   beforehand) and peak RSS (VmHWM); per run: aggregate docs/s (documents / slowest process) and the
-   speed-up over 1 process; and the mined data's size on disk (shard files + records + manifest; the
-   index apart). Right after each run, a CPU-bound spin loop run by 1 and by P processes says how
-   much parallel work the (shared) machine gave P processes at that time: the ceiling for the
-   speed-up. `--pin` runs each process on its own core with one XLA thread (taskset), so the
-   speed-up of P processes shows the division of work apart from one process's use of several cores.
+   beforehand), the seconds of it spent compiling programs (of shapes met while mining: a fixed cost
+   per process, minutes at most in a run of hours) and peak RSS (VmHWM); per run: aggregate docs/s
+   (documents / slowest process) and the speed-up over 1 process, also without each process's
+   compile time ("steady": what a long run's throughput scales by); and the mined data's size on
+   disk (shard files + records + manifest; the index apart). Right after each run, a CPU-bound
+   spin loop run by 1 and by P processes says how much parallel work the (shared) machine gave P
+   processes at that time: the ceiling for the speed-up. `--pin` runs each process on its own core
+   with one XLA thread (taskset), so the speed-up of P processes shows the division of work apart
+   from one process's use of several cores.
    `--rounds=R` repeats the runs R times, the process counts interleaved; each round's speed-up is
    over that round's first run, and the median per process count is reported.
 
@@ -285,11 +288,13 @@ def mine(args, corpus_dir, teacher, processes: int) -> dict:
             "docs": int(m[1]),
             "seconds": float(m[2]),
             "docs_per_s": float(m[3]),
-            "peak_rss_mib": int(m[4]),
+            "compile_seconds": float(m[4]),
+            "steady_docs_per_s": round(int(m[1]) / max(float(m[2]) - float(m[4]), 1e-9), 2),
+            "peak_rss_mib": int(m[5]),
         }
         for m in re.findall(
-            r"process (\d+): mined \d+ shards, (\d+) documents in ([\d.]+) s \(([\d.]+) docs/s\), "
-            r"peak RSS (\d+) MiB",
+            r"process (\d+): mined \d+ shards, (\d+) documents in ([\d.]+) s \(([\d.]+) docs/s; "
+            r"([\d.]+) s of it compiling programs\), peak RSS (\d+) MiB",
             log,
         )
     ]
@@ -301,6 +306,7 @@ def mine(args, corpus_dir, teacher, processes: int) -> dict:
         "processes": processes,
         "per_process": per,
         "aggregate_docs_per_s": round(docs / max(p["seconds"] for p in per), 2),
+        "steady_docs_per_s": round(docs / max(p["seconds"] - p["compile_seconds"] for p in per), 2),
         "wall_seconds": round(wall, 1),
         "groups": groups,
         "mined_mb": round(size / 1e6, 2),
@@ -363,18 +369,23 @@ def main() -> None:
         base = None
         for p in counts:
             run = mine(args, corpus_dir, teacher, p)
-            base = base or run["aggregate_docs_per_s"]
-            run["speedup"] = round(run["aggregate_docs_per_s"] / base, 2)
+            base = base or (run["aggregate_docs_per_s"], run["steady_docs_per_s"])
+            run["speedup"] = round(run["aggregate_docs_per_s"] / base[0], 2)
+            run["steady_speedup"] = round(run["steady_docs_per_s"] / base[1], 2)
             # Measured right after the run: the same machine load, no mining running.
             run["machine_parallelism"] = machine_parallelism(p)
             result["runs"].append(run)
-    result["median_speedup"] = {
-        p: statistics.median(r["speedup"] for r in result["runs"] if r["processes"] == p)
-        for p in counts
-    }
+    for key in ("speedup", "steady_speedup"):
+        result[f"median_{key}"] = {
+            p: statistics.median(r[key] for r in result["runs"] if r["processes"] == p)
+            for p in counts
+        }
     print(json.dumps(result, indent=2))
     for run in result["runs"]:
-        rates = " / ".join(f"{p['docs_per_s']:.1f}" for p in run["per_process"])
+        rates = " / ".join(
+            f"{p['docs_per_s']:.1f} ({p['compile_seconds']:.1f} s compiling)"
+            for p in run["per_process"]
+        )
         rss = " / ".join(str(p["peak_rss_mib"]) for p in run["per_process"])
         index = result["index"]
         built = (
@@ -385,7 +396,8 @@ def main() -> None:
         print(
             f"| {args.docs:,} | {run['processes']} | {args.max_docs or args.docs:,} | {rates} | "
             f"{run['aggregate_docs_per_s']:.1f} ({run['speedup']:.2f}x; machine "
-            f"{run['machine_parallelism']:.2f}x) | {rss} | "
+            f"{run['machine_parallelism']:.2f}x) | {run['steady_docs_per_s']:.1f} "
+            f"({run['steady_speedup']:.2f}x) | {rss} | "
             f"{built}, {index['index_mb']} MB | "
             f"{run['mined_mb']} MB ({run['bytes_per_group']} B/group) |"
         )

@@ -409,3 +409,20 @@ def test_distillation_trains_on_the_mined_teacher_scores_and_texts_joined_by_id(
         trainer.setup(
             config_lib.from_config_dict(base), str(tmp_path / "run3"), devices=jax.devices()[:1]
         )
+
+
+def test_the_compile_clock_counts_only_programs_compiled_inside():
+    """The miner reports how much of its mining time went to compiling programs (a fixed cost per
+    process) with `compile_clock`: a new program counts, a cached call and work outside do not."""
+    import jax
+    import jax.numpy as jnp
+
+    from querit_jax.training.compile_cache import compile_clock
+
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)
+    with compile_clock() as seconds:
+        f(jnp.ones(7)).block_until_ready()
+        first = seconds[0]
+        f(jnp.ones(7)).block_until_ready()  # the same shape: no compile
+    jax.jit(lambda x: x * 2.0)(jnp.ones(3)).block_until_ready()  # after the block
+    assert first > 0 and seconds[0] == first

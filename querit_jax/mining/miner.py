@@ -66,6 +66,7 @@ from querit_jax.mining.devset import DEV_SHARD, is_dev
 from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import build_generator
 from querit_jax.mining.negatives import choose_by_bins
+from querit_jax.training.compile_cache import compile_clock
 
 FORMAT_VERSION = 3  # 3: groups name their documents by id (no texts)
 # Settings that change where or how fast a run goes, not what it produces.
@@ -280,19 +281,21 @@ class Miner:
             self.log(f"process {self.process}: generator and teacher loaded in "
                      f"{time.time() - began:.1f} s")  # fmt: skip
         start, mined_docs = time.time(), 0
-        if getattr(self.retriever, "collective", False):
-            mined_docs = self._mine_in_rounds(mine, count)
-        else:
-            for i in mine:
-                mined_docs += self._mine_and_record(i, count)
-                _test_delay()
-                self.stop.check(f"after shard {i + 1}")
+        with compile_clock() as compiling:  # programs of new shapes compile on first use
+            if getattr(self.retriever, "collective", False):
+                mined_docs = self._mine_in_rounds(mine, count)
+            else:
+                for i in mine:
+                    mined_docs += self._mine_and_record(i, count)
+                    _test_delay()
+                    self.stop.check(f"after shard {i + 1}")
         seconds = time.time() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rate = mined_docs / max(seconds, 1e-9)
         self.log(
             f"process {self.process}: mined {len(mine)} shards, {mined_docs} documents in "
-            f"{seconds:.1f} s ({rate:.2f} docs/s), peak RSS {peak:.0f} MiB"
+            f"{seconds:.1f} s ({rate:.2f} docs/s; {compiling[0]:.1f} s of it compiling programs), "
+            f"peak RSS {peak:.0f} MiB"
         )
         self.meeting.wait_for_all("shards mined")
         if self.process == 0:
