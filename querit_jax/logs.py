@@ -5,11 +5,16 @@ process logs: usually process 0 only), with absl/Orbax chatter turned down. `log
 also copies every line into a log file (local, or gs:// through the storage layer, rewritten at each
 flush since object stores cannot append). `Progress` prints "<what>: done/total <unit> | rate/s |
 ETA" at most every `every_s` seconds and once at the end, like training's progress line.
+`compile_clock()` measures the time spent compiling programs inside a block.
 """
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
+
+import jax
 
 from querit_jax import storage
 
@@ -121,3 +126,29 @@ def _fmt(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+_COMPILE_EVENTS = (  # JAX's durations of tracing, lowering and compiling one program
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+@contextlib.contextmanager
+def compile_clock() -> Iterator[list[float]]:
+    """Seconds spent tracing, lowering and compiling programs inside (JAX's duration events), in
+    the one-element list it yields: a fixed cost per process and program, to tell apart from the
+    time a long run's throughput depends on."""
+    total = [0.0]
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        del kwargs
+        if event in _COMPILE_EVENTS:
+            total[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)

@@ -417,7 +417,7 @@ def test_the_compile_clock_counts_only_programs_compiled_inside():
     import jax
     import jax.numpy as jnp
 
-    from querit_jax.training.compile_cache import compile_clock
+    from querit_jax.logs import compile_clock
 
     f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)
     with compile_clock() as seconds:
@@ -426,3 +426,33 @@ def test_the_compile_clock_counts_only_programs_compiled_inside():
         f(jnp.ones(7)).block_until_ready()  # the same shape: no compile
     jax.jit(lambda x: x * 2.0)(jnp.ones(3)).block_until_ready()  # after the block
     assert first > 0 and seconds[0] == first
+
+
+def test_meetings_of_one_name_in_one_launch_use_keys_of_their_own(monkeypatch):
+    """Several mining runs in one launch (the loop mines each target) meet under the same names;
+    the coordination service refuses to overwrite a key (`allow_overwrite=False`), so each meeting
+    numbers its keys: the second run's meetings must not reuse the first's."""
+    from querit_jax.mining import coordination
+
+    class Store:  # the coordination service's key-value store, seen by process 0 of 2
+        def __init__(self):
+            self.kv = {}
+
+        def key_value_set(self, key, value):
+            if key in self.kv:
+                raise RuntimeError(f"ALREADY_EXISTS: {key}")
+            self.kv[key] = value
+            if key.endswith("/0"):  # process 1 reaches the same meeting
+                self.kv[key[:-1] + "1"] = value
+
+        def key_value_dir_get(self, prefix):
+            return [(k, v) for k, v in self.kv.items() if k.startswith(prefix)]
+
+    store = Store()
+    monkeypatch.setattr(coordination, "_client", lambda: store)
+    monkeypatch.setattr(coordination, "process", lambda: (0, 2))
+    meeting = coordination.Meeting(poll_s=0)
+    for _ in range(2):  # two runs in one launch
+        meeting.wait_for_all("index built")
+        assert meeting.decide("up to date", lambda: "0") == "0"
+    assert len(store.kv) == 6  # 2 keys per wait, 1 per decision, for each run

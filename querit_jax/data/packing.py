@@ -369,7 +369,7 @@ class AgreeRows:
 
 
 def check_process_rows(batch_sharding, global_rows: int) -> None:
-    """Packed steps number rows of process i from i * rows_per_process (`PackGroups.pair_row`): true
+    """Packed steps number rows of process i from i * rows_per_process (`AgreeRows`): true
     only when the batch sharding gives each process one contiguous block of rows, in process order.
     Checked once at setup, so a device order that breaks it (possible on some pod topologies) is a
     clear error rather than scores gathered from the wrong rows."""

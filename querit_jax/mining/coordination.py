@@ -5,14 +5,18 @@ Mining processes work independently (each on its own shards) and meet only a few
 store of JAX's coordination service (`jax.distributed`): each process sets a key and polls for the
 others' keys. Polling, unlike a device collective or a blocking barrier, has no timeout to outlast
 (a process may wait hours for a slower one) and lets a waiting process notice SIGTERM. With one
-process every wait returns at once.
+process every wait returns at once. Keys carry how many times the process met under that name, so
+several runs in one launch (the loop's targets) never collide.
 
 SIGTERM (TPU/GCE preemption, `kill`) or SIGINT: the current shard is finished and recorded, then the
 process exits 0 (`StopSignal.check`); the next launch resumes from the records. Training's handler
 (`training/preemption.py`) agrees on a step across hosts for a collective checkpoint; mining needs
-no agreement, since each shard is recorded alone.
+no agreement, since each shard is recorded alone, except with a dense index split over the
+processes: they then mine in rounds, searching together, and stop together at a round's start
+(`Miner._mine_in_rounds`; their meetings before the rounds do not stop a process alone).
 """
 
+import collections
 import os
 import signal
 import sys
@@ -88,9 +92,9 @@ class Meeting:
         index, count = process()
         if count == 1:
             return
-        client = _client()
-        client.key_value_set(f"{PREFIX}/{name}/{index}", "1")
-        while len(client.key_value_dir_get(f"{PREFIX}/{name}/")) < count:
+        client, prefix = _client(), _numbered(name)
+        client.key_value_set(f"{prefix}/{index}", "1")
+        while len(client.key_value_dir_get(f"{prefix}/")) < count:
             if self.stop is not None:
                 self.stop.check(f"while waiting for the other processes ({name})")
             time.sleep(self.poll_s)
@@ -100,8 +104,7 @@ class Meeting:
         index, count = process()
         if count == 1:
             return value_fn()
-        client = _client()
-        key = f"{PREFIX}/decide/{name}"
+        client, key = _client(), _numbered(f"decide/{name}")
         if index == 0:
             value = value_fn()
             client.key_value_set(key, value)
@@ -113,6 +116,15 @@ class Meeting:
             if self.stop is not None:
                 self.stop.check(f"while waiting for process 0 ({name})")
             time.sleep(self.poll_s)
+
+
+_MET = collections.Counter()  # meetings per name so far in this process (the same in every one)
+
+
+def _numbered(name: str) -> str:
+    """The key prefix of this process's next meeting called `name`."""
+    _MET[name] += 1
+    return f"{PREFIX}/{name}/{_MET[name]}"
 
 
 def _try_get(client, key: str) -> str | None:

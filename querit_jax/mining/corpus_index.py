@@ -124,7 +124,9 @@ def open_index(cfg, log, meeting: Meeting, devices=None) -> CorpusIndex:
 
 
 def _dense(cfg, store, root, meeting: Meeting, devices, log) -> Retriever:
-    """Embeds this process's parts, waits for the others', then loads every part."""
+    """Embeds this process's parts, waits for the others', then loads the parts of the rows this
+    process's devices hold: every part (`dense_scope="process"`), or its share of an index over
+    every process's devices (`"global"`, with several processes)."""
     from querit_jax.loading import embedding_function
 
     index, count = process()

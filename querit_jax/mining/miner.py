@@ -57,8 +57,10 @@ from querit_jax.data.mined import (  # noqa: F401
     shard_files,
 )
 from querit_jax.data.prompts import make_prompt, parse_queries
+from querit_jax.distributed import gather_ints
 from querit_jax.errors import MiningError
 from querit_jax.loading import load_teacher
+from querit_jax.logs import compile_clock
 from querit_jax.mining import devset, diagnostics, records
 from querit_jax.mining.coordination import Meeting, StopSignal, process
 from querit_jax.mining.corpus_index import corpus_paths, index_dir, open_index
@@ -66,7 +68,7 @@ from querit_jax.mining.devset import DEV_SHARD, is_dev
 from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import build_generator
 from querit_jax.mining.negatives import choose_by_bins
-from querit_jax.training.compile_cache import compile_clock
+from querit_jax.retrieval.topk import COLLECTIVE_WAIT_S
 
 FORMAT_VERSION = 3  # 3: groups name their documents by id (no texts)
 # Settings that change where or how fast a run goes, not what it produces.
@@ -107,7 +109,10 @@ class Miner:
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.process, self.processes = process()
         self.stop = StopSignal(log)
-        self.meeting = Meeting(self.stop)
+        # With an index over every process (searched together, `_mine_in_rounds`) a process must
+        # not leave alone: a signal before the rounds is acted on at the first round, by all.
+        together = cfg.first_stage != "bm25" and cfg.dense_scope == "global" and self.processes > 1
+        self.meeting = Meeting(None if together else self.stop)
         try:
             index = open_index(cfg, log, self.meeting, self.devices)
         except BaseException:
@@ -311,12 +316,11 @@ class Miner:
         """Mining with a first stage split over the processes (`dense_scope="global"`): in each
         round every process mines its next shard, or none, and they search together; a signal to
         any process stops them all at the next round (every finished shard is recorded)."""
-        from jax.experimental import multihost_utils
-
         queue, mined_docs = list(mine), 0
-        while True:
-            flags = [bool(queue), self.stop.received is not None]
-            more, stop = np.asarray(multihost_utils.process_allgather(np.array(flags))).any(0)
+        while True:  # flags through the coordination service: a slow peer is waited for, long
+            flags = 2 * bool(queue) + (self.stop.received is not None)
+            got = gather_ints("mining-rounds", flags, timeout_s=COLLECTIVE_WAIT_S)
+            more, stop = any(f >= 2 for f in got), any(f % 2 for f in got)
             if stop:
                 self.stop.check("before the next round of shards", anywhere=True)
             if not more:

@@ -3,8 +3,8 @@
 The embedding function is given (`embed(texts, role, progress=None) -> [n, D] float32`, role "query"
 or "document"), so this module needs no model code: `querit_jax.loading.build_retriever` binds an
 embedder checkpoint's runner to it. The top-k is `topk.ShardedCorpus` (exact, sharded over this
-process's devices), filled chunk by chunk as documents are embedded: the host never holds the
-corpus matrix.
+process's devices, or over every process's for mining: `load`), filled chunk by chunk as documents
+are embedded: the host never holds the corpus matrix.
 
 At corpus scale the embeddings are computed once and saved (`embed_parts`): part j (rows
 [j * part_size, (j + 1) * part_size) of a docstore) is embedded by process j % P; then each process
@@ -74,15 +74,21 @@ class DenseRetriever(Retriever):
         if meta is None:
             raise DataFormatError(f"{location}: no complete dense index ({MARKER} missing).")
         retriever = cls(embed, devices, block, progress=False)
-        retriever.corpus = ShardedCorpus.from_parts(
-            lambda j: storage.load_array(storage.join(location, PART.format(j))),
-            meta["part_size"],
-            meta["documents"],
-            meta["dim"],
-            devices,
-            block,
-            np.dtype(meta["dtype"]),
-        )
+        try:
+            retriever.corpus = ShardedCorpus.from_parts(
+                lambda j: storage.load_array(storage.join(location, PART.format(j))),
+                meta["part_size"],
+                meta["documents"],
+                meta["dim"],
+                devices,
+                block,
+                np.dtype(meta["dtype"]),
+            )
+        except ValueError as e:
+            raise DataFormatError(
+                f"{location}: {e} The saved embeddings are damaged: delete the directory to embed "
+                "the corpus again."
+            ) from None
         retriever._ids = doc_ids
         return retriever
 

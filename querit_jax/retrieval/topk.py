@@ -17,8 +17,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from querit_jax import sharding
+from querit_jax.distributed import gather_ints
 
 AXIS = "shard"
+# A collective search waits for every process to bring its queries (a slow one may still be
+# generating them): through the coordination service, for up to this long.
+COLLECTIVE_WAIT_S = 24 * 3600.0
 
 
 def block_dot(queries: jax.Array, block: jax.Array) -> jax.Array:
@@ -148,7 +152,11 @@ class ShardedCorpus:
         reading only the parts whose rows this process's devices hold (`read_part(j)`)."""
         corpus = cls(None, devices, block, n=n, dim=dim, dtype=dtype)
         for j in corpus.parts_needed(part_size):
-            corpus._write(j * part_size, read_part(j))
+            part = np.asarray(read_part(j))
+            want = (min(part_size, n - j * part_size), dim)
+            if part.shape != want:
+                raise ValueError(f"Part {j} has shape {part.shape}, not {want}.")
+            corpus._write(j * part_size, part)
         corpus._filled = n
         return corpus.finish()
 
@@ -216,10 +224,8 @@ class ShardedCorpus:
         k = min(k, self.n)
         queries = np.asarray(queries, self.dtype).reshape(-1, self.dim)
         count = len(queries)
-        if self.spans_processes:
-            from jax.experimental import multihost_utils
-
-            count = int(np.max(multihost_utils.process_allgather(np.int64(len(queries)))))
+        if self.spans_processes:  # the most queries any process has, once all have arrived
+            count = max(gather_ints("dense-search", count, timeout_s=COLLECTIVE_WAIT_S))
         out_v, out_i = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int32)]
         for start in range(0, count, batch):
             q = queries[start : start + batch]
@@ -242,7 +248,11 @@ class ShardedCorpus:
             together.shape, NamedSharding(self.mesh, P()), lambda index: together[index]
         )
         v, i = (sharding.to_host(x) for x in self._search(placed, k))  # collective gathers
-        mine = slice(jax.process_index() * len(q), (jax.process_index() + 1) * len(q))
+        # process_allgather stacks the processes in the order of jax.devices() split into one row
+        # per process: this process's block is the row whose devices are its own.
+        rows = np.array(jax.devices()).reshape(jax.process_count(), -1)[:, 0]
+        at = [d.process_index for d in rows].index(jax.process_index())
+        mine = slice(at * len(q), (at + 1) * len(q))
         return v[mine], i[mine]
 
 

@@ -103,29 +103,3 @@ def persistent_cache(workdir: str, enabled: bool, log) -> Iterator[CacheStats]:
         for name, value in previous.items():
             jax.config.update(name, value)
         compilation_cache.reset_cache()
-
-
-_COMPILE_EVENTS = (  # JAX's durations of tracing, lowering and compiling one program
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
-
-
-@contextlib.contextmanager
-def compile_clock() -> Iterator[list[float]]:
-    """Seconds spent tracing, lowering and compiling programs inside (JAX's duration events), in
-    the one-element list it yields: a fixed cost per process and program, to tell apart from the
-    time a long run's throughput depends on."""
-    total = [0.0]
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        del kwargs
-        if event in _COMPILE_EVENTS:
-            total[0] += duration
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield total
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
