@@ -65,12 +65,14 @@ class StopSignal:
             "every finished shard is recorded, run the same command again to resume."
         )
         self.close()
-        if jax.process_count() > 1:
+        if jax.process_count() > 1 and not anywhere:
             # jax.distributed's shutdown would wait for the other processes (still mining, or
             # gone): leave at once, the records are on storage.
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+        # Alone, or every process stopping together: jax.distributed's shutdown at exit is their
+        # last meeting (process 0, which hosts the coordination service, must not leave first).
         raise SystemExit(0)
 
     def close(self) -> None:
