@@ -361,6 +361,8 @@ class AgreeRows:
         rows = self.shapes.rows_for(self.process_count * max(needs))
         rows //= self.process_count  # >= have: rows_for grows with the need
         out = dict(batch, pair_row=batch["pair_row"] + self.process_index * rows)
+        if rows == have:  # PackGroups' guess held: nothing to pad
+            return out
         fills = {"input_ids": self.pad_id, "segment_ids": 0, "token_type_ids": 0, "slot_valid": 0}
         for key, fill in fills.items():
             extra = np.full((rows - have, *batch[key].shape[1:]), fill, batch[key].dtype)

@@ -123,6 +123,12 @@ def open_index(cfg, log, meeting: Meeting, devices=None) -> CorpusIndex:
     return CorpusIndex(store, retriever, words)
 
 
+def searched_together(cfg) -> bool:
+    """Whether the first stage is one dense index over every process's devices (`dense_scope=
+    "global"` with several processes): its searches are then collective."""
+    return cfg.first_stage != "bm25" and cfg.dense_scope == "global" and process()[1] > 1
+
+
 def _dense(cfg, store, root, meeting: Meeting, devices, log) -> Retriever:
     """Embeds this process's parts, waits for the others', then loads the parts of the rows this
     process's devices hold: every part (`dense_scope="process"`), or its share of an index over
@@ -154,7 +160,7 @@ def _dense(cfg, store, root, meeting: Meeting, devices, log) -> Retriever:
             describe = {"docstore_sha256": store.sha256, "model": cfg.first_stage}
             dense_lib.commit_parts(location, len(store), cfg.dense_part_size, describe)
         meeting.wait_for_all("dense committed")
-    if cfg.dense_scope == "global" and count > 1:
+    if searched_together(cfg):
         devices = jax.devices()  # each process holds its devices' rows; searches are collective
     retriever = dense_lib.DenseRetriever.load(location, embed, store.ids, devices)
     rows, parts = retriever.corpus.local_rows(), retriever.corpus.parts_needed(cfg.dense_part_size)

@@ -63,7 +63,7 @@ from querit_jax.loading import load_teacher
 from querit_jax.logs import compile_clock
 from querit_jax.mining import devset, diagnostics, records
 from querit_jax.mining.coordination import Meeting, StopSignal, process
-from querit_jax.mining.corpus_index import corpus_paths, index_dir, open_index
+from querit_jax.mining.corpus_index import corpus_paths, index_dir, open_index, searched_together
 from querit_jax.mining.devset import DEV_SHARD, is_dev
 from querit_jax.mining.filters import QueryFilter, normalize
 from querit_jax.mining.generators import build_generator
@@ -111,8 +111,8 @@ class Miner:
         self.stop = StopSignal(log)
         # With an index over every process (searched together, `_mine_in_rounds`) a process must
         # not leave alone: a signal before the rounds is acted on at the first round, by all.
-        together = cfg.first_stage != "bm25" and cfg.dense_scope == "global" and self.processes > 1
-        self.meeting = Meeting(None if together else self.stop)
+        self.together = searched_together(cfg)
+        self.meeting = Meeting(None if self.together else self.stop)
         try:
             index = open_index(cfg, log, self.meeting, self.devices)
         except BaseException:
@@ -287,7 +287,7 @@ class Miner:
                      f"{time.time() - began:.1f} s")  # fmt: skip
         start, mined_docs = time.time(), 0
         with compile_clock() as compiling:  # programs of new shapes compile on first use
-            if getattr(self.retriever, "collective", False):
+            if self.together:
                 mined_docs = self._mine_in_rounds(mine, count)
             else:
                 for i in mine:
